@@ -1,0 +1,470 @@
+"""The dispatcher's sans-I/O core: ``handle(event) -> list[command]``, time passed in as data.
+
+Rules (the invariants ``validate_state()`` checks after every step in tests):
+
+1. Every unresolved task is in exactly one place: queued in one node's queue, queued in the
+   shared pool, or in flight on exactly one node. Resolved tasks are forgotten.
+2. A task pinned to a PENDING or ALIVE node waits in that node's queue; a task with no node, or
+   pinned to a node that is DEAD, GONE or DRAINING, waits in the shared pool.
+3. A node receives tasks only while ALIVE and only up to its credit; credit plus in-flight never
+   exceeds ``slots + prefetch``. It takes the lowest rank first from its own queue and the pool.
+4. The first result for a task id resolves it and goes to the client that submitted it; every
+   later result for that id is dropped (counted in ``duplicates_dropped``).
+5. A node silent for ``heartbeat_interval_s x liveness`` is DEAD: its queued and in-flight tasks
+   move to the pool (in-flight ones run again elsewhere: at-least-once execution). A PENDING node
+   never registered within ``pending_grace_s`` is DEAD the same way.
+6. Bad input never raises out of ``handle``: malformed frames are counted, unknown peers are told
+   to register or say hello, invalid submissions resolve as REJECTED.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+from dispatcher import protocol as p
+from dispatcher.events import (
+    AgentMessageReceived,
+    ClientMessageReceived,
+    Command,
+    Event,
+    FrameRejected,
+    Log,
+    SendToAgent,
+    SendToClient,
+    Ticked,
+)
+from dispatcher.node import ACCEPTS_PINS, CONNECTED, NodeActor, NodeState
+from dispatcher.tasks import TaskKey, TaskQueue, TaskRecord
+
+POOL = "__pool__"
+
+
+@dataclass(frozen=True, slots=True)
+class CoreConfig:
+    dispatcher_id: str
+    """Changes every time the dispatcher starts; clients use it to notice a restart."""
+    heartbeat_interval_s: float = 0.5
+    liveness: int = 3
+    """Missed heartbeat intervals before a node is declared dead."""
+    pending_grace_s: float = 30.0
+    """How long tasks wait for a node that was named but never registered."""
+    max_nodes: int = 100_000
+    bad_frame_log_every: int = 1000
+    """Log the 1st bad frame and then every n-th, so garbage cannot flood the log."""
+
+    @property
+    def expiry_s(self) -> float:
+        return self.heartbeat_interval_s * self.liveness
+
+
+class DispatcherCore:
+    """All dispatcher state. Change it only through :meth:`handle`."""
+
+    def __init__(self, config: CoreConfig) -> None:
+        self.config = config
+        self.nodes: dict[str, NodeActor] = {}
+        self.pool = TaskQueue(POOL)
+        self.tasks: dict[TaskKey, TaskRecord] = {}
+        self._agents: dict[bytes, NodeActor] = {}
+        """Routing id -> node, for the latest incarnation of each node."""
+        self._hungry: dict[str, NodeActor] = {}
+        """ALIVE nodes with credit > 0, in the order they asked."""
+        self._clients: dict[str, bytes] = {}
+        self._client_ids: dict[bytes, str] = {}
+        self.tasks_submitted = 0
+        self.tasks_resolved = 0
+        self.duplicates_dropped = 0
+        self.bad_frames = 0
+        self._out: list[Command] = []
+        self._now = 0.0
+
+    # ------------------------------------------------------------------ entry point
+
+    def handle(self, event: Event) -> list[Command]:
+        """Apply one event; return what the shell must do, in order."""
+        self._out = out = []
+        self._now = event.now
+        if type(event) is AgentMessageReceived:
+            self._agent_message(event)
+        elif type(event) is ClientMessageReceived:
+            self._client_message(event)
+        elif type(event) is Ticked:
+            self._handle_ticked(event)
+        elif type(event) is FrameRejected:
+            self._handle_frame_rejected(event)
+        else:  # pragma: no cover - the Event union is closed
+            raise TypeError(f"not an event: {event!r}")
+        self._out = []
+        return out
+
+    # ------------------------------------------------------------------ small helpers
+
+    def _log(self, event: str, level: str = "info", **fields: object) -> None:
+        self._out.append(Log(event, level, fields))  # type: ignore[arg-type]
+
+    def _to_agent(self, node: NodeActor, message: p.Message) -> None:
+        assert node.peer is not None
+        node.last_sent = self._now
+        self._out.append(SendToAgent(node.peer, message))
+
+    def _resolve(self, by_client: dict[str, list[p.Resolution]]) -> None:
+        for client_id, results in by_client.items():
+            peer = self._clients.get(client_id)
+            if peer is not None:
+                self._out.append(SendToClient(peer, p.Resolved(tuple(results))))
+
+    def _forget(self, record: TaskRecord) -> None:
+        """Remove ``record`` from wherever it is; it is resolved."""
+        del self.tasks[record.key]
+        if record.queue is not None:
+            record.queue.discard(record)
+        elif record.holder is not None:
+            holder = self.nodes[record.holder]
+            del holder.in_flight[record.key]
+            record.holder = None
+        self.tasks_resolved += 1
+
+    # ------------------------------------------------------------------ placement and flow
+
+    def _home(self, record: TaskRecord) -> TaskQueue:
+        """Where a queued task waits (rule 2)."""
+        if record.node_name is not None:
+            node = self.nodes.get(record.node_name)
+            if node is not None and node.state in ACCEPTS_PINS:
+                return node.queue
+        return self.pool
+
+    def _pump(self, node: NodeActor) -> None:
+        """Send ``node`` as many tasks as its credit allows, lowest rank first (rule 3)."""
+        if node.state is not NodeState.ALIVE or node.credit <= 0:
+            return
+        own, pool = node.queue, self.pool
+        batch: list[p.TaskAssignment] = []
+        while node.credit > 0:
+            own_rank, pool_rank = own.peek_rank(), pool.peek_rank()
+            if own_rank is None and pool_rank is None:
+                break
+            source = own if pool_rank is None or (own_rank is not None and own_rank <= pool_rank) else pool
+            record = source.pop()
+            node.start(record)
+            batch.append(p.TaskAssignment(record.key[0], record.key[1], record.rank, record.payload))
+        if batch:
+            self._to_agent(node, p.Tasks(tuple(batch)))
+        if node.credit > 0:
+            self._hungry[node.name] = node
+        else:
+            self._hungry.pop(node.name, None)
+
+    def _pump_pool(self) -> None:
+        for node in list(self._hungry.values()):
+            if not self.pool:
+                return
+            self._pump(node)
+
+    def _requeue(self, records: list[TaskRecord]) -> None:
+        for record in records:
+            self._home(record).push(record)
+
+    def _declare_dead(self, node: NodeActor, reason: str, state: NodeState = NodeState.DEAD) -> None:
+        """The node's agent is gone: its queued and in-flight work moves to the pool (rule 5)."""
+        in_flight = len(node.in_flight)
+        queued = len(node.queue)
+        self._hungry.pop(node.name, None)
+        work = node.detach(state)
+        self._requeue(work)
+        self._log(
+            "node_dead" if state is NodeState.DEAD else "node_left",
+            "warning" if state is NodeState.DEAD else "info",
+            node=node.name,
+            incarnation=node.incarnation,
+            reason=reason,
+            requeued_in_flight=in_flight,
+            requeued_queued=queued,
+        )
+        self._pump_pool()
+
+    # ------------------------------------------------------------------ agent side
+
+    def _agent_message(self, event: AgentMessageReceived) -> None:
+        message = event.message
+        if type(message) is p.Register:
+            self._handle_register(event.peer, message)
+            return
+        node = self._agents.get(event.peer)
+        if node is None or node.state not in CONNECTED:
+            # A peer we do not know, or an incarnation we declared dead. Its results are still
+            # welcome (first result wins); anything else is answered with "register again".
+            if type(message) is p.Results:
+                self._handle_results(node, message)
+            if type(message) is not p.Bye:
+                self._out.append(SendToAgent(event.peer, p.Reregister()))
+            return
+        node.last_seen = self._now
+        if type(message) is p.Credit:
+            node.grant(message.n)
+            self._pump(node)
+        elif type(message) is p.Results:
+            self._handle_results(node, message)
+        elif type(message) is p.Drain:
+            self._handle_drain(node, message)
+        elif type(message) is p.Bye:
+            self._handle_bye(node)
+        # Heartbeat: being heard from is all it says.
+
+    def _handle_register(self, peer: bytes, message: p.Register) -> None:
+        name = message.node_name
+        refusal = None
+        node = self.nodes.get(name)
+        if message.protocol_version != p.PROTOCOL_VERSION:
+            refusal = f"protocol version {message.protocol_version}, dispatcher speaks {p.PROTOCOL_VERSION}"
+        elif not p.is_node_name(name):
+            refusal = f"{name!r} is not a valid Kubernetes node name (RFC 1123 subdomain)"
+        elif node is not None and node.state in CONNECTED and node.agent_id != message.agent_id:
+            refusal = f"node {name} is already registered by live agent {node.agent_id}"
+        elif node is None and len(self.nodes) >= self.config.max_nodes:
+            refusal = f"dispatcher is at its limit of {self.config.max_nodes} nodes"
+        if refusal is not None:
+            self._log("agent_refused", "warning", node=name, agent_id=message.agent_id, reason=refusal)
+            self._out.append(SendToAgent(peer, p.Refused(refusal)))
+            return
+        previous = self._agents.get(peer)
+        if previous is not None and previous.name != name and previous.state in CONNECTED:
+            self._declare_dead(previous, f"its agent re-registered as {name}")
+        if node is None:
+            node = self.nodes[name] = NodeActor(name, self._now)
+        if node.state in CONNECTED:  # the same agent again (lost reply, or a new socket)
+            if node.peer != peer:
+                self._agents.pop(node.peer or b"", None)
+                node.peer = peer
+            node.last_seen = self._now
+        else:
+            if node.peer is not None:
+                self._agents.pop(node.peer, None)
+            node.attach(peer, message.agent_id, message.slots, message.prefetch, message.speed, self._now)
+            self._reclaim(node)
+            self._log(
+                "node_registered",
+                node=name,
+                agent_id=message.agent_id,
+                incarnation=node.incarnation,
+                slots=message.slots,
+                speed=message.speed,
+                queued=len(node.queue),
+            )
+        self._agents[peer] = node
+        cfg = self.config
+        self._to_agent(
+            node,
+            p.Registered(name, node.incarnation, cfg.dispatcher_id, cfg.heartbeat_interval_s, cfg.liveness),
+        )
+
+    def _reclaim(self, node: NodeActor) -> None:
+        """A node is back: its pinned tasks still waiting in the pool return to its queue."""
+        if self.pool:
+            for record in self.pool.records():
+                if record.node_name == node.name:
+                    node.queue.push(record)
+
+    def _handle_results(self, node: NodeActor | None, message: p.Results) -> None:
+        ran_on = node.name if node is not None else ""
+        by_client: dict[str, list[p.Resolution]] = defaultdict(list)
+        tasks = self.tasks
+        for result in message.results:
+            record = tasks.get((result.client_id, result.task_id))
+            if record is None:
+                self.duplicates_dropped += 1
+                continue
+            self._forget(record)
+            by_client[result.client_id].append(
+                p.Resolution(result.task_id, result.outcome, result.payload, ran_on)
+            )
+        if node is not None:
+            node.done += sum(len(v) for v in by_client.values())
+        self._resolve(by_client)
+
+    def _handle_drain(self, node: NodeActor, message: p.Drain) -> None:
+        node.state = NodeState.DRAINING
+        node.credit = 0
+        self._hungry.pop(node.name, None)
+        returned = [node.in_flight.pop(tuple(ref)) for ref in message.returned if tuple(ref) in node.in_flight]
+        for record in returned:
+            record.holder = None
+        self._requeue(returned + node.queue.take_all())
+        self._log("node_draining", node=node.name, returned=len(returned), running=len(node.in_flight))
+        self._pump_pool()
+
+    def _handle_bye(self, node: NodeActor) -> None:
+        self._agents.pop(node.peer or b"", None)
+        self._declare_dead(node, "agent said bye", NodeState.GONE)
+        node.peer = None
+
+    # ------------------------------------------------------------------ client side
+
+    def _client_message(self, event: ClientMessageReceived) -> None:
+        message = event.message
+        if type(message) is p.Hello:
+            self._handle_hello(event.peer, message)
+            return
+        client_id = self._client_ids.get(event.peer)
+        if client_id is None:
+            error = p.Error(p.ErrorCode.UNKNOWN_CLIENT, "say HELLO first (the dispatcher may have restarted)")
+            self._out.append(SendToClient(event.peer, error))
+        elif type(message) is p.Submit:
+            self._handle_submit(client_id, message)
+        elif type(message) is p.Cancel:
+            self._handle_cancel(client_id, message)
+        elif type(message) is p.NodesQuery:
+            self._out.append(SendToClient(event.peer, p.Nodes(message.request_id, self.node_infos())))
+        elif type(message) is p.StatusQuery:
+            self._out.append(SendToClient(event.peer, self._status(message.request_id)))
+        elif type(message) is p.Heartbeat:
+            self._out.append(SendToClient(event.peer, p.Heartbeat()))
+
+    def _handle_hello(self, peer: bytes, message: p.Hello) -> None:
+        if message.protocol_version != p.PROTOCOL_VERSION:
+            text = f"protocol version {message.protocol_version}, dispatcher speaks {p.PROTOCOL_VERSION}"
+            self._out.append(SendToClient(peer, p.Error(p.ErrorCode.VERSION_MISMATCH, text)))
+            return
+        old_peer = self._clients.get(message.client_id)
+        if old_peer is not None and old_peer != peer:
+            self._client_ids.pop(old_peer, None)
+        self._clients[message.client_id] = peer
+        self._client_ids[peer] = message.client_id
+        if old_peer != peer:
+            self._log("client_connected", client_id=message.client_id)
+        self._out.append(SendToClient(peer, p.Welcome(self.config.dispatcher_id, self.config.heartbeat_interval_s)))
+
+    def _handle_submit(self, client_id: str, message: p.Submit) -> None:
+        tasks = self.tasks
+        touched: dict[str, NodeActor] = {}
+        to_pool = False
+        rejected: list[p.Resolution] = []
+        for spec in message.tasks:
+            key = (client_id, spec.task_id)
+            if key in tasks:  # a re-send of a task we already hold
+                continue
+            name = spec.node_name
+            queue = self.pool
+            if name is not None:
+                node = self.nodes.get(name)
+                if node is None:
+                    reason = self._unplaceable(name)
+                    if reason is not None:
+                        rejected.append(p.Resolution(spec.task_id, p.Outcome.REJECTED, reason.encode(), ""))
+                        continue
+                    node = self.nodes[name] = NodeActor(name, self._now)
+                    self._log("node_awaited", node=name)
+                if node.state in ACCEPTS_PINS:
+                    queue = node.queue
+                    touched[name] = node
+            if queue is self.pool:
+                to_pool = True
+            record = TaskRecord(key, name, spec.rank, spec.payload)
+            tasks[key] = record
+            queue.push(record)
+            self.tasks_submitted += 1
+        for node in touched.values():
+            self._pump(node)
+        if to_pool:
+            self._pump_pool()
+        if rejected:
+            self.tasks_resolved += len(rejected)
+            self.tasks_submitted += len(rejected)
+            self._resolve({client_id: rejected})
+
+    def _unplaceable(self, name: str) -> str | None:
+        """Why a task cannot be pinned to the not-yet-known node ``name``, or None."""
+        if not p.is_node_name(name):
+            return f"{name!r} is not a valid Kubernetes node name"
+        if len(self.nodes) >= self.config.max_nodes:
+            return f"unknown node {name!r} and the dispatcher is at its limit of {self.config.max_nodes} nodes"
+        return None
+
+    def _handle_cancel(self, client_id: str, message: p.Cancel) -> None:
+        cancelled: list[p.Resolution] = []
+        to_agents: dict[str, list[p.TaskRef]] = defaultdict(list)
+        for task_id in message.task_ids:
+            record = self.tasks.get((client_id, task_id))
+            if record is None:
+                continue
+            if record.queue is not None:
+                self._forget(record)
+                cancelled.append(p.Resolution(task_id, p.Outcome.CANCELLED, b"cancelled before it started", ""))
+            elif record.holder is not None:
+                to_agents[record.holder].append(p.TaskRef(client_id, task_id))
+        for name, refs in to_agents.items():
+            self._to_agent(self.nodes[name], p.CancelTasks(tuple(refs)))
+        if cancelled:
+            self._resolve({client_id: cancelled})
+
+    def node_infos(self) -> tuple[p.NodeInfo, ...]:
+        return tuple(
+            p.NodeInfo(n.name, n.state.value, n.speed, n.slots, n.incarnation, len(n.queue), len(n.in_flight), n.done)
+            for n in sorted(self.nodes.values(), key=lambda n: n.name)
+        )
+
+    def _status(self, request_id: int) -> p.Status:
+        return p.Status(
+            request_id,
+            self.config.dispatcher_id,
+            self.node_infos(),
+            len(self.pool),
+            self.tasks_submitted,
+            self.tasks_resolved,
+            self.duplicates_dropped,
+            self.bad_frames,
+        )
+
+    # ------------------------------------------------------------------ clock and garbage
+
+    def _handle_ticked(self, event: Ticked) -> None:
+        now, cfg = event.now, self.config
+        for node in list(self.nodes.values()):
+            if node.state in CONNECTED:
+                silent_s = now - node.last_seen
+                if silent_s > cfg.expiry_s:
+                    self._declare_dead(node, f"silent for {silent_s:.2f} s")
+                elif now - node.last_sent >= cfg.heartbeat_interval_s:
+                    self._to_agent(node, p.Heartbeat())
+            elif node.state is NodeState.PENDING and now - node.pending_since > cfg.pending_grace_s:
+                self._declare_dead(node, f"never registered within {cfg.pending_grace_s:g} s")
+
+    def _handle_frame_rejected(self, event: FrameRejected) -> None:
+        self.bad_frames += 1
+        every = self.config.bad_frame_log_every
+        if self.bad_frames == 1 or self.bad_frames % every == 0:
+            self._log("bad_frame", "warning", side=event.side, reason=event.reason, total=self.bad_frames)
+
+    # ------------------------------------------------------------------ checking
+
+    def validate_state(self) -> None:
+        """Assert the rules at the top of this module. For tests; O(tasks)."""
+        seen: dict[TaskKey, str] = {}
+        for node in self.nodes.values():
+            assert node.credit >= 0, node
+            assert node.credit + len(node.in_flight) <= max(node.capacity, len(node.in_flight)), node
+            if node.state is not NodeState.ALIVE:
+                assert node.credit == 0, node
+            assert (node.name in self._hungry) == (node.state is NodeState.ALIVE and node.credit > 0), node
+            if node.state not in ACCEPTS_PINS:
+                assert not node.queue, node
+            if node.state not in CONNECTED:
+                assert not node.in_flight, node
+            for record in node.queue.records():
+                assert record.key not in seen, (record, seen.get(record.key))
+                assert record.node_name == node.name, record
+                seen[record.key] = node.name
+            for key, record in node.in_flight.items():
+                assert key not in seen, (record, seen.get(key))
+                assert record.holder == node.name and record.queue is None, record
+                seen[key] = f"on {node.name}"
+        for record in self.pool.records():
+            assert record.key not in seen, (record, seen.get(record.key))
+            pinned = self.nodes.get(record.node_name) if record.node_name is not None else None
+            assert pinned is None or pinned.state not in ACCEPTS_PINS, (record, pinned)
+            seen[record.key] = POOL
+        assert seen.keys() == self.tasks.keys(), (set(seen) ^ set(self.tasks))
+        assert len(self.pool) == len(self.pool.records())
+        for peer, node in self._agents.items():
+            assert node.peer == peer, (node, peer)

@@ -1,0 +1,81 @@
+"""What goes into the dispatcher core (events, past tense) and what comes out (commands, imperative).
+
+Events carry the time as data (``now``, seconds on the shell's monotonic clock) and a
+``stimulus_id`` naming the cause, so a transcript of events replays exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from dispatcher.protocol import AgentMessage, ClientMessage, Message
+
+# --------------------------------------------------------------------------- events
+
+
+@dataclass(frozen=True, slots=True)
+class AgentMessageReceived:
+    """A decoded message arrived on the agent socket from routing id ``peer``."""
+
+    peer: bytes
+    message: AgentMessage
+    now: float
+    stimulus_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ClientMessageReceived:
+    """A decoded message arrived on the client socket from routing id ``peer``."""
+
+    peer: bytes
+    message: ClientMessage
+    now: float
+    stimulus_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class FrameRejected:
+    """A frame on ``side`` failed to decode (or was of the wrong direction); it is dropped."""
+
+    side: Literal["agent", "client"]
+    reason: str
+    now: float
+    stimulus_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Ticked:
+    """The clock advanced: check liveness, send heartbeats, expire grace periods."""
+
+    now: float
+    stimulus_id: str = ""
+
+
+Event = AgentMessageReceived | ClientMessageReceived | FrameRejected | Ticked
+
+# --------------------------------------------------------------------------- commands
+
+
+@dataclass(frozen=True, slots=True)
+class SendToAgent:
+    peer: bytes
+    message: Message
+
+
+@dataclass(frozen=True, slots=True)
+class SendToClient:
+    peer: bytes
+    message: Message
+
+
+@dataclass(frozen=True, slots=True)
+class Log:
+    """Log a fact. ``event`` is a snake_case fact (``node_dead``); the core has no logger."""
+
+    event: str
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+Command = SendToAgent | SendToClient | Log

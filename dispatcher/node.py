@@ -1,0 +1,127 @@
+"""NodeActor: one Kubernetes node as the dispatcher sees it. Pure state, no I/O, no clock.
+
+An actor owns its rank-ordered queue of pinned tasks, the set of tasks in flight on its agent,
+its flow-control credit and its liveness. The core changes it one event at a time.
+
+Lifecycle::
+
+    PENDING --register--> ALIVE --drain--> DRAINING --bye--> GONE
+       |                    |                  |
+       +--grace expired-----+--silent/replaced-+-----------> DEAD
+    DEAD / GONE --register (new incarnation)--> ALIVE
+
+* PENDING: tasks are pinned to it but no agent has registered yet; they wait in its queue.
+* ALIVE: its agent is registered and heard from within ``interval x liveness``.
+* DRAINING: its agent is stopping: no new tasks, running ones finish.
+* DEAD / GONE: no agent (silent or cleanly left). Its work moved to the shared pool; tasks pinned
+  to it later go to the pool too, until an agent registers under its name again.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from dispatcher.tasks import TaskKey, TaskQueue, TaskRecord
+
+
+class NodeState(StrEnum):
+    PENDING = "pending"
+    ALIVE = "alive"
+    DRAINING = "draining"
+    DEAD = "dead"
+    GONE = "gone"
+
+
+ACCEPTS_PINS = frozenset({NodeState.PENDING, NodeState.ALIVE})
+"""States in which a task pinned to the node waits in the node's own queue."""
+CONNECTED = frozenset({NodeState.ALIVE, NodeState.DRAINING})
+"""States in which an agent is attached and its heartbeats are watched."""
+
+
+class NodeActor:
+    """The dispatcher's view of one node and its agent."""
+
+    __slots__ = (
+        "agent_id",
+        "credit",
+        "done",
+        "in_flight",
+        "incarnation",
+        "last_seen",
+        "last_sent",
+        "name",
+        "peer",
+        "pending_since",
+        "prefetch",
+        "queue",
+        "slots",
+        "speed",
+        "state",
+    )
+
+    def __init__(self, name: str, now: float) -> None:
+        self.name = name
+        self.state = NodeState.PENDING
+        self.queue = TaskQueue(name)
+        self.in_flight: dict[TaskKey, TaskRecord] = {}
+        self.peer: bytes | None = None
+        self.agent_id = ""
+        self.incarnation = 0
+        self.slots = 0
+        self.prefetch = 0
+        self.speed = 1.0
+        self.credit = 0
+        self.done = 0
+        self.last_seen = now
+        self.last_sent = now
+        self.pending_since = now
+
+    def __repr__(self) -> str:
+        return (
+            f"<node {self.name} {self.state} inc={self.incarnation} queued={len(self.queue)} "
+            f"in_flight={len(self.in_flight)} credit={self.credit}>"
+        )
+
+    @property
+    def capacity(self) -> int:
+        """Most tasks this node may hold at once: running plus prefetched."""
+        return self.slots + self.prefetch
+
+    def attach(
+        self, peer: bytes, agent_id: str, slots: int, prefetch: int, speed: float, now: float
+    ) -> None:
+        """A new agent incarnation registered under this name."""
+        assert not self.in_flight, self
+        self.state = NodeState.ALIVE
+        self.peer = peer
+        self.agent_id = agent_id
+        self.incarnation += 1
+        self.slots = slots
+        self.prefetch = prefetch
+        self.speed = speed
+        self.credit = 0
+        self.last_seen = now
+        self.last_sent = now
+
+    def grant(self, n: int) -> None:
+        """The agent asked for ``n`` more tasks; never beyond its capacity, never unless ALIVE."""
+        if self.state is not NodeState.ALIVE:
+            return
+        self.credit = max(0, min(self.credit + n, self.capacity - len(self.in_flight)))
+
+    def start(self, record: TaskRecord) -> None:
+        """``record`` is being sent to this node's agent."""
+        record.holder = self.name
+        self.in_flight[record.key] = record
+        self.credit -= 1
+
+    def detach(self, state: NodeState) -> list[TaskRecord]:
+        """The agent is gone (``state`` is DEAD or GONE): return its queued and in-flight work."""
+        self.state = state
+        self.credit = 0
+        work = list(self.in_flight.values())
+        self.in_flight.clear()
+        for record in work:
+            record.holder = None
+        work.extend(self.queue.take_all())
+        return work

@@ -1,0 +1,107 @@
+"""Task records and the rank-ordered queue that holds them. Pure data structures, no I/O.
+
+A task is in exactly one place at a time: queued in one :class:`TaskQueue` (a node's queue or the
+shared pool), or in flight on one node (``holder``). Removal from a queue is lazy: the record
+forgets its queue and the stale heap entry is skipped when it surfaces, so cancelling or moving a
+task is O(1) and popping stays O(log n).
+"""
+
+from __future__ import annotations
+
+import heapq
+from itertools import count
+from typing import Final
+
+TaskKey = tuple[str, int]
+"""(client_id, task_id): unique across clients, stable across dispatcher restarts."""
+
+_COMPACT_MIN: Final = 1024
+
+
+class TaskRecord:
+    """One unresolved task. ``node_name`` is where it is pinned (None: anywhere)."""
+
+    __slots__ = ("holder", "key", "node_name", "payload", "queue", "rank", "seq")
+
+    def __init__(self, key: TaskKey, node_name: str | None, rank: float, payload: bytes) -> None:
+        self.key = key
+        self.node_name = node_name
+        self.rank = rank
+        self.payload = payload
+        self.queue: TaskQueue | None = None
+        """The queue holding it, or None while in flight."""
+        self.seq = 0
+        """Ticket of its live heap entry; older entries for it are stale."""
+        self.holder: str | None = None
+        """The node running it, while in flight."""
+
+    def __repr__(self) -> str:
+        where = self.queue.name if self.queue is not None else f"on {self.holder}"
+        return f"<task {self.key} pin={self.node_name} rank={self.rank} {where}>"
+
+
+_tickets = count(1)
+
+
+class TaskQueue:
+    """Tasks ordered by (rank, arrival): the lowest planned start time leaves first."""
+
+    __slots__ = ("_heap", "_live", "name")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._heap: list[tuple[float, int, TaskRecord]] = []
+        self._live = 0
+
+    def __len__(self) -> int:
+        return self._live
+
+    def push(self, record: TaskRecord) -> None:
+        if record.queue is not None:
+            record.queue.discard(record)
+        record.seq = seq = next(_tickets)
+        record.queue = self
+        record.holder = None
+        heapq.heappush(self._heap, (record.rank, seq, record))
+        self._live += 1
+
+    def discard(self, record: TaskRecord) -> None:
+        """Forget ``record`` (it must be in this queue); its heap entry goes stale."""
+        assert record.queue is self, (record, self.name)
+        record.queue = None
+        self._live -= 1
+        stale = len(self._heap) - self._live
+        if stale > _COMPACT_MIN and stale > self._live:
+            self._heap = [e for e in self._heap if e[2].queue is self and e[2].seq == e[1]]
+            heapq.heapify(self._heap)
+
+    def _skip_stale(self) -> None:
+        heap = self._heap
+        while heap:
+            _, seq, record = heap[0]
+            if record.queue is self and record.seq == seq:
+                return
+            heapq.heappop(heap)
+
+    def peek_rank(self) -> float | None:
+        """Rank of the next task, or None when empty."""
+        self._skip_stale()
+        return self._heap[0][0] if self._heap else None
+
+    def pop(self) -> TaskRecord:
+        """Remove and return the lowest-rank task; the queue must not be empty."""
+        self._skip_stale()
+        record = heapq.heappop(self._heap)[2]
+        record.queue = None
+        self._live -= 1
+        return record
+
+    def take_all(self) -> list[TaskRecord]:
+        """Empty the queue, returning its live tasks in rank order."""
+        out = [self.pop() for _ in range(self._live)]
+        self._heap.clear()
+        return out
+
+    def records(self) -> list[TaskRecord]:
+        """The live tasks, unordered (for validation and status)."""
+        return [r for _, seq, r in self._heap if r.queue is self and r.seq == seq]

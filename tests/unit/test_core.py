@@ -1,0 +1,303 @@
+"""The dispatcher core as transcripts: events with literal times in, commands out. No sockets."""
+
+from __future__ import annotations
+
+import pytest
+
+from dispatcher import protocol as p
+from dispatcher.node import NodeState
+
+from .transcript import (
+    CLIENT,
+    CLIENT_ID,
+    Transcript,
+    logs,
+    resolved,
+    result,
+    sent_tasks,
+    to_agents,
+    to_client,
+)
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture
+def t() -> Transcript:
+    t = Transcript(heartbeat_interval_s=0.5, liveness=3, pending_grace_s=10.0)
+    t.hello()
+    return t
+
+
+# --------------------------------------------------------------------------- registration
+
+
+def test_register_replies_registered_with_heartbeat_settings(t: Transcript) -> None:
+    out = t.register("node-a", slots=2, credit=0)
+    assert to_agents(out) == [(b"node-a", p.Registered("node-a", 1, "d1", 0.5, 3))]
+    assert t.core.nodes["node-a"].state is NodeState.ALIVE
+    assert logs(out) == ["node_registered"]
+
+
+def test_second_live_agent_with_same_node_name_is_refused(t: Transcript) -> None:
+    t.register("node-a")
+    out = t.agent(b"other", p.Register("node-a", "imposter", 1, 0, 1.0))
+    [(peer, message)] = to_agents(out)
+    assert peer == b"other" and isinstance(message, p.Refused)
+    assert "already registered by live agent agent-node-a" in message.reason
+    assert t.core.nodes["node-a"].agent_id == "agent-node-a"
+
+
+def test_same_agent_registering_again_keeps_its_incarnation_and_work(t: Transcript) -> None:
+    t.register("node-a", slots=1)
+    t.submit((1, "node-a", 0.0))
+    out = t.agent(b"node-a-new-socket", p.Register("node-a", "agent-node-a", 1, 0, 1.0))
+    assert to_agents(out) == [(b"node-a-new-socket", p.Registered("node-a", 1, "d1", 0.5, 3))]
+    assert list(t.core.nodes["node-a"].in_flight) == [(CLIENT_ID, 1)]
+
+
+@pytest.mark.parametrize(
+    ("register", "reason"),
+    [
+        (p.Register("Node_A", "a", 1, 0, 1.0), "not a valid Kubernetes node name"),
+        (p.Register("node-a", "a", 1, 0, 1.0, protocol_version=99), "protocol version 99"),
+    ],
+)
+def test_bad_registrations_are_refused_with_a_reason(t: Transcript, register: p.Register, reason: str) -> None:
+    [(_, refused)] = to_agents(t.agent(b"x", register))
+    assert isinstance(refused, p.Refused) and reason in refused.reason
+    assert "node-a" not in t.core.nodes or t.core.nodes["node-a"].state is NodeState.PENDING
+
+
+def test_unknown_agent_peer_is_told_to_register_again(t: Transcript) -> None:
+    assert to_agents(t.agent(b"stranger", p.Credit(4))) == [(b"stranger", p.Reregister())]
+    assert to_agents(t.agent(b"stranger", p.Heartbeat())) == [(b"stranger", p.Reregister())]
+    assert to_agents(t.agent(b"stranger", p.Bye())) == []
+
+
+# --------------------------------------------------------------------------- rank order and credit
+
+
+def test_tasks_leave_each_node_queue_in_rank_order_not_arrival_order(t: Transcript) -> None:
+    t.register("node-a", slots=1, credit=0)
+    t.submit((1, "node-a", 5.0), (2, "node-a", 1.0), (3, "node-a", 3.0), (4, "node-a", 2.0))
+    order = []
+    for _ in range(4):
+        order += sent_tasks(t.agent(b"node-a", p.Credit(1)), b"node-a")
+        t.agent(b"node-a", result(order[-1]))
+    assert order == [2, 4, 3, 1]
+
+
+def test_a_batch_goes_out_in_rank_order_up_to_the_credit(t: Transcript) -> None:
+    t.register("node-a", slots=2, prefetch=1, credit=0)
+    t.submit(*[(i, "node-a", float(10 - i)) for i in range(10)])
+    assert sent_tasks(t.agent(b"node-a", p.Credit(3)), b"node-a") == [9, 8, 7]
+
+
+def test_credit_never_exceeds_slots_plus_prefetch(t: Transcript) -> None:
+    t.register("node-a", slots=2, prefetch=1, credit=0)
+    t.submit(*[(i, "node-a", float(i)) for i in range(10)])
+    assert sent_tasks(t.agent(b"node-a", p.Credit(50)), b"node-a") == [0, 1, 2]
+    assert sent_tasks(t.agent(b"node-a", p.Credit(50)), b"node-a") == []
+    t.agent(b"node-a", result(0))
+    assert sent_tasks(t.agent(b"node-a", p.Credit(1)), b"node-a") == [3]
+
+
+def test_pinned_tasks_go_only_to_their_node(t: Transcript) -> None:
+    t.register("node-a", slots=4)
+    t.register("node-b", slots=4)
+    out = t.submit((1, "node-b", 0.0), (2, "node-a", 0.0), (3, "node-b", 1.0))
+    assert sent_tasks(out, b"node-a") == [2]
+    assert sent_tasks(out, b"node-b") == [1, 3]
+
+
+def test_unpinned_tasks_go_to_whichever_node_has_credit(t: Transcript) -> None:
+    t.register("node-a", slots=1)
+    out = t.submit((1, None, 0.0), (2, None, 1.0))
+    assert sent_tasks(out, b"node-a") == [1]
+    out = t.register("node-b", slots=1)
+    assert sent_tasks(out, b"node-b") == [2]
+
+
+def test_node_merges_its_own_queue_and_the_pool_by_rank(t: Transcript) -> None:
+    t.register("node-a", slots=1, credit=0)
+    t.submit((1, "node-a", 2.0), (2, None, 1.0), (3, "node-a", 0.0))
+    order = []
+    for _ in range(3):
+        order += sent_tasks(t.agent(b"node-a", p.Credit(1)), b"node-a")
+        t.agent(b"node-a", result(order[-1]))
+    assert order == [3, 2, 1]
+
+
+def test_task_pinned_to_unregistered_node_waits_for_it(t: Transcript) -> None:
+    t.register("node-a", slots=4)
+    out = t.submit((1, "node-later", 0.0))
+    assert sent_tasks(out, b"node-a") == []
+    assert logs(out) == ["node_awaited"]
+    out = t.register("node-later", slots=1)
+    assert sent_tasks(out, b"node-later") == [1]
+
+
+def test_task_pinned_to_never_registered_node_goes_to_pool_after_grace(t: Transcript) -> None:
+    t.register("node-a", slots=1, credit=0)
+    t.submit((1, "node-ghost", 0.0), at=1.0)
+    t.agent(b"node-a", p.Heartbeat(), at=10.9)
+    t.tick(10.9)
+    assert t.core.nodes["node-ghost"].state is NodeState.PENDING
+    t.agent(b"node-a", p.Heartbeat(), at=11.1)
+    out = t.tick(11.1)
+    assert "node_dead" in logs(out)
+    assert sent_tasks(t.agent(b"node-a", p.Credit(1)), b"node-a") == [1]
+
+
+# --------------------------------------------------------------------------- results
+
+
+def test_result_goes_to_the_submitting_client_with_the_node_that_ran_it(t: Transcript) -> None:
+    t.hello(peer=b"other-client", client_id="c2")
+    t.register("node-a")
+    t.submit((7, "node-a", 0.0))
+    out = t.agent(b"node-a", result(7, payload=b"42"))
+    assert resolved(out) == [p.Resolution(7, p.Outcome.OK, b"42", "node-a")]
+    assert resolved(out, peer=b"other-client") == []
+    assert t.core.tasks == {}
+
+
+def test_second_result_for_the_same_task_is_dropped(t: Transcript) -> None:
+    t.register("node-a")
+    t.submit((7, "node-a", 0.0))
+    assert len(resolved(t.agent(b"node-a", result(7)))) == 1
+    assert resolved(t.agent(b"node-a", result(7, payload=b"again"))) == []
+    assert t.core.duplicates_dropped == 1
+    assert t.core.tasks_resolved == 1
+
+
+def test_resubmitting_a_held_task_is_ignored(t: Transcript) -> None:
+    t.register("node-a", slots=1, credit=0)
+    t.submit((1, "node-a", 0.0))
+    t.submit((1, "node-a", 0.0))
+    assert t.core.tasks_submitted == 1
+    assert sent_tasks(t.agent(b"node-a", p.Credit(4)), b"node-a") == [1]
+
+
+def test_client_without_hello_is_told_to_say_hello(t: Transcript) -> None:
+    [error] = to_client(t.client(p.Submit(()), peer=b"new"), peer=b"new")
+    assert isinstance(error, p.Error) and error.code is p.ErrorCode.UNKNOWN_CLIENT
+
+
+def test_submission_to_an_invalid_node_name_is_rejected_not_queued(t: Transcript) -> None:
+    [res] = resolved(t.submit((1, "NOT a node", 0.0)))
+    assert res.outcome is p.Outcome.REJECTED and b"not a valid Kubernetes node name" in res.payload
+    assert t.core.tasks == {}
+
+
+# --------------------------------------------------------------------------- liveness
+
+
+def test_heartbeats_are_sent_each_interval_and_silence_expires_after_interval_times_liveness(
+    t: Transcript,
+) -> None:
+    t.register("node-a", slots=1, credit=0)
+    assert to_agents(t.tick(0.4)) == []
+    assert to_agents(t.tick(0.5)) == [(b"node-a", p.Heartbeat())]
+    out = t.tick(1.5)
+    assert t.core.nodes["node-a"].state is NodeState.ALIVE, out
+    out = t.tick(1.51)
+    assert t.core.nodes["node-a"].state is NodeState.DEAD
+    assert logs(out) == ["node_dead"]
+
+
+def test_any_message_counts_as_a_heartbeat(t: Transcript) -> None:
+    t.register("node-a", slots=1, credit=0)
+    t.agent(b"node-a", p.Credit(1), at=1.0)
+    t.tick(2.4)
+    assert t.core.nodes["node-a"].state is NodeState.ALIVE
+
+
+def test_dead_node_queued_and_in_flight_tasks_move_to_a_live_node_lowest_rank_first(t: Transcript) -> None:
+    t.register("node-a", slots=1, prefetch=1)
+    t.register("node-b", slots=1, credit=0)
+    t.submit(*[(i, "node-a", float(i)) for i in range(5)])  # 0, 1 in flight on a; 2, 3, 4 queued
+    t.agent(b"node-b", p.Heartbeat(), at=1.6)
+    out = t.tick(1.6)
+    assert logs(out) == ["node_dead"]
+    assert t.core.nodes["node-a"].state is NodeState.DEAD
+    assert len(t.core.pool) == 5
+    assert sent_tasks(t.agent(b"node-b", p.Credit(1)), b"node-b") == [0]
+    t.agent(b"node-b", result(0))
+    assert sent_tasks(t.agent(b"node-b", p.Credit(1)), b"node-b") == [1]
+
+
+def test_tasks_pinned_to_a_dead_node_go_to_the_pool(t: Transcript) -> None:
+    t.register("node-a", slots=1, credit=0)
+    t.register("node-b", slots=1)
+    t.agent(b"node-b", p.Heartbeat(), at=2.0)
+    t.tick(2.0)
+    assert sent_tasks(t.submit((1, "node-a", 0.0)), b"node-b") == [1]
+
+
+def test_late_result_from_a_dead_incarnation_wins_if_still_unresolved(t: Transcript) -> None:
+    t.register("node-a", slots=1)
+    t.register("node-b", slots=1, credit=0)
+    t.submit((1, "node-a", 0.0), (2, "node-a", 1.0))
+    t.agent(b"node-b", p.Heartbeat(), at=2.0)
+    t.tick(2.0)  # node-a dead; task 1 back in the pool
+    out = t.agent(b"node-a", result(1, payload=b"late"))
+    assert resolved(out) == [p.Resolution(1, p.Outcome.OK, b"late", "node-a")]
+    assert (b"node-a", p.Reregister()) in to_agents(out)
+    assert sent_tasks(t.agent(b"node-b", p.Credit(1)), b"node-b") == [2]
+
+
+def test_returning_node_reclaims_its_pinned_tasks_from_the_pool(t: Transcript) -> None:
+    t.register("node-a", slots=1, credit=0)
+    t.submit((1, "node-a", 0.0))
+    t.tick(2.0)
+    assert len(t.core.pool) == 1
+    out = t.register("node-a", agent_id="agent-node-a-2")
+    assert t.core.nodes["node-a"].incarnation == 2
+    assert sent_tasks(out, b"node-a") == [1]
+
+
+# --------------------------------------------------------------------------- drain, bye, cancel
+
+
+def test_drain_returns_unstarted_tasks_and_bye_leaves_cleanly(t: Transcript) -> None:
+    t.register("node-a", slots=1, prefetch=2)
+    t.register("node-b", slots=2, credit=0)
+    t.submit((1, "node-a", 0.0), (2, "node-a", 1.0), (3, "node-a", 2.0))
+    out = t.agent(b"node-a", p.Drain((p.TaskRef(CLIENT_ID, 2), p.TaskRef(CLIENT_ID, 3))))
+    assert logs(out) == ["node_draining"]
+    assert sent_tasks(t.agent(b"node-a", p.Credit(2)), b"node-a") == []
+    assert sent_tasks(t.agent(b"node-b", p.Credit(2)), b"node-b") == [2, 3]
+    t.agent(b"node-a", result(1))
+    out = t.agent(b"node-a", p.Bye())
+    assert logs(out) == ["node_left"]
+    assert t.core.nodes["node-a"].state is NodeState.GONE
+
+
+def test_cancel_resolves_queued_tasks_and_asks_the_agent_for_running_ones(t: Transcript) -> None:
+    t.register("node-a", slots=1)
+    t.submit((1, "node-a", 0.0), (2, "node-a", 1.0))
+    out = t.client(p.Cancel((1, 2, 99)))
+    assert [(r.task_id, r.outcome) for r in resolved(out)] == [(2, p.Outcome.CANCELLED)]
+    assert to_agents(out) == [(b"node-a", p.CancelTasks((p.TaskRef(CLIENT_ID, 1),)))]
+
+
+# --------------------------------------------------------------------------- queries and garbage
+
+
+def test_nodes_and_status_queries_report_queues(t: Transcript) -> None:
+    t.register("node-b", slots=2, credit=1, speed=2.0)
+    t.submit((1, "node-b", 0.0), (2, "node-b", 1.0), (3, None, 0.0))
+    [nodes] = to_client(t.client(p.NodesQuery(5)))
+    assert nodes == p.Nodes(5, (p.NodeInfo("node-b", "alive", 2.0, 2, 1, 1, 1, 0),))
+    [status] = to_client(t.client(p.StatusQuery(6)))
+    assert isinstance(status, p.Status)
+    assert (status.request_id, status.pool_queued, status.tasks_submitted) == (6, 1, 3)
+
+
+def test_bad_frames_are_counted_and_logged_sparingly() -> None:
+    t = Transcript(bad_frame_log_every=100)
+    logged = sum(len(logs(t.garbage())) for _ in range(1000))
+    assert t.core.bad_frames == 1000
+    assert logged == 1 + 10

@@ -1,0 +1,104 @@
+"""A harness that drives the dispatcher core like a transcript: events in, commands out.
+
+Every step runs ``validate_state()``, so a test that only looks at commands still checks the
+core's invariants after each event.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dispatcher import protocol as p
+from dispatcher.core import CoreConfig, DispatcherCore
+from dispatcher.events import (
+    AgentMessageReceived,
+    ClientMessageReceived,
+    Command,
+    FrameRejected,
+    Log,
+    SendToAgent,
+    SendToClient,
+    Ticked,
+)
+
+CLIENT = b"client-peer"
+CLIENT_ID = "c1"
+
+
+class Transcript:
+    def __init__(self, **config: Any) -> None:
+        config.setdefault("dispatcher_id", "d1")
+        self.core = DispatcherCore(CoreConfig(**config))
+        self.now = 0.0
+
+    def _step(self, event: Any) -> list[Command]:
+        self.now = event.now
+        commands = self.core.handle(event)
+        self.core.validate_state()
+        return commands
+
+    def agent(self, peer: bytes, message: Any, at: float | None = None) -> list[Command]:
+        return self._step(AgentMessageReceived(peer, message, self.now if at is None else at, "t"))
+
+    def client(self, message: Any, at: float | None = None, peer: bytes = CLIENT) -> list[Command]:
+        return self._step(ClientMessageReceived(peer, message, self.now if at is None else at, "t"))
+
+    def tick(self, at: float) -> list[Command]:
+        return self._step(Ticked(at, "tick"))
+
+    def garbage(self, at: float | None = None) -> list[Command]:
+        return self._step(FrameRejected("agent", "junk", self.now if at is None else at, "t"))
+
+    # -------------------------------------------------------------- common openings
+
+    def register(self, name: str, slots: int = 1, prefetch: int = 0, credit: int | None = None,
+                 agent_id: str | None = None, speed: float = 1.0) -> list[Command]:
+        peer = name.encode()
+        out = self.agent(peer, p.Register(name, agent_id or f"agent-{name}", slots, prefetch, speed))
+        credit = slots + prefetch if credit is None else credit
+        if credit:
+            out += self.agent(peer, p.Credit(credit))
+        return out
+
+    def hello(self, peer: bytes = CLIENT, client_id: str = CLIENT_ID) -> list[Command]:
+        return self.client(p.Hello(client_id), peer=peer)
+
+    def submit(
+        self, *specs: tuple[int, str | None, float], payload: bytes = b"fn", at: float | None = None
+    ) -> list[Command]:
+        return self.client(p.Submit(tuple(p.TaskSpec(t, n, r, payload) for t, n, r in specs)), at=at)
+
+
+def sent_tasks(commands: list[Command], peer: bytes) -> list[int]:
+    """Task ids sent to ``peer`` in these commands, in order."""
+    return [
+        t.task_id
+        for c in commands
+        if isinstance(c, SendToAgent) and c.peer == peer and isinstance(c.message, p.Tasks)
+        for t in c.message.tasks
+    ]
+
+
+def to_agents(commands: list[Command]) -> list[tuple[bytes, p.Message]]:
+    return [(c.peer, c.message) for c in commands if isinstance(c, SendToAgent)]
+
+
+def resolved(commands: list[Command], peer: bytes = CLIENT) -> list[p.Resolution]:
+    return [
+        r
+        for c in commands
+        if isinstance(c, SendToClient) and c.peer == peer and isinstance(c.message, p.Resolved)
+        for r in c.message.results
+    ]
+
+
+def to_client(commands: list[Command], peer: bytes = CLIENT) -> list[p.Message]:
+    return [c.message for c in commands if isinstance(c, SendToClient) and c.peer == peer]
+
+
+def logs(commands: list[Command]) -> list[str]:
+    return [c.event for c in commands if isinstance(c, Log)]
+
+
+def result(task_id: int, outcome: p.Outcome = p.Outcome.OK, payload: bytes = b"r") -> p.Results:
+    return p.Results((p.TaskResult(CLIENT_ID, task_id, outcome, payload),))
