@@ -1,0 +1,161 @@
+"""``saga-dispatch``: one console script, one subcommand per role.
+
+Configuration is read here (flags, with environment fallbacks for the pod manifests), turned into
+each component's frozen config dataclass, and passed in. Logging is configured here, once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+
+import structlog
+
+from dispatcher.logs import LOG_FORMATS, configure_logging
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="saga-dispatch", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--log-format", choices=LOG_FORMATS, default=_env("SAGA_LOG_FORMAT", "auto"),
+                        help="console (terminal), json (pods, files), or auto (default)")
+    parser.add_argument("--log-level", default=_env("SAGA_LOG_LEVEL", "info"))
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    d = sub.add_parser("dispatcher", help="run the dispatcher service")
+    d.add_argument("--host", default=_env("SAGA_HOST", "0.0.0.0"), help="address to bind (default 0.0.0.0)")
+    d.add_argument("--client-port", type=int, default=int(_env("SAGA_CLIENT_PORT", "5560")))
+    d.add_argument("--agent-port", type=int, default=int(_env("SAGA_AGENT_PORT", "5561")))
+    d.add_argument("--heartbeat-interval", type=float, default=0.5, metavar="SECONDS")
+    d.add_argument("--liveness", type=int, default=3, help="missed intervals before a node is dead")
+    d.add_argument("--pending-grace", type=float, default=30.0, metavar="SECONDS",
+                   help="how long tasks wait for a named node that never registers")
+    d.add_argument("--announce", action="store_true", help="print the bound URLs as one JSON line on stdout")
+
+    a = sub.add_parser("agent", help="run a node agent")
+    a.add_argument("--dispatcher", default=os.environ.get("SAGA_DISPATCHER"), required="SAGA_DISPATCHER" not in os.environ,
+                   metavar="URL", help="the dispatcher's agent URL, e.g. tcp://saga-dispatcher:5561")
+    a.add_argument("--node-name", default=None,
+                   help="node name if NODE_NAME (Downward API spec.nodeName) is unset; else the hostname")
+    a.add_argument("--workers", type=int, default=int(_env("SAGA_WORKERS", str(os.cpu_count() or 1))))
+    a.add_argument("--prefetch", type=int, default=None, help="tasks held beyond the workers (default: workers)")
+    a.add_argument("--speed", type=float, default=float(_env("SAGA_NODE_SPEED", "1.0")))
+    a.add_argument("--drain-timeout", type=float, default=30.0, metavar="SECONDS")
+
+    loc = sub.add_parser("local", help="run a dispatcher and N agents locally until Ctrl-C")
+    loc.add_argument("--nodes", type=int, default=4)
+    loc.add_argument("--speeds", default=None, help="comma-separated node speeds, e.g. 1,1,2,4")
+    loc.add_argument("--workers", type=int, default=1, help="workers per node")
+
+    s = sub.add_parser("status", help="print a dispatcher's nodes, queues and counters")
+    s.add_argument("--dispatcher", default=_env("SAGA_DISPATCHER_CLIENT", "tcp://127.0.0.1:5560"), metavar="URL")
+    s.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS")
+
+    demo = sub.add_parser("demo", help="run a pinned workload on a local 4-node cluster and show where it ran")
+    demo.add_argument("--tasks", type=int, default=200)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    configure_logging(args.log_format, args.log_level, component=args.command)
+    try:
+        return int(_COMMANDS[args.command](args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # one clear line, not a traceback, for expected failures
+        from dispatcher.errors import DispatchError
+        from dispatcher.local import LocalClusterError
+
+        if isinstance(exc, DispatchError | LocalClusterError | ValueError):
+            print(f"saga-dispatch {args.command}: {exc}", file=sys.stderr)
+            return 1
+        raise
+
+
+def _run_dispatcher(args: argparse.Namespace) -> int:
+    from dispatcher.lifeline import die_with_parent
+    from dispatcher.service import DispatcherConfig, DispatcherService
+
+    die_with_parent()
+    config = DispatcherConfig(
+        host=args.host,
+        client_port=args.client_port,
+        agent_port=args.agent_port,
+        heartbeat_interval_s=args.heartbeat_interval,
+        liveness=args.liveness,
+        pending_grace_s=args.pending_grace,
+    )
+    service = DispatcherService(config)
+    service.install_signal_handlers()
+    service.bind()
+    if args.announce:
+        print(service.announcement(), flush=True)
+    service.run()
+    return 0
+
+
+def _run_agent(args: argparse.Namespace) -> int:
+    from dispatcher.lifeline import die_with_parent
+    from worker_agent import Agent, AgentConfig, resolve_node_name
+
+    die_with_parent()
+    config = AgentConfig(
+        dispatcher_url=args.dispatcher,
+        node_name=resolve_node_name(args.node_name),
+        workers=args.workers,
+        prefetch=args.workers if args.prefetch is None else args.prefetch,
+        speed=args.speed,
+        drain_timeout_s=args.drain_timeout,
+    )
+    structlog.contextvars.bind_contextvars(node=config.node_name)
+    agent = Agent(config)
+    agent.install_signal_handlers()
+    agent.run()
+    return 0
+
+
+def _run_local(args: argparse.Namespace) -> int:
+    from dispatcher.local import LocalCluster
+
+    speeds = [float(s) for s in args.speeds.split(",")] if args.speeds else None
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    with LocalCluster(args.nodes, speeds=speeds, workers=args.workers, log_format=args.log_format) as cluster:
+        print(f"dispatcher client URL: {cluster.client_url}", flush=True)
+        print(f"dispatcher agent URL:  {cluster.agent_url}", flush=True)
+        print(f"nodes: {', '.join(cluster.node_names)}  (Ctrl-C to stop)", flush=True)
+        stop.wait()
+    return 0
+
+
+def _run_status(args: argparse.Namespace) -> int:
+    from dispatcher.client import Client
+    from dispatcher.report import status_table
+
+    with Client(args.dispatcher, connect_timeout_s=args.timeout) as client:
+        print(status_table(client.status(timeout_s=args.timeout)))
+    return 0
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from dispatcher.demo import run_demo
+
+    return run_demo(tasks=args.tasks)
+
+
+_COMMANDS = {
+    "dispatcher": _run_dispatcher,
+    "agent": _run_agent,
+    "local": _run_local,
+    "status": _run_status,
+    "demo": _run_demo,
+}

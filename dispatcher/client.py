@@ -1,0 +1,282 @@
+"""The standalone client: submit Python functions to a dispatcher and get futures back.
+
+One background thread owns the DEALER socket (ZeroMQ sockets are not thread-safe); ``submit()``
+only serializes the call the way Parsl's HTEX does and hands it to that thread through a deque
+and a wake-up pipe, so it never blocks on the network.
+
+Re-send on reconnect: every unresolved task is kept until it resolves. Whenever the dispatcher
+welcomes us (after the first HELLO, after it restarted, or after it forgot our routing id), all
+of them are sent again; the dispatcher ignores ids it already holds, and the first result wins
+here too, so no task is lost and no future resolves twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any, Final
+
+import structlog
+import zmq
+from parsl.app.errors import RemoteExceptionWrapper
+from parsl.serialize import deserialize, pack_apply_message
+
+from dispatcher import protocol as p
+from dispatcher.errors import DispatcherUnavailable, failure
+
+log = structlog.get_logger("client")
+
+_BATCH_TASKS: Final = 2048
+_BATCH_BYTES: Final = 8 * 1024 * 1024
+
+
+def settle(future: Future[Any], resolution: p.Resolution) -> None:
+    """Resolve ``future`` from a dispatcher resolution: the value, the app's exception, or a failure."""
+    if future.done():
+        return
+    outcome = resolution.outcome
+    try:
+        if outcome is p.Outcome.OK:
+            future.set_result(deserialize(resolution.payload))
+            return
+        if outcome is p.Outcome.APP_ERROR:
+            wrapped = deserialize(resolution.payload)
+            if isinstance(wrapped, RemoteExceptionWrapper):
+                try:
+                    wrapped.reraise()
+                except BaseException as exc:  # reraise() always raises: that is how Parsl unwraps
+                    future.set_exception(exc)
+                return
+            future.set_exception(wrapped if isinstance(wrapped, BaseException) else RuntimeError(repr(wrapped)))
+            return
+        future.set_exception(failure(outcome, resolution.task_id, resolution.payload, resolution.node_name))
+    except Exception as exc:  # a payload we cannot deserialize must still end the future
+        future.set_exception(exc)
+
+
+class Client:
+    """A connection to a dispatcher's client port.
+
+    ``submit(fn, *args, node=None, rank=0, **kwargs)`` returns a :class:`concurrent.futures.Future`
+    whose result is ``fn(*args, **kwargs)`` as run by a worker on ``node`` (any node if None);
+    tasks on one node start in ``rank`` order. Futures also carry ``node_name`` once resolved.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        client_id: str | None = None,
+        connect_timeout_s: float = 10.0,
+        heartbeat_interval_s: float = 1.0,
+    ) -> None:
+        self.address = address
+        self.client_id = client_id or f"client-{uuid.uuid4().hex[:12]}"
+        self.heartbeat_interval_s = heartbeat_interval_s
+        self._ids = itertools.count(1)
+        self._pending: dict[int, tuple[Future[Any], p.TaskSpec]] = {}
+        self._outbox: deque[p.TaskSpec | p.Cancel | p.NodesQuery | p.StatusQuery] = deque()
+        self._replies: dict[int, Future[Any]] = {}
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        self._wake_armed = False
+        self._closing = threading.Event()
+        self._welcomed = threading.Event()
+        self.dispatcher_id: str | None = None
+        self._ctx = zmq.Context.instance()
+        self._thread = threading.Thread(target=self._run, name=f"saga-client-{self.client_id}", daemon=True)
+        self._thread.start()
+        if not self._welcomed.wait(connect_timeout_s):
+            self.close()
+            raise DispatcherUnavailable(f"no dispatcher answered at {address} within {connect_timeout_s:g} s")
+
+    # ------------------------------------------------------------------ public API
+
+    def submit(
+        self, fn: Callable[..., Any], *args: Any, node: str | None = None, rank: float = 0.0, **kwargs: Any
+    ) -> Future[Any]:
+        return self.submit_payload(pack_apply_message(fn, args, kwargs), node=node, rank=rank)
+
+    def submit_payload(self, payload: bytes, *, node: str | None = None, rank: float = 0.0) -> Future[Any]:
+        """Submit an already-packed Parsl apply message (what the Parsl executor does)."""
+        if self._closing.is_set():
+            raise DispatcherUnavailable("client is closed")
+        task_id = next(self._ids)
+        future: Future[Any] = Future()
+        future.task_id = task_id  # type: ignore[attr-defined]
+        spec = p.TaskSpec(task_id, node, float(rank), payload)
+        self._pending[task_id] = (future, spec)
+        self._post(spec)
+        return future
+
+    def cancel(self, future: Future[Any]) -> None:
+        """Ask the dispatcher to drop the task if it has not started (it then fails TaskCancelled)."""
+        self._post(p.Cancel((future.task_id,)))  # type: ignore[attr-defined]
+
+    def nodes(self, timeout_s: float = 10.0) -> tuple[p.NodeInfo, ...]:
+        reply = self._ask(p.NodesQuery, timeout_s)
+        assert isinstance(reply, p.Nodes)
+        return reply.nodes
+
+    def status(self, timeout_s: float = 10.0) -> p.Status:
+        reply = self._ask(p.StatusQuery, timeout_s)
+        assert isinstance(reply, p.Status)
+        return reply
+
+    @property
+    def outstanding(self) -> int:
+        """Tasks submitted and not yet resolved."""
+        return len(self._pending)
+
+    def close(self) -> None:
+        """Stop the I/O thread; futures still pending fail with DispatcherUnavailable."""
+        if self._closing.is_set():
+            return
+        self._closing.set()
+        self._wake()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout=10)
+        for task_id, (future, _) in list(self._pending.items()):
+            if not future.done():
+                future.set_exception(DispatcherUnavailable(f"client closed before task {task_id} resolved"))
+        self._pending.clear()
+        for fd in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ caller side
+
+    def _post(self, item: p.TaskSpec | p.Cancel | p.NodesQuery | p.StatusQuery) -> None:
+        self._outbox.append(item)
+        if not self._wake_armed:
+            self._wake_armed = True
+            self._wake()
+
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"x")
+
+    def _ask(self, query: type[p.NodesQuery] | type[p.StatusQuery], timeout_s: float) -> p.Message:
+        request_id = next(self._ids)
+        reply: Future[Any] = Future()
+        self._replies[request_id] = reply
+        self._post(query(request_id))
+        try:
+            return reply.result(timeout=timeout_s)  # type: ignore[no-any-return]
+        except TimeoutError as exc:
+            raise DispatcherUnavailable(f"dispatcher at {self.address} did not answer in {timeout_s:g} s") from exc
+        finally:
+            self._replies.pop(request_id, None)
+
+    # ------------------------------------------------------------------ I/O thread
+
+    def _run(self) -> None:
+        sock: zmq.Socket[bytes] = self._ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, 0)
+        sock.setsockopt(zmq.RCVHWM, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, p.MAX_FRAME_BYTES)
+        sock.connect(self.address)
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
+        hello = p.encode(p.Hello(self.client_id))
+        sock.send(hello)
+        last_sent = time.monotonic()
+        try:
+            while not self._closing.is_set():
+                ready = dict(poller.poll(self.heartbeat_interval_s * 1000))
+                if self._wake_r in ready:
+                    with contextlib.suppress(BlockingIOError):
+                        os.read(self._wake_r, 4096)
+                if sock in ready:
+                    self._receive(sock)
+                if self._welcomed.is_set() and self._flush(sock):
+                    last_sent = time.monotonic()
+                if time.monotonic() - last_sent >= self.heartbeat_interval_s:
+                    # Before the welcome, repeat HELLO (the dispatcher may not be up yet).
+                    sock.send(p.encode(p.Heartbeat()) if self._welcomed.is_set() else hello)
+                    last_sent = time.monotonic()
+        except Exception:
+            log.exception("client_io_failed", client_id=self.client_id)
+        finally:
+            sock.close(linger=0)
+
+    def _flush(self, sock: zmq.Socket[bytes]) -> bool:
+        """Send what callers posted: tasks in Submit batches, the rest as they are."""
+        self._wake_armed = False
+        sent = False
+        batch: list[p.TaskSpec] = []
+        size = 0
+        outbox = self._outbox
+        while outbox:
+            item = outbox.popleft()
+            if type(item) is p.TaskSpec:
+                batch.append(item)
+                size += len(item.payload)
+                if len(batch) >= _BATCH_TASKS or size >= _BATCH_BYTES:
+                    sock.send(p.encode(p.Submit(tuple(batch))))
+                    batch, size = [], 0
+            else:
+                sock.send(p.encode(item))  # type: ignore[arg-type]
+            sent = True
+        if batch:
+            sock.send(p.encode(p.Submit(tuple(batch))))
+        return sent
+
+    def _receive(self, sock: zmq.Socket[bytes]) -> None:
+        while True:
+            try:
+                frame = sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                message = p.decode(frame)
+            except p.ProtocolError as exc:
+                log.warning("bad_frame", client_id=self.client_id, reason=str(exc))
+                continue
+            if type(message) is p.Resolved:
+                pending = self._pending
+                for resolution in message.results:
+                    entry = pending.pop(resolution.task_id, None)
+                    if entry is not None:
+                        entry[0].node_name = resolution.node_name  # type: ignore[attr-defined]
+                        settle(entry[0], resolution)
+            elif type(message) is p.Welcome:
+                self._welcome(message)
+            elif type(message) is p.Error:
+                self._error(sock, message)
+            elif type(message) in (p.Nodes, p.Status):
+                reply = self._replies.get(message.request_id)  # type: ignore[union-attr]
+                if reply is not None and not reply.done():
+                    reply.set_result(message)
+
+    def _welcome(self, message: p.Welcome) -> None:
+        again = self._welcomed.is_set()
+        if again or self.dispatcher_id is not None:
+            # Re-send everything unresolved, ahead of anything newly posted; duplicates are ignored.
+            resend = [spec for _, spec in list(self._pending.values())]
+            self._outbox.extendleft(reversed(resend))
+            log.info("client_resending", client_id=self.client_id, tasks=len(resend),
+                     restarted=message.dispatcher_id != self.dispatcher_id)
+        self.dispatcher_id = message.dispatcher_id
+        self._welcomed.set()
+
+    def _error(self, sock: zmq.Socket[bytes], message: p.Error) -> None:
+        if message.code is p.ErrorCode.UNKNOWN_CLIENT:
+            sock.send(p.encode(p.Hello(self.client_id)))
+        else:
+            log.error("dispatcher_error", client_id=self.client_id, code=message.code.name, message=message.message)

@@ -1,0 +1,216 @@
+"""A local cluster: one dispatcher and N agents (``local-0 .. local-N-1``) as subprocesses.
+
+Used by ``saga-dispatch local``, the demo, the tests and the Parsl executor's embedded mode.
+Each child runs in its own session (process group) and is tied to this process with
+PR_SET_PDEATHSIG, so :meth:`LocalCluster.stop` — or this process dying — leaves nothing running,
+even a worker of an agent that was SIGKILLed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO, Any
+
+from dispatcher.client import Client
+from dispatcher.lifeline import ENV as PARENT_ENV
+
+NODE_PREFIX = "local-"
+
+
+class LocalClusterError(RuntimeError):
+    """A local dispatcher or agent did not start."""
+
+
+class LocalCluster:
+    def __init__(
+        self,
+        nodes: int = 4,
+        *,
+        speeds: Sequence[float] | None = None,
+        workers: int = 1,
+        prefetch: int | None = None,
+        heartbeat_interval_s: float = 0.5,
+        liveness: int = 3,
+        pending_grace_s: float = 30.0,
+        start_agents: bool = True,
+        log_dir: Path | None = None,
+        log_format: str = "json",
+        startup_timeout_s: float = 30.0,
+    ) -> None:
+        if nodes < 1:
+            raise ValueError(f"a local cluster needs at least one node, got {nodes}")
+        speeds = list(speeds) if speeds is not None else [1.0] * nodes
+        if len(speeds) != nodes:
+            raise ValueError(f"{len(speeds)} speeds given for {nodes} nodes")
+        if any(not s > 0 for s in speeds):
+            raise ValueError(f"speeds must be positive, got {speeds}")
+        self.node_names = [f"{NODE_PREFIX}{i}" for i in range(nodes)]
+        self.speeds = dict(zip(self.node_names, speeds, strict=True))
+        self.workers = workers
+        self.prefetch = workers if prefetch is None else prefetch
+        self.heartbeat_interval_s = heartbeat_interval_s
+        self.liveness = liveness
+        self.pending_grace_s = pending_grace_s
+        self.start_agents = start_agents
+        self.log_dir = log_dir
+        self.log_format = log_format
+        self.startup_timeout_s = startup_timeout_s
+        self.client_url = ""
+        self.agent_url = ""
+        self.dispatcher: subprocess.Popen[bytes] | None = None
+        self.agents: dict[str, subprocess.Popen[bytes]] = {}
+        self._logs: list[IO[Any]] = []
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def __enter__(self) -> LocalCluster:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        try:
+            self.start_dispatcher()
+            if self.start_agents:
+                for name in self.node_names:
+                    self.start_agent(name)
+                self.wait_for_nodes(len(self.node_names))
+        except BaseException:
+            self.stop()
+            raise
+
+    def start_dispatcher(self, client_port: int = 0, agent_port: int = 0) -> None:
+        """Start the dispatcher (again, after a kill: pass the old ports to keep its address)."""
+        argv = [
+            "dispatcher", "--host", "127.0.0.1",
+            "--client-port", str(client_port), "--agent-port", str(agent_port),
+            "--heartbeat-interval", repr(self.heartbeat_interval_s), "--liveness", str(self.liveness),
+            "--pending-grace", repr(self.pending_grace_s), "--announce",
+        ]  # fmt: skip
+        proc = self._spawn("dispatcher", argv, stdout=subprocess.PIPE)
+        self.dispatcher = proc
+        announced = _read_line(proc, self.startup_timeout_s)
+        if announced is None:
+            code = proc.poll()
+            raise LocalClusterError(f"dispatcher did not start within {self.startup_timeout_s:g} s (exit code {code})")
+        info = json.loads(announced)
+        self.client_url, self.agent_url = info["client_url"], info["agent_url"]
+
+    def start_agent(self, name: str) -> subprocess.Popen[bytes]:
+        """Start (or restart) the agent of node ``name``."""
+        old = self.agents.get(name)
+        if old is not None and old.poll() is None:
+            raise LocalClusterError(f"agent {name} is already running (pid {old.pid})")
+        argv = [
+            "agent", "--dispatcher", self.agent_url, "--node-name", name,
+            "--workers", str(self.workers), "--prefetch", str(self.prefetch),
+            "--speed", repr(self.speeds[name]),
+        ]  # fmt: skip
+        proc = self._spawn(name, argv)
+        self.agents[name] = proc
+        return proc
+
+    def _spawn(self, role: str, argv: list[str], stdout: int | None = None) -> subprocess.Popen[bytes]:
+        env = {k: v for k, v in os.environ.items() if k != "NODE_NAME"}
+        env[PARENT_ENV] = str(os.getpid())
+        stderr: IO[Any] | None = None
+        if self.log_dir is not None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            stderr = (self.log_dir / f"{role}.log").open("ab")
+            self._logs.append(stderr)
+        return subprocess.Popen(
+            [sys.executable, "-m", "dispatcher", "--log-format", self.log_format, *argv],
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=stderr,
+            env=env,
+            start_new_session=True,
+        )
+
+    def wait_for_nodes(self, count: int, timeout_s: float | None = None) -> None:
+        """Block until ``count`` nodes are registered and alive."""
+        deadline = time.monotonic() + (timeout_s or self.startup_timeout_s)
+        with self.client() as client:
+            while True:
+                alive = [n.node_name for n in client.nodes() if n.state == "alive"]
+                if len(alive) >= count:
+                    return
+                if time.monotonic() > deadline:
+                    raise LocalClusterError(f"only {alive} of {count} nodes registered in time")
+                for name, proc in self.agents.items():
+                    if proc.poll() is not None and name not in alive:
+                        raise LocalClusterError(f"agent {name} exited with code {proc.returncode}")
+                time.sleep(0.05)
+
+    def client(self, **kwargs: Any) -> Client:
+        return Client(self.client_url, **kwargs)
+
+    # ------------------------------------------------------------------ faults
+
+    def kill_agent(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Send ``sig`` to the agent of ``name`` and its workers (its whole process group)."""
+        _signal_group(self.agents[name], sig)
+        if sig == signal.SIGKILL:
+            self.agents[name].wait()
+
+    def kill_dispatcher(self, sig: int = signal.SIGKILL) -> None:
+        assert self.dispatcher is not None
+        _signal_group(self.dispatcher, sig)
+        if sig == signal.SIGKILL:
+            self.dispatcher.wait()
+
+    # ------------------------------------------------------------------ teardown
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Drain agents (SIGTERM), stop the dispatcher, then SIGKILL whatever is left of each group."""
+        procs = list(self.agents.values())
+        for proc in procs:
+            _signal_group(proc, signal.SIGTERM)
+        _wait_all(procs, timeout_s)
+        if self.dispatcher is not None:
+            _signal_group(self.dispatcher, signal.SIGTERM)
+            _wait_all([self.dispatcher], timeout_s)
+            procs.append(self.dispatcher)
+        for proc in procs:
+            _signal_group(proc, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=timeout_s)
+            if proc.stdout is not None:
+                proc.stdout.close()
+        for f in self._logs:
+            f.close()
+        self._logs.clear()
+
+
+def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, sig)  # start_new_session: the group id is the child's pid
+
+
+def _wait_all(procs: list[subprocess.Popen[bytes]], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    for proc in procs:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+
+
+def _read_line(proc: subprocess.Popen[bytes], timeout_s: float) -> str | None:
+    """The child's first stdout line, or None if it exits or stays silent for ``timeout_s``."""
+    assert proc.stdout is not None
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        if not sel.select(timeout_s):
+            return None
+    line = proc.stdout.readline()
+    return line.decode().strip() or None

@@ -1,0 +1,223 @@
+"""The dispatcher's I/O shell: two ROUTER sockets, the clock, and the core as a field.
+
+The loop reads as named phases: poll, read agent frames, read client frames, tick. Every frame is
+decoded by the contract, turned into one event, handed to the core, and the commands that come
+back are carried out in order. Nothing a peer sends can stop the loop: undecodable frames become
+``FrameRejected`` events, and a bug in the core is logged with its traceback, not raised.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+import structlog
+import zmq
+
+from dispatcher import protocol as p
+from dispatcher.core import CoreConfig, DispatcherCore
+from dispatcher.events import (
+    AgentMessageReceived,
+    ClientMessageReceived,
+    Command,
+    Event,
+    FrameRejected,
+    Log,
+    SendToAgent,
+    SendToClient,
+    Ticked,
+)
+
+log = structlog.get_logger("dispatcher")
+
+_AGENT_OPS: Final = frozenset({p.Register, p.Credit, p.Results, p.Drain, p.Bye, p.Heartbeat})
+_CLIENT_OPS: Final = frozenset({p.Hello, p.Submit, p.Cancel, p.NodesQuery, p.StatusQuery, p.Heartbeat})
+_READ_BURST: Final = 256
+"""Frames read from one socket before looking at the other and at the clock (fairness)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DispatcherConfig:
+    host: str = "0.0.0.0"
+    client_port: int = 5560
+    """0 picks a free port (reported by :meth:`DispatcherService.bind`)."""
+    agent_port: int = 5561
+    heartbeat_interval_s: float = 0.5
+    liveness: int = 3
+    pending_grace_s: float = 30.0
+    tick_s: float = 0.05
+    max_frame_bytes: int = p.MAX_FRAME_BYTES
+
+    def core_config(self, dispatcher_id: str) -> CoreConfig:
+        return CoreConfig(
+            dispatcher_id=dispatcher_id,
+            heartbeat_interval_s=self.heartbeat_interval_s,
+            liveness=self.liveness,
+            pending_grace_s=self.pending_grace_s,
+        )
+
+
+class DispatcherService:
+    """Owns the sockets and the clock; the state lives in ``self.core``."""
+
+    def __init__(self, config: DispatcherConfig, clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config
+        self.dispatcher_id = uuid.uuid4().hex[:16]
+        self.core = DispatcherCore(config.core_config(self.dispatcher_id))
+        self._clock = clock
+        self._stimuli = itertools.count()
+        self._stop = threading.Event()
+        self._ctx = zmq.Context.instance()
+        self._agents = self._router()
+        self._clients = self._router()
+        self.client_port = 0
+        self.agent_port = 0
+
+    def _router(self) -> zmq.Socket[bytes]:
+        sock: zmq.Socket[bytes] = self._ctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, self.config.max_frame_bytes)
+        sock.setsockopt(zmq.SNDHWM, 0)  # never drop a result or task silently; credit bounds agents
+        sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
+        return sock
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def bind(self) -> tuple[int, int]:
+        """Bind both sockets; returns (client_port, agent_port), resolving port 0."""
+        host = self.config.host
+        self.client_port = self._bind(self._clients, host, self.config.client_port)
+        self.agent_port = self._bind(self._agents, host, self.config.agent_port)
+        log.info(
+            "dispatcher_listening",
+            dispatcher_id=self.dispatcher_id,
+            client_url=self.url(self.client_port),
+            agent_url=self.url(self.agent_port),
+        )
+        return self.client_port, self.agent_port
+
+    @staticmethod
+    def _bind(sock: zmq.Socket[bytes], host: str, port: int) -> int:
+        if port == 0:
+            return sock.bind_to_random_port(f"tcp://{host}")
+        sock.bind(f"tcp://{host}:{port}")
+        return port
+
+    def url(self, port: int) -> str:
+        host = "127.0.0.1" if self.config.host in ("0.0.0.0", "*") else self.config.host
+        return f"tcp://{host}:{port}"
+
+    def announcement(self) -> str:
+        """One JSON line a parent process reads to learn where we listen."""
+        return json.dumps(
+            {
+                "event": "dispatcher_listening",
+                "dispatcher_id": self.dispatcher_id,
+                "client_url": self.url(self.client_port),
+                "agent_url": self.url(self.agent_port),
+            }
+        )
+
+    def stop(self) -> None:
+        """Ask the loop to finish (thread- and signal-safe)."""
+        self._stop.set()
+
+    def install_signal_handlers(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self.stop())
+
+    def close(self) -> None:
+        self._agents.close(linger=0)
+        self._clients.close(linger=0)
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self) -> None:
+        """Serve until :meth:`stop`. Binds first if :meth:`bind` was not called."""
+        if not self.client_port:
+            self.bind()
+        poller = zmq.Poller()
+        poller.register(self._agents, zmq.POLLIN)
+        poller.register(self._clients, zmq.POLLIN)
+        tick_s = self.config.tick_s
+        next_tick = self._clock() + tick_s
+        try:
+            while not self._stop.is_set():
+                wait_ms = max(0.0, (next_tick - self._clock()) * 1000.0)
+                ready = dict(poller.poll(wait_ms))
+                if self._agents in ready:
+                    self._read(self._agents, "agent")
+                if self._clients in ready:
+                    self._read(self._clients, "client")
+                now = self._clock()
+                if now >= next_tick:
+                    self._step(Ticked(now, f"tick-{next(self._stimuli)}"))
+                    next_tick = now + tick_s
+        finally:
+            log.info(
+                "dispatcher_stopped",
+                tasks_submitted=self.core.tasks_submitted,
+                tasks_resolved=self.core.tasks_resolved,
+                unresolved=len(self.core.tasks),
+            )
+            self.close()
+
+    def _read(self, sock: zmq.Socket[bytes], side: str) -> None:
+        """Read up to a burst of frames from one socket and feed them to the core."""
+        agent_side = side == "agent"
+        allowed = _AGENT_OPS if agent_side else _CLIENT_OPS
+        for _ in range(_READ_BURST):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            now = self._clock()
+            stimulus_id = f"{side}-{next(self._stimuli)}"
+            event: Event
+            if len(frames) != 2:
+                event = FrameRejected(side, f"expected 1 frame after the routing id, got {len(frames) - 1}", now, stimulus_id)  # type: ignore[arg-type]
+            else:
+                try:
+                    message = p.decode(frames[1])
+                except p.ProtocolError as exc:
+                    event = FrameRejected(side, str(exc), now, stimulus_id)  # type: ignore[arg-type]
+                else:
+                    if type(message) not in allowed:
+                        reason = f"{p.op_of(message).name} is not a message a {side} sends"
+                        event = FrameRejected(side, reason, now, stimulus_id)  # type: ignore[arg-type]
+                    elif agent_side:
+                        event = AgentMessageReceived(frames[0], message, now, stimulus_id)  # type: ignore[arg-type]
+                    else:
+                        event = ClientMessageReceived(frames[0], message, now, stimulus_id)  # type: ignore[arg-type]
+            self._step(event)
+
+    def _step(self, event: Event) -> None:
+        try:
+            commands = self.core.handle(event)
+        except Exception:
+            log.exception("core_error", stimulus_id=event.stimulus_id, event_type=type(event).__name__)
+            return
+        self._carry_out(commands)
+
+    def _carry_out(self, commands: list[Command]) -> None:
+        for command in commands:
+            if type(command) is SendToAgent:
+                self._send(self._agents, command.peer, command.message)
+            elif type(command) is SendToClient:
+                self._send(self._clients, command.peer, command.message)
+            elif type(command) is Log:
+                getattr(log, command.level)(command.event, **command.fields)
+
+    @staticmethod
+    def _send(sock: zmq.Socket[bytes], peer: bytes, message: p.Message) -> None:
+        try:
+            sock.send_multipart([peer, p.encode(message)], zmq.NOBLOCK)
+        except zmq.ZMQError as exc:  # e.g. the peer vanished; ROUTER drops, but never raise here
+            log.warning("send_failed", error=str(exc), op=p.op_of(message).name)

@@ -1,0 +1,269 @@
+"""The node agent: registers its node with the dispatcher, pulls tasks by credit, runs them.
+
+Phases of one loop turn: poll (socket + worker pipes), read dispatcher frames, collect finished
+tasks, start queued tasks on idle workers, send results and credit, keep time (heartbeats, a
+silent dispatcher, registration retries, drain).
+
+Flow control: the agent holds at most ``workers + prefetch`` tasks (running + queued locally).
+It grants the dispatcher exactly the credit that keeps ``granted + held == capacity``; results
+are always sent before the credit they free, so the dispatcher's own cap never clips it.
+
+Reconnect: a dispatcher silent for ``interval x liveness`` (or one that says REREGISTER) is
+presumed gone: the agent drops its unstarted tasks (the dispatcher re-queued them, or its
+successor will get them from the client), keeps running ones (their results may still win),
+opens a fresh socket and registers again with exponential backoff and jitter.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import time
+import uuid
+from collections import deque
+from enum import Enum
+from typing import Final
+
+import structlog
+import zmq
+
+from dispatcher import protocol as p
+from worker_agent.config import AgentConfig
+from worker_agent.pool import WorkerPool
+
+log = structlog.get_logger("agent")
+
+_MAX_POLL_S: Final = 0.1
+TaskKey = tuple[str, int]
+
+
+class Phase(Enum):
+    REGISTERING = "registering"
+    SERVING = "serving"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+
+
+class Agent:
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.agent_id = f"{config.node_name}-{uuid.uuid4().hex[:8]}"
+        self.capacity = config.workers + config.prefetch
+        self.phase = Phase.REGISTERING
+        self._ctx = zmq.Context.instance()
+        self._sock: zmq.Socket[bytes] | None = None
+        self._pool: WorkerPool | None = None
+        self._queued: deque[p.TaskAssignment] = deque()
+        self._results: list[p.TaskResult] = []
+        self._granted = 0
+        self._heartbeat_s = 0.5
+        self._liveness = 3
+        self._last_heard = 0.0
+        self._last_sent = 0.0
+        self._backoff_s = config.reconnect_min_s
+        self._retry_at = 0.0
+        self._drain_deadline = 0.0
+        self._stop_requested = False
+        self.incarnation = 0
+        self.tasks_done = 0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def request_stop(self) -> None:
+        """Drain and stop (SIGTERM): finish running tasks, hand back queued ones, say bye."""
+        self._stop_requested = True
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, lambda *_: self.request_stop())
+        signal.signal(signal.SIGINT, lambda *_: self.request_stop())
+
+    def run(self) -> None:
+        cfg = self.config
+        log.info("agent_starting", node=cfg.node_name, agent_id=self.agent_id, workers=cfg.workers,
+                 speed=cfg.speed, dispatcher=cfg.dispatcher_url)
+        self._pool = WorkerPool(cfg.workers, cfg.node_name, cfg.speed)
+        try:
+            self._connect(time.monotonic())
+            while self.phase is not Phase.STOPPED:
+                self._turn()
+        finally:
+            if self._sock is not None:
+                self._sock.close(linger=1000)
+            self._pool.close()
+            log.info("agent_stopped", node=cfg.node_name, tasks_done=self.tasks_done)
+
+    def _turn(self) -> None:
+        assert self._sock is not None and self._pool is not None
+        poller = zmq.Poller()
+        poller.register(self._sock, zmq.POLLIN)
+        for fd in self._pool.fds():
+            poller.register(fd, zmq.POLLIN)
+        ready = dict(poller.poll(self._poll_timeout_ms()))
+        now = time.monotonic()
+        if self._sock in ready:
+            self._read(now)
+        if len(ready) - (self._sock in ready) > 0:
+            self._collect()
+        self._start_tasks()
+        self._send_results_and_credit(now)
+        self._keep_time(now)
+
+    def _poll_timeout_ms(self) -> float:
+        return min(_MAX_POLL_S, self._heartbeat_s / 2) * 1000
+
+    # ------------------------------------------------------------------ connection
+
+    def _connect(self, now: float) -> None:
+        """A fresh socket (a fresh routing id) and a REGISTER."""
+        if self._sock is not None:
+            self._sock.close(linger=0)
+        sock: zmq.Socket[bytes] = self._ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, p.MAX_FRAME_BYTES)
+        sock.connect(self.config.dispatcher_url)
+        self._sock = sock
+        self.phase = Phase.REGISTERING
+        self._granted = 0
+        self._send(p.Register(self.config.node_name, self.agent_id, self.config.workers,
+                              self.config.prefetch, self.config.speed), now)
+        self._retry_at = now + self._backoff_s * random.uniform(1.0, 1.5)
+        self._backoff_s = min(self._backoff_s * 2, self.config.reconnect_max_s)
+
+    def _lost_dispatcher(self, now: float, reason: str) -> None:
+        dropped = len(self._queued)
+        self._queued.clear()
+        log.warning("dispatcher_lost", node=self.config.node_name, reason=reason,
+                    dropped_unstarted=dropped, running=len(self._pool.running) if self._pool else 0)
+        self._connect(now)
+
+    def _send(self, message: p.Message, now: float) -> None:
+        assert self._sock is not None
+        self._sock.send(p.encode(message), zmq.NOBLOCK)
+        self._last_sent = now
+
+    # ------------------------------------------------------------------ reading
+
+    def _read(self, now: float) -> None:
+        assert self._sock is not None
+        while True:
+            try:
+                frame = self._sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                message = p.decode(frame)
+            except p.ProtocolError as exc:
+                log.warning("bad_frame", reason=str(exc))
+                continue
+            self._last_heard = now
+            if type(message) is p.Tasks:
+                self._granted = max(0, self._granted - len(message.tasks))
+                if self.phase is Phase.SERVING:
+                    self._queued.extend(message.tasks)
+                else:  # raced with our drain: hand them straight back
+                    self._send(p.Drain(tuple(p.TaskRef(t.client_id, t.task_id) for t in message.tasks)), now)
+            elif type(message) is p.Registered:
+                self._registered(message, now)
+            elif type(message) is p.CancelTasks:
+                self._cancel(message)
+            elif type(message) is p.Reregister:
+                if self.phase is not Phase.REGISTERING:
+                    self._lost_dispatcher(now, "dispatcher asked us to register again")
+            elif type(message) is p.Refused:
+                log.error("registration_refused", node=self.config.node_name, reason=message.reason,
+                          retry_in_s=round(self._retry_at - now, 2))
+
+    def _registered(self, message: p.Registered, now: float) -> None:
+        if self.phase is not Phase.REGISTERING:
+            return
+        self.phase = Phase.SERVING
+        self.incarnation = message.incarnation
+        self._heartbeat_s = message.heartbeat_interval_s
+        self._liveness = message.liveness
+        self._backoff_s = self.config.reconnect_min_s
+        log.info("agent_registered", node=message.node_name, incarnation=message.incarnation,
+                 dispatcher_id=message.dispatcher_id)
+
+    def _cancel(self, message: p.CancelTasks) -> None:
+        wanted = {(r.client_id, r.task_id) for r in message.tasks}
+        kept: deque[p.TaskAssignment] = deque()
+        for task in self._queued:
+            if (task.client_id, task.task_id) in wanted:
+                self._results.append(p.TaskResult(task.client_id, task.task_id, p.Outcome.CANCELLED,
+                                                  b"cancelled on the node before it started"))
+            else:
+                kept.append(task)
+        self._queued = kept
+
+    # ------------------------------------------------------------------ running
+
+    def _collect(self) -> None:
+        assert self._pool is not None
+        for key, outcome, data in self._pool.collect():
+            client_id, task_id = key  # type: ignore[misc]
+            self._results.append(p.TaskResult(client_id, task_id, outcome, data))
+            self.tasks_done += 1
+
+    def _start_tasks(self) -> None:
+        pool = self._pool
+        assert pool is not None
+        while self._queued and pool.idle:
+            task = self._queued.popleft()
+            pool.start((task.client_id, task.task_id), task.payload)
+
+    def _held(self) -> int:
+        assert self._pool is not None
+        return len(self._queued) + len(self._pool.running)
+
+    def _send_results_and_credit(self, now: float) -> None:
+        if self.phase is Phase.REGISTERING:
+            return  # results wait until we are registered again
+        if self._results:
+            self._send(p.Results(tuple(self._results)), now)
+            self._results = []
+        if self.phase is Phase.SERVING:
+            want = self.capacity - self._held() - self._granted
+            if want > 0:
+                self._granted += want
+                self._send(p.Credit(want), now)
+
+    # ------------------------------------------------------------------ time
+
+    def _keep_time(self, now: float) -> None:
+        if self._stop_requested and self.phase is not Phase.DRAINING:
+            self._begin_drain(now)
+        if self.phase is Phase.REGISTERING:
+            if now >= self._retry_at:
+                self._connect(now)
+            return
+        if now - self._last_heard > self._heartbeat_s * self._liveness:
+            if self.phase is Phase.DRAINING:
+                self.phase = Phase.STOPPED  # nobody to report to; stop
+                return
+            self._lost_dispatcher(now, f"silent for {now - self._last_heard:.2f} s")
+            return
+        if self.phase is Phase.DRAINING:
+            assert self._pool is not None
+            if not self._pool.running and not self._results:
+                self._send(p.Bye(), now)
+                self.phase = Phase.STOPPED
+            elif now > self._drain_deadline:
+                log.warning("drain_timeout", running=len(self._pool.running))
+                self._send(p.Bye(), now)
+                self.phase = Phase.STOPPED
+            return
+        if now - self._last_sent >= self._heartbeat_s:
+            self._send(p.Heartbeat(), now)
+
+    def _begin_drain(self, now: float) -> None:
+        if self.phase is Phase.REGISTERING:
+            self.phase = Phase.STOPPED
+            return
+        returned = tuple(p.TaskRef(t.client_id, t.task_id) for t in self._queued)
+        self._queued.clear()
+        self._send(p.Drain(returned), now)
+        self.phase = Phase.DRAINING
+        self._drain_deadline = now + self.config.drain_timeout_s
+        log.info("agent_draining", node=self.config.node_name, returned=len(returned),
+                 running=len(self._pool.running) if self._pool else 0)

@@ -1,0 +1,49 @@
+"""The agent's configuration, and where its node name comes from."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from dispatcher.protocol import is_node_name
+
+NODE_NAME_ENV = "NODE_NAME"
+"""Set from the Downward API (``spec.nodeName``) in the DaemonSet; also what workers see."""
+NODE_SPEED_ENV = "NODE_SPEED"
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConfig:
+    dispatcher_url: str
+    node_name: str
+    workers: int = 2
+    prefetch: int = 2
+    """Tasks held beyond the worker count, so a worker never waits for a round trip."""
+    speed: float = 1.0
+    """Relative speed advertised to the planner (1.0 = reference node)."""
+    reconnect_min_s: float = 0.1
+    reconnect_max_s: float = 5.0
+    drain_timeout_s: float = 30.0
+    """How long SIGTERM waits for running tasks (keep below terminationGracePeriodSeconds)."""
+
+    def __post_init__(self) -> None:
+        if not is_node_name(self.node_name):
+            raise ValueError(f"{self.node_name!r} is not a valid Kubernetes node name (RFC 1123 subdomain)")
+        if self.workers < 1:
+            raise ValueError(f"workers must be >= 1, got {self.workers}")
+        if self.prefetch < 0:
+            raise ValueError(f"prefetch must be >= 0, got {self.prefetch}")
+        if not self.speed > 0:
+            raise ValueError(f"speed must be > 0, got {self.speed}")
+
+
+def resolve_node_name(cli_value: str | None, env: Mapping[str, str] = os.environ) -> str:
+    """``NODE_NAME`` (Downward API) first, then ``--node-name``, then the hostname (lower-cased)."""
+    from_env = env.get(NODE_NAME_ENV, "").strip()
+    if from_env:
+        return from_env
+    if cli_value:
+        return cli_value
+    return socket.gethostname().lower()

@@ -1,0 +1,145 @@
+"""A fixed pool of worker processes, one task each at a time, refilled when a worker dies.
+
+Each worker has its own pipe, so the pool always knows which task a dead worker was running:
+that task alone fails with WORKER_LOST and a fresh worker takes the dead one's place. The agent
+polls :meth:`fds` (result pipes and process sentinels) alongside its socket.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import multiprocessing.connection
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+import structlog
+
+from dispatcher.protocol import Outcome
+from worker_agent.worker import worker_main
+
+log = structlog.get_logger("worker_pool")
+
+Key = Hashable
+
+
+@dataclass(slots=True)
+class _Worker:
+    index: int
+    process: BaseProcess
+    conn: multiprocessing.connection.Connection
+    task: Key | None = None
+    started: int = field(default=0)
+
+
+class WorkerPool:
+    def __init__(self, size: int, node_name: str, speed: float) -> None:
+        self._ctx = multiprocessing.get_context("spawn")
+        self._node_name = node_name
+        self._speed = speed
+        self._workers: list[_Worker] = [self._spawn(i) for i in range(size)]
+        self._idle: list[_Worker] = list(reversed(self._workers))
+        self.respawned = 0
+
+    def _spawn(self, index: int) -> _Worker:
+        parent_end, child_end = self._ctx.Pipe()
+        process = self._ctx.Process(
+            target=worker_main,
+            args=(child_end, self._node_name, self._speed),
+            name=f"saga-worker-{index}",
+            daemon=True,
+        )
+        process.start()
+        child_end.close()
+        return _Worker(index, process, parent_end)
+
+    # ------------------------------------------------------------------ queries
+
+    @property
+    def size(self) -> int:
+        return len(self._workers)
+
+    @property
+    def idle(self) -> int:
+        return len(self._idle)
+
+    @property
+    def running(self) -> list[Key]:
+        return [w.task for w in self._workers if w.task is not None]
+
+    def fds(self) -> list[int]:
+        """File descriptors to poll: readable means a result or a death to collect."""
+        out: list[int] = []
+        for w in self._workers:
+            out.append(w.conn.fileno())
+            out.append(w.process.sentinel)
+        return out
+
+    # ------------------------------------------------------------------ work
+
+    def start(self, key: Key, payload: bytes) -> None:
+        """Hand a task to an idle worker; there must be one."""
+        worker = self._idle.pop()
+        worker.task = key
+        try:
+            worker.conn.send((key, payload))
+        except (BrokenPipeError, OSError):
+            pass  # it died; collect() reports the task lost and refills the pool
+
+    def collect(self) -> list[tuple[Key, Outcome, bytes]]:
+        """Finished tasks since the last call: results, and WORKER_LOST for workers that died."""
+        done: list[tuple[Key, Outcome, bytes]] = []
+        for i, worker in enumerate(self._workers):
+            dead = False
+            try:
+                while worker.conn.poll():
+                    key, outcome, data = worker.conn.recv()
+                    done.append((key, Outcome(outcome), data))
+                    worker.task = None
+                    self._idle.append(worker)
+            except (EOFError, OSError):
+                dead = True
+            if dead or not worker.process.is_alive():
+                done.extend(self._replace(i, worker))
+        return done
+
+    def _replace(self, i: int, worker: _Worker) -> list[tuple[Key, Outcome, bytes]]:
+        worker.process.join(timeout=1)
+        code = worker.process.exitcode
+        lost: list[tuple[Key, Outcome, bytes]] = []
+        if worker.task is not None:
+            reason = f"worker process {worker.process.pid} died with exit code {code} while running the task"
+            lost.append((worker.task, Outcome.WORKER_LOST, reason.encode()))
+        else:
+            self._idle.remove(worker)
+        log.warning("worker_died", pid=worker.process.pid, exitcode=code, task=repr(worker.task))
+        worker.conn.close()
+        fresh = self._spawn(worker.index)
+        self._workers[i] = fresh
+        self._idle.append(fresh)
+        self.respawned += 1
+        return lost
+
+    def close(self, timeout_s: float = 2.0) -> None:
+        """Stop every worker: ask politely, then terminate, then kill."""
+        for w in self._workers:
+            try:
+                w.conn.send(None)
+            except (BrokenPipeError, OSError):
+                pass
+        for w in self._workers:
+            w.process.join(timeout=timeout_s / max(1, len(self._workers)))
+            if w.process.is_alive():
+                w.process.terminate()
+                w.process.join(timeout=0.5)
+            if w.process.is_alive():
+                w.process.kill()
+                w.process.join()
+            w.conn.close()
+
+    def __enter__(self) -> WorkerPool:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
