@@ -90,6 +90,8 @@ class Client:
         self._closing = threading.Event()
         self._welcomed = threading.Event()
         self.dispatcher_id: str | None = None
+        self.resolutions_ignored = 0
+        """Resolutions for tasks already resolved (or never submitted): should stay 0."""
         self._ctx = zmq.Context.instance()
         self._thread = threading.Thread(target=self._run, name=f"saga-client-{self.client_id}", daemon=True)
         self._thread.start()
@@ -252,7 +254,9 @@ class Client:
                 pending = self._pending
                 for resolution in message.results:
                     entry = pending.pop(resolution.task_id, None)
-                    if entry is not None:
+                    if entry is None:
+                        self.resolutions_ignored += 1
+                    else:
                         entry[0].node_name = resolution.node_name  # type: ignore[attr-defined]
                         settle(entry[0], resolution)
             elif type(message) is p.Welcome:

@@ -175,11 +175,13 @@ class LocalCluster:
     def stop(self, timeout_s: float = 5.0) -> None:
         """Drain agents (SIGTERM), stop the dispatcher, then SIGKILL whatever is left of each group."""
         procs = list(self.agents.values())
-        for proc in procs:
-            _signal_group(proc, signal.SIGTERM)
+        for proc in procs:  # the agent alone: it drains its workers itself
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
         _wait_all(procs, timeout_s)
         if self.dispatcher is not None:
-            _signal_group(self.dispatcher, signal.SIGTERM)
+            with contextlib.suppress(ProcessLookupError):
+                self.dispatcher.send_signal(signal.SIGTERM)
             _wait_all([self.dispatcher], timeout_s)
             procs.append(self.dispatcher)
         for proc in procs:

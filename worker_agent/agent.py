@@ -82,6 +82,8 @@ class Agent:
         log.info("agent_starting", node=cfg.node_name, agent_id=self.agent_id, workers=cfg.workers,
                  speed=cfg.speed, dispatcher=cfg.dispatcher_url)
         self._pool = WorkerPool(cfg.workers, cfg.node_name, cfg.speed)
+        if not self._pool.wait_ready(cfg.worker_start_timeout_s):
+            log.warning("workers_slow_to_start", ready=self._pool.idle, workers=cfg.workers)
         try:
             self._connect(time.monotonic())
             while self.phase is not Phase.STOPPED:

@@ -25,6 +25,8 @@ class AgentConfig:
     """Relative speed advertised to the planner (1.0 = reference node)."""
     reconnect_min_s: float = 0.1
     reconnect_max_s: float = 5.0
+    worker_start_timeout_s: float = 60.0
+    """Registration waits for the workers' imports, so the first task is not a cold start."""
     drain_timeout_s: float = 30.0
     """How long SIGTERM waits for running tasks (keep below terminationGracePeriodSeconds)."""
 

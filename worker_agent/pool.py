@@ -10,14 +10,15 @@ from __future__ import annotations
 import multiprocessing
 import multiprocessing.connection
 from collections.abc import Hashable
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
 from typing import Any
 
 import structlog
 
 from dispatcher.protocol import Outcome
-from worker_agent.worker import worker_main
+from worker_agent.worker import READY, worker_main
 
 log = structlog.get_logger("worker_pool")
 
@@ -30,7 +31,7 @@ class _Worker:
     process: BaseProcess
     conn: multiprocessing.connection.Connection
     task: Key | None = None
-    started: int = field(default=0)
+    ready: bool = False
 
 
 class WorkerPool:
@@ -39,8 +40,20 @@ class WorkerPool:
         self._node_name = node_name
         self._speed = speed
         self._workers: list[_Worker] = [self._spawn(i) for i in range(size)]
-        self._idle: list[_Worker] = list(reversed(self._workers))
+        self._idle: list[_Worker] = []
+        """Ready workers without a task; a (re)spawned worker joins when it reports READY."""
         self.respawned = 0
+
+    def wait_ready(self, timeout_s: float) -> bool:
+        """Wait until every worker has imported its libraries; False on timeout."""
+        deadline = time.monotonic() + timeout_s
+        while self.idle + len(self.running) < self.size:
+            if time.monotonic() > deadline:
+                return False
+            multiprocessing.connection.wait(self.fds(), timeout=0.1)
+            if self.collect():
+                raise AssertionError("a task finished before the pool was ready")
+        return True
 
     def _spawn(self, index: int) -> _Worker:
         parent_end, child_end = self._ctx.Pipe()
@@ -94,9 +107,14 @@ class WorkerPool:
             dead = False
             try:
                 while worker.conn.poll():
-                    key, outcome, data = worker.conn.recv()
-                    done.append((key, Outcome(outcome), data))
-                    worker.task = None
+                    message = worker.conn.recv()
+                    if worker.ready:
+                        key, outcome, data = message
+                        done.append((key, Outcome(outcome), data))
+                        worker.task = None
+                    else:
+                        assert message[0] == READY, message
+                        worker.ready = True
                     self._idle.append(worker)
             except (EOFError, OSError):
                 dead = True
@@ -111,13 +129,11 @@ class WorkerPool:
         if worker.task is not None:
             reason = f"worker process {worker.process.pid} died with exit code {code} while running the task"
             lost.append((worker.task, Outcome.WORKER_LOST, reason.encode()))
-        else:
+        elif worker in self._idle:
             self._idle.remove(worker)
         log.warning("worker_died", pid=worker.process.pid, exitcode=code, task=repr(worker.task))
         worker.conn.close()
-        fresh = self._spawn(worker.index)
-        self._workers[i] = fresh
-        self._idle.append(fresh)
+        self._workers[i] = self._spawn(worker.index)
         self.respawned += 1
         return lost
 

@@ -1,0 +1,29 @@
+"""Task functions the integration tests submit (importable by worker processes)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+
+def where(x: int) -> tuple[str, int, int]:
+    """Echo ``x`` with the node that ran it and when it started (CLOCK_MONOTONIC, system-wide)."""
+    return os.environ["NODE_NAME"], x, time.monotonic_ns()
+
+
+def slow_where(x: int, sleep_s: float) -> tuple[str, int, int]:
+    started = time.monotonic_ns()
+    time.sleep(sleep_s)
+    return os.environ["NODE_NAME"], x, started
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def fail(message: str) -> None:
+    raise ValueError(message)
+
+
+def crash_worker(code: int) -> None:
+    os._exit(code)

@@ -1,0 +1,211 @@
+"""Real processes, real sockets: a dispatcher and agents from LocalCluster, driven by Client."""
+
+from __future__ import annotations
+
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from concurrent.futures import wait
+from pathlib import Path
+
+import psutil
+import pytest
+
+from dispatcher import Client, LocalCluster, TaskRejected, WorkerLost
+
+from . import apps
+from .conftest import all_pids
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("no_leftovers")]
+
+
+def test_10k_pinned_tasks_run_on_their_node_in_rank_order(logs: Path) -> None:
+    """Submitted before any agent exists, with shuffled ranks: each node must start its tasks in rank order."""
+    rng = random.Random(42)
+    n = 10_000
+    with LocalCluster(4, workers=1, prefetch=1, start_agents=False, log_dir=logs) as cluster:
+        names = cluster.node_names
+        ranks = list(range(n))
+        rng.shuffle(ranks)
+        with cluster.client() as client:
+            placed = [(names[rng.randrange(4)], ranks[i]) for i in range(n)]
+            futures = [client.submit(apps.where, i, node=node, rank=rank) for i, (node, rank) in enumerate(placed)]
+            for name in names:
+                cluster.start_agent(name)
+            done, not_done = wait(futures, timeout=240)
+            assert not not_done, f"{len(not_done)} futures unresolved"
+            status = client.status()
+            assert client.resolutions_ignored == 0
+    started_by_node: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    for i, (future, (node, rank)) in enumerate(zip(futures, placed, strict=True)):
+        ran_on, value, started_ns = future.result()
+        assert value == i
+        assert ran_on == node == future.node_name  # type: ignore[attr-defined]
+        started_by_node[node].append((started_ns, rank))
+    for node, starts in started_by_node.items():
+        ranks_in_start_order = [rank for _, rank in sorted(starts)]
+        assert ranks_in_start_order == sorted(ranks_in_start_order), f"{node} started tasks out of rank order"
+    assert status.tasks_submitted == status.tasks_resolved == n
+    assert status.duplicates_dropped == 0 and status.bad_frames == 0
+
+
+def test_agent_killed_mid_run_its_tasks_finish_on_the_others(logs: Path) -> None:
+    n = 800
+    with LocalCluster(4, workers=2, log_dir=logs, heartbeat_interval_s=0.2) as cluster, cluster.client() as client:
+        victim = cluster.node_names[0]
+        futures = [client.submit(apps.slow_where, i, 0.01, node=cluster.node_names[i % 4], rank=i) for i in range(n)]
+        deadline = time.monotonic() + 30
+        while sum(f.done() and f.node_name == victim for f in futures) < 10:  # type: ignore[attr-defined]
+            assert time.monotonic() < deadline, "victim never ran anything"
+            time.sleep(0.01)
+        pids = all_pids(cluster.agents[victim].pid)
+        cluster.kill_agent(victim, signal.SIGKILL)
+        _, not_done = wait(futures, timeout=60)
+        assert not not_done
+        assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+                       for pid in pids), "the killed agent's workers survived it"
+        assert client.resolutions_ignored == 0
+        status = client.status()
+    ran = [f.result() for f in futures]
+    assert [x for _, x, _ in ran] == list(range(n))
+    rescued = [i for i, (node, _, _) in enumerate(ran) if i % 4 == 0 and node != victim]
+    assert rescued, "no task of the dead node ran elsewhere"
+    assert all(node == cluster.node_names[i % 4] for i, (node, _, _) in enumerate(ran) if i % 4 != 0)
+    assert {n.node_name: n.state for n in status.nodes}[victim] == "dead"
+
+
+def test_garbage_frames_do_not_stop_or_bloat_the_dispatcher(logs: Path) -> None:
+    import zmq
+
+    rng = random.Random(1)
+    with LocalCluster(2, workers=1, log_dir=logs) as cluster, cluster.client() as client:
+        assert cluster.dispatcher is not None
+        dispatcher = psutil.Process(cluster.dispatcher.pid)
+        ctx = zmq.Context.instance()
+        socks = []
+        for url in (cluster.client_url, cluster.agent_url):
+            sock = ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(url)
+            socks.append(sock)
+
+        def spray(count: int) -> None:
+            for sock in socks:
+                for k in range(count):
+                    kind = k % 4
+                    if kind == 0:
+                        sock.send(rng.randbytes(rng.randrange(1, 512)))
+                    elif kind == 1:
+                        sock.send_multipart([b"a", b"b", b"c"])
+                    elif kind == 2:  # well-formed, wrong direction
+                        sock.send(b"\x93\x01\x0b\x90")
+                    else:
+                        sock.send(b"")
+
+        def served() -> None:
+            assert [f.result(timeout=30) for f in [client.submit(apps.square, i) for i in range(20)]] == [
+                i * i for i in range(20)
+            ]
+
+        def counted(expected: int) -> None:
+            """Frames on other connections are not ordered with ours: wait until all are counted."""
+            deadline = time.monotonic() + 30
+            while (seen := client.status().bad_frames) < expected:
+                assert time.monotonic() < deadline, f"only {seen} of {expected} bad frames counted"
+                time.sleep(0.05)
+            assert seen == expected
+
+        spray(1000)
+        counted(2000)
+        served()
+        rss_after_first = dispatcher.memory_info().rss
+        for _ in range(5):
+            spray(1000)
+        counted(12_000)
+        served()
+        rss_after_more = dispatcher.memory_info().rss
+        for sock in socks:
+            sock.close()
+    growth_mb = (rss_after_more - rss_after_first) / 2**20
+    assert growth_mb < 8, f"dispatcher grew {growth_mb:.1f} MiB over 10,000 more garbage frames"
+
+
+def test_app_exceptions_reraise_and_a_crashed_worker_fails_only_its_task(logs: Path) -> None:
+    with LocalCluster(1, workers=1, log_dir=logs) as cluster, cluster.client() as client:
+        with pytest.raises(ValueError, match="boom"):
+            client.submit(apps.fail, "boom").result(timeout=30)
+        crashed = client.submit(apps.crash_worker, 3)
+        after = [client.submit(apps.square, i) for i in range(5)]
+        with pytest.raises(WorkerLost, match="exit code 3"):
+            crashed.result(timeout=30)
+        assert [f.result(timeout=30) for f in after] == [0, 1, 4, 9, 16]
+
+
+def test_invalid_node_name_is_rejected_with_a_clear_error(logs: Path) -> None:
+    with LocalCluster(1, workers=1, log_dir=logs) as cluster, cluster.client() as client:
+        with pytest.raises(TaskRejected, match="not a valid Kubernetes node name"):
+            client.submit(apps.square, 2, node="Not A Node").result(timeout=30)
+
+
+def test_sigterm_drains_an_agent_running_tasks_finish_queued_go_elsewhere(logs: Path) -> None:
+    with LocalCluster(2, workers=1, prefetch=4, log_dir=logs) as cluster, cluster.client() as client:
+        a, b = cluster.node_names
+        futures = [client.submit(apps.slow_where, i, 0.5, node=a, rank=i) for i in range(5)]
+        futures[0].result(timeout=30)  # task 1 started before task 0's result left the agent
+        cluster.kill_agent(a, signal.SIGTERM)
+        assert cluster.agents[a].wait(timeout=20) == 0
+        results = [f.result(timeout=30) for f in futures]
+        assert client.resolutions_ignored == 0
+    assert [x for _, x, _ in results] == list(range(5))
+    assert [node for node, _, _ in results] == [a, a, b, b, b]
+
+
+def test_dispatcher_restart_agents_reregister_and_client_resends(logs: Path) -> None:
+    with LocalCluster(2, workers=1, log_dir=logs, heartbeat_interval_s=0.2) as cluster, cluster.client() as client:
+        before = [client.submit(apps.slow_where, i, 0.05, node=cluster.node_names[i % 2], rank=i) for i in range(40)]
+        time.sleep(0.3)
+        client_port = int(cluster.client_url.rsplit(":", 1)[1])
+        agent_port = int(cluster.agent_url.rsplit(":", 1)[1])
+        cluster.kill_dispatcher(signal.SIGKILL)
+        cluster.start_dispatcher(client_port, agent_port)
+        after = [client.submit(apps.square, i, node=cluster.node_names[i % 2]) for i in range(20)]
+        assert [f.result(timeout=60) for f in after] == [i * i for i in range(20)]
+        assert [f.result(timeout=60)[1] for f in before] == list(range(40))
+        assert client.resolutions_ignored == 0
+        nodes = {n.node_name: n for n in client.nodes()}
+    assert all(n.state == "alive" for n in nodes.values())
+
+
+def test_status_command_prints_nodes_and_counters(logs: Path) -> None:
+    with LocalCluster(2, workers=1, log_dir=logs) as cluster, cluster.client() as client:
+        client.submit(apps.square, 3, node="local-1").result(timeout=30)
+        out = subprocess.run(
+            [sys.executable, "-m", "dispatcher", "status", "--dispatcher", cluster.client_url],
+            capture_output=True, text=True, timeout=60, check=True,
+        ).stdout
+    assert "local-0" in out and "local-1" in out and "alive" in out
+    assert "1 submitted, 1 resolved" in out
+
+
+def test_status_command_fails_clearly_without_a_dispatcher() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "dispatcher", "status", "--dispatcher", "tcp://127.0.0.1:9", "--timeout", "1"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 1
+    assert "no dispatcher answered at tcp://127.0.0.1:9" in proc.stderr
+
+
+def test_local_cluster_leaves_nothing_running_even_after_a_child_was_killed(logs: Path) -> None:
+    with LocalCluster(2, workers=2, log_dir=logs) as cluster:
+        assert cluster.dispatcher is not None
+        pids = all_pids(cluster.dispatcher.pid)
+        for proc in cluster.agents.values():
+            pids += all_pids(proc.pid)
+        cluster.kill_agent("local-0", signal.SIGKILL)
+    time.sleep(0.2)
+    alive = [pid for pid in pids if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
+    assert not alive

@@ -1,0 +1,118 @@
+"""The wire contract: every message round-trips; every malformed frame raises ProtocolError."""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+
+from dispatcher import protocol as p
+
+pytestmark = pytest.mark.unit
+
+NODE = p.NodeInfo("node-a", "alive", 2.0, 4, 1, 3, 2, 10)
+EXAMPLES: list[p.Message] = [
+    p.Register("node-a", "agent-1", 4, 2, 1.5),
+    p.Credit(3),
+    p.Results((p.TaskResult("c1", 7, p.Outcome.OK, b"\x80value"), p.TaskResult("c1", 8, p.Outcome.APP_ERROR, b""))),
+    p.Drain((p.TaskRef("c1", 9),)),
+    p.Bye(),
+    p.Registered("node-a", 2, "d1", 0.5, 3),
+    p.Tasks((p.TaskAssignment("c1", 7, 0.25, b"payload"),)),
+    p.CancelTasks((p.TaskRef("c1", 7),)),
+    p.Reregister(),
+    p.Refused("no"),
+    p.Heartbeat(),
+    p.Hello("c1"),
+    p.Submit((p.TaskSpec(1, "node-a", 1.0, b"x"), p.TaskSpec(2, None, -3.5, b""))),
+    p.Cancel((1, 2, 2**64 - 1)),
+    p.NodesQuery(4),
+    p.StatusQuery(5),
+    p.Welcome("d1", 0.5),
+    p.Resolved((p.Resolution(1, p.Outcome.WORKER_LOST, b"died", "node-a"), p.Resolution(2, p.Outcome.OK, b"", ""))),
+    p.Nodes(4, (NODE,)),
+    p.Status(5, "d1", (NODE,), 1, 2, 3, 4, 5),
+    p.Error(p.ErrorCode.UNKNOWN_CLIENT, "say hello"),
+]
+
+
+def test_every_op_has_an_example() -> None:
+    assert {p.op_of(m) for m in EXAMPLES} == set(p.Op)
+
+
+@pytest.mark.parametrize("message", EXAMPLES, ids=lambda m: type(m).__name__)
+def test_round_trip(message: p.Message) -> None:
+    decoded = p.decode(p.encode(message))
+    assert decoded == message
+    assert type(decoded) is type(message)
+
+
+def test_decoded_batches_are_typed_tuples() -> None:
+    decoded = p.decode(p.encode(EXAMPLES[2]))
+    assert isinstance(decoded, p.Results)
+    assert isinstance(decoded.results, tuple)
+    assert isinstance(decoded.results[0], p.TaskResult)
+    assert decoded.results[0].outcome is p.Outcome.OK
+
+
+def raw(*parts: object) -> bytes:
+    return msgpack.packb(list(parts), use_bin_type=True)
+
+
+BAD_FRAMES = {
+    "empty": b"",
+    "truncated": p.encode(EXAMPLES[12])[:-3],
+    "not msgpack": b"\xc1\xc1\xc1",
+    "trailing bytes": p.encode(p.Heartbeat()) + b"\x00",
+    "not an array": msgpack.packb({"op": 1}),
+    "header only": raw(p.PROTOCOL_VERSION),
+    "wrong version": raw(99, p.Op.HEARTBEAT),
+    "unknown op": raw(p.PROTOCOL_VERSION, 250),
+    "op as string": raw(p.PROTOCOL_VERSION, "HEARTBEAT"),
+    "too many fields": raw(p.PROTOCOL_VERSION, p.Op.HEARTBEAT, 1),
+    "too few fields": raw(p.PROTOCOL_VERSION, p.Op.REGISTER, "node-a"),
+    "slots as string": raw(p.PROTOCOL_VERSION, p.Op.REGISTER, "node-a", "a", "4", 0, 1.0, 1),
+    "zero slots": raw(p.PROTOCOL_VERSION, p.Op.REGISTER, "node-a", "a", 0, 0, 1.0, 1),
+    "negative speed": raw(p.PROTOCOL_VERSION, p.Op.REGISTER, "node-a", "a", 1, 0, -1.0, 1),
+    "nan speed": raw(p.PROTOCOL_VERSION, p.Op.REGISTER, "node-a", "a", 1, 0, float("nan"), 1),
+    "bool as int": raw(p.PROTOCOL_VERSION, p.Op.CREDIT, True),
+    "zero credit": raw(p.PROTOCOL_VERSION, p.Op.CREDIT, 0),
+    "node name too long": raw(p.PROTOCOL_VERSION, p.Op.REGISTER, "n" * 254, "a", 1, 0, 1.0, 1),
+    "payload as str": raw(p.PROTOCOL_VERSION, p.Op.SUBMIT, [[1, None, 0.0, "text"]]),
+    "negative task id": raw(p.PROTOCOL_VERSION, p.Op.SUBMIT, [[-1, None, 0.0, b""]]),
+    "float task id": raw(p.PROTOCOL_VERSION, p.Op.CANCEL, [1.0]),
+    "short batch item": raw(p.PROTOCOL_VERSION, p.Op.SUBMIT, [[1, None, 0.0]]),
+    "batch not a list": raw(p.PROTOCOL_VERSION, p.Op.SUBMIT, b"tasks"),
+    "item not a list": raw(p.PROTOCOL_VERSION, p.Op.RESULTS, [b"x"]),
+    "unknown outcome": raw(p.PROTOCOL_VERSION, p.Op.RESULTS, [["c", 1, 99, b""]]),
+    "unknown error code": raw(p.PROTOCOL_VERSION, p.Op.ERROR, 99, "x"),
+    "map inside": raw(p.PROTOCOL_VERSION, p.Op.SUBMIT, [{"a": 1}]),
+    "ext type": msgpack.packb([p.PROTOCOL_VERSION, p.Op.CREDIT, msgpack.ExtType(1, b"x")]),
+    "deep nesting": b"\x91" * 100_000,
+}
+
+
+@pytest.mark.parametrize("frame", BAD_FRAMES.values(), ids=BAD_FRAMES.keys())
+def test_malformed_frames_raise_protocol_error(frame: bytes) -> None:
+    with pytest.raises(p.ProtocolError):
+        p.decode(frame)
+
+
+def test_oversized_frame_is_rejected_before_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(p, "MAX_FRAME_BYTES", 1024)
+    with pytest.raises(p.ProtocolError, match="exceeds 1024"):
+        p.decode(p.encode(p.Submit((p.TaskSpec(1, None, 0.0, b"x" * 2048),))))
+
+
+def test_oversized_batch_is_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(p, "MAX_BATCH", 10)
+    with pytest.raises(p.ProtocolError):
+        p.decode(p.encode(p.Cancel(tuple(range(11)))))
+
+
+@pytest.mark.parametrize(
+    ("name", "valid"),
+    [("node-a", True), ("ip-10-0-0-1.ec2.internal", True), ("local-0", True), ("Node-A", False),
+     ("-a", False), ("a-", False), ("a_b", False), ("", False), ("a" * 253, True), ("a" * 254, False)],
+)
+def test_node_names_follow_kubernetes_rules(name: str, valid: bool) -> None:
+    assert p.is_node_name(name) is valid
