@@ -7,8 +7,8 @@ Everything else in this package (core, node, tasks, events, service) is the disp
 
 from dispatcher.client import Client
 from dispatcher.errors import (
-    DispatcherUnavailable,
     DispatchError,
+    DispatcherUnavailable,
     NodeLost,
     TaskCancelled,
     TaskFailed,

@@ -24,8 +24,12 @@ def _env(name: str, default: str) -> str:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="saga-dispatch", description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--log-format", choices=LOG_FORMATS, default=_env("SAGA_LOG_FORMAT", "auto"),
-                        help="console (terminal), json (pods, files), or auto (default)")
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default=_env("SAGA_LOG_FORMAT", "auto"),
+        help="console (terminal), json (pods, files), or auto (default)",
+    )
     parser.add_argument("--log-level", default=_env("SAGA_LOG_LEVEL", "info"))
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -35,15 +39,28 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--agent-port", type=int, default=int(_env("SAGA_AGENT_PORT", "5561")))
     d.add_argument("--heartbeat-interval", type=float, default=0.5, metavar="SECONDS")
     d.add_argument("--liveness", type=int, default=3, help="missed intervals before a node is dead")
-    d.add_argument("--pending-grace", type=float, default=30.0, metavar="SECONDS",
-                   help="how long tasks wait for a named node that never registers")
+    d.add_argument(
+        "--pending-grace",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long tasks wait for a named node that never registers",
+    )
     d.add_argument("--announce", action="store_true", help="print the bound URLs as one JSON line on stdout")
 
     a = sub.add_parser("agent", help="run a node agent")
-    a.add_argument("--dispatcher", default=os.environ.get("SAGA_DISPATCHER"), required="SAGA_DISPATCHER" not in os.environ,
-                   metavar="URL", help="the dispatcher's agent URL, e.g. tcp://saga-dispatcher:5561")
-    a.add_argument("--node-name", default=None,
-                   help="node name if NODE_NAME (Downward API spec.nodeName) is unset; else the hostname")
+    a.add_argument(
+        "--dispatcher",
+        default=os.environ.get("SAGA_DISPATCHER"),
+        required="SAGA_DISPATCHER" not in os.environ,
+        metavar="URL",
+        help="the dispatcher's agent URL, e.g. tcp://saga-dispatcher:5561 (env SAGA_DISPATCHER)",
+    )
+    a.add_argument(
+        "--node-name",
+        default=None,
+        help="node name if NODE_NAME (Downward API spec.nodeName) is unset; else the hostname",
+    )
     a.add_argument("--workers", type=int, default=int(_env("SAGA_WORKERS", str(os.cpu_count() or 1))))
     a.add_argument("--prefetch", type=int, default=None, help="tasks held beyond the workers (default: workers)")
     a.add_argument("--speed", type=float, default=float(_env("SAGA_NODE_SPEED", "1.0")))

@@ -21,7 +21,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Any, Final
+from typing import Any, Final, Self
 
 import structlog
 import zmq
@@ -35,6 +35,15 @@ log = structlog.get_logger("client")
 
 _BATCH_TASKS: Final = 2048
 _BATCH_BYTES: Final = 8 * 1024 * 1024
+
+
+class TaskFuture(Future[Any]):
+    """A future for one submitted task; ``node_name`` says where it ran once resolved."""
+
+    def __init__(self, task_id: int) -> None:
+        super().__init__()
+        self.task_id = task_id
+        self.node_name: str | None = None
 
 
 def settle(future: Future[Any], resolution: p.Resolution) -> None:
@@ -81,9 +90,9 @@ class Client:
         self.client_id = client_id or f"client-{uuid.uuid4().hex[:12]}"
         self.heartbeat_interval_s = heartbeat_interval_s
         self._ids = itertools.count(1)
-        self._pending: dict[int, tuple[Future[Any], p.TaskSpec]] = {}
+        self._pending: dict[int, tuple[TaskFuture, p.TaskSpec]] = {}
         self._outbox: deque[p.TaskSpec | p.Cancel | p.NodesQuery | p.StatusQuery] = deque()
-        self._replies: dict[int, Future[Any]] = {}
+        self._replies: dict[int, Future[p.Message]] = {}
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         self._wake_armed = False
@@ -92,7 +101,7 @@ class Client:
         self.dispatcher_id: str | None = None
         self.resolutions_ignored = 0
         """Resolutions for tasks already resolved (or never submitted): should stay 0."""
-        self._ctx = zmq.Context.instance()
+        self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self._thread = threading.Thread(target=self._run, name=f"saga-client-{self.client_id}", daemon=True)
         self._thread.start()
         if not self._welcomed.wait(connect_timeout_s):
@@ -103,24 +112,23 @@ class Client:
 
     def submit(
         self, fn: Callable[..., Any], *args: Any, node: str | None = None, rank: float = 0.0, **kwargs: Any
-    ) -> Future[Any]:
+    ) -> TaskFuture:
         return self.submit_payload(pack_apply_message(fn, args, kwargs), node=node, rank=rank)
 
-    def submit_payload(self, payload: bytes, *, node: str | None = None, rank: float = 0.0) -> Future[Any]:
+    def submit_payload(self, payload: bytes, *, node: str | None = None, rank: float = 0.0) -> TaskFuture:
         """Submit an already-packed Parsl apply message (what the Parsl executor does)."""
         if self._closing.is_set():
             raise DispatcherUnavailable("client is closed")
         task_id = next(self._ids)
-        future: Future[Any] = Future()
-        future.task_id = task_id  # type: ignore[attr-defined]
+        future = TaskFuture(task_id)
         spec = p.TaskSpec(task_id, node, float(rank), payload)
         self._pending[task_id] = (future, spec)
         self._post(spec)
         return future
 
-    def cancel(self, future: Future[Any]) -> None:
+    def cancel(self, future: TaskFuture) -> None:
         """Ask the dispatcher to drop the task if it has not started (it then fails TaskCancelled)."""
-        self._post(p.Cancel((future.task_id,)))  # type: ignore[attr-defined]
+        self._post(p.Cancel((future.task_id,)))
 
     def nodes(self, timeout_s: float = 10.0) -> tuple[p.NodeInfo, ...]:
         reply = self._ask(p.NodesQuery, timeout_s)
@@ -153,7 +161,7 @@ class Client:
             with contextlib.suppress(OSError):
                 os.close(fd)
 
-    def __enter__(self) -> Client:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -171,13 +179,13 @@ class Client:
         with contextlib.suppress(OSError):
             os.write(self._wake_w, b"x")
 
-    def _ask(self, query: type[p.NodesQuery] | type[p.StatusQuery], timeout_s: float) -> p.Message:
+    def _ask(self, query: type[p.NodesQuery | p.StatusQuery], timeout_s: float) -> p.Message:
         request_id = next(self._ids)
-        reply: Future[Any] = Future()
+        reply: Future[p.Message] = Future()
         self._replies[request_id] = reply
         self._post(query(request_id))
         try:
-            return reply.result(timeout=timeout_s)  # type: ignore[no-any-return]
+            return reply.result(timeout=timeout_s)
         except TimeoutError as exc:
             raise DispatcherUnavailable(f"dispatcher at {self.address} did not answer in {timeout_s:g} s") from exc
         finally:
@@ -200,7 +208,7 @@ class Client:
         last_sent = time.monotonic()
         try:
             while not self._closing.is_set():
-                ready = dict(poller.poll(self.heartbeat_interval_s * 1000))
+                ready = dict(poller.poll(int(self.heartbeat_interval_s * 1000)))
                 if self._wake_r in ready:
                     with contextlib.suppress(BlockingIOError):
                         os.read(self._wake_r, 4096)
@@ -226,14 +234,14 @@ class Client:
         outbox = self._outbox
         while outbox:
             item = outbox.popleft()
-            if type(item) is p.TaskSpec:
+            if isinstance(item, p.TaskSpec):
                 batch.append(item)
                 size += len(item.payload)
                 if len(batch) >= _BATCH_TASKS or size >= _BATCH_BYTES:
                     sock.send(p.encode(p.Submit(tuple(batch))))
                     batch, size = [], 0
             else:
-                sock.send(p.encode(item))  # type: ignore[arg-type]
+                sock.send(p.encode(item))
             sent = True
         if batch:
             sock.send(p.encode(p.Submit(tuple(batch))))
@@ -257,14 +265,14 @@ class Client:
                     if entry is None:
                         self.resolutions_ignored += 1
                     else:
-                        entry[0].node_name = resolution.node_name  # type: ignore[attr-defined]
+                        entry[0].node_name = resolution.node_name
                         settle(entry[0], resolution)
             elif type(message) is p.Welcome:
                 self._welcome(message)
             elif type(message) is p.Error:
                 self._error(sock, message)
-            elif type(message) in (p.Nodes, p.Status):
-                reply = self._replies.get(message.request_id)  # type: ignore[union-attr]
+            elif isinstance(message, p.Nodes | p.Status):
+                reply = self._replies.get(message.request_id)
                 if reply is not None and not reply.done():
                     reply.set_result(message)
 
@@ -274,8 +282,12 @@ class Client:
             # Re-send everything unresolved, ahead of anything newly posted; duplicates are ignored.
             resend = [spec for _, spec in list(self._pending.values())]
             self._outbox.extendleft(reversed(resend))
-            log.info("client_resending", client_id=self.client_id, tasks=len(resend),
-                     restarted=message.dispatcher_id != self.dispatcher_id)
+            log.info(
+                "client_resending",
+                client_id=self.client_id,
+                tasks=len(resend),
+                restarted=message.dispatcher_id != self.dispatcher_id,
+            )
         self.dispatcher_id = message.dispatcher_id
         self._welcomed.set()
 

@@ -30,6 +30,7 @@ from dispatcher.events import (
     Event,
     FrameRejected,
     Log,
+    LogLevel,
     SendToAgent,
     SendToClient,
     Ticked,
@@ -83,7 +84,7 @@ class DispatcherCore:
 
     def handle(self, event: Event) -> list[Command]:
         """Apply one event; return what the shell must do, in order."""
-        self._out = out = []
+        self._out = out = list[Command]()
         self._now = event.now
         if type(event) is AgentMessageReceived:
             self._agent_message(event)
@@ -100,8 +101,8 @@ class DispatcherCore:
 
     # ------------------------------------------------------------------ small helpers
 
-    def _log(self, event: str, level: str = "info", **fields: object) -> None:
-        self._out.append(Log(event, level, fields))  # type: ignore[arg-type]
+    def _log(self, event: str, level: LogLevel = "info", **fields: object) -> None:
+        self._out.append(Log(event, level, fields))
 
     def _to_agent(self, node: NodeActor, message: p.Message) -> None:
         assert node.peer is not None
@@ -241,7 +242,8 @@ class DispatcherCore:
         else:
             if node.peer is not None:
                 self._agents.pop(node.peer, None)
-            node.attach(peer, message.agent_id, message.slots, message.prefetch, message.speed, self._now)
+            slots, prefetch, speed = message.slots, message.prefetch, message.speed
+            node.attach(peer, message.agent_id, slots=slots, prefetch=prefetch, speed=speed, now=self._now)
             self._reclaim(node)
             self._log(
                 "node_registered",
@@ -276,9 +278,7 @@ class DispatcherCore:
                 self.duplicates_dropped += 1
                 continue
             self._forget(record)
-            by_client[result.client_id].append(
-                p.Resolution(result.task_id, result.outcome, result.payload, ran_on)
-            )
+            by_client[result.client_id].append(p.Resolution(result.task_id, result.outcome, result.payload, ran_on))
         if node is not None:
             node.done += sum(len(v) for v in by_client.values())
         self._resolve(by_client)
@@ -287,7 +287,8 @@ class DispatcherCore:
         node.state = NodeState.DRAINING
         node.credit = 0
         self._hungry.pop(node.name, None)
-        returned = [node.in_flight.pop(tuple(ref)) for ref in message.returned if tuple(ref) in node.in_flight]
+        keys = [(ref.client_id, ref.task_id) for ref in message.returned]
+        returned = [node.in_flight.pop(key) for key in keys if key in node.in_flight]
         for record in returned:
             record.holder = None
         self._requeue(returned + node.queue.take_all())
@@ -457,14 +458,15 @@ class DispatcherCore:
                 seen[record.key] = node.name
             for key, record in node.in_flight.items():
                 assert key not in seen, (record, seen.get(key))
-                assert record.holder == node.name and record.queue is None, record
+                assert record.holder == node.name, record
+                assert record.queue is None, record
                 seen[key] = f"on {node.name}"
         for record in self.pool.records():
             assert record.key not in seen, (record, seen.get(record.key))
             pinned = self.nodes.get(record.node_name) if record.node_name is not None else None
             assert pinned is None or pinned.state not in ACCEPTS_PINS, (record, pinned)
             seen[record.key] = POOL
-        assert seen.keys() == self.tasks.keys(), (set(seen) ^ set(self.tasks))
+        assert seen.keys() == self.tasks.keys(), set(seen) ^ set(self.tasks)
         assert len(self.pool) == len(self.pool.records())
         for peer, node in self._agents.items():
             assert node.peer == peer, (node, peer)

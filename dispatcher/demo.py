@@ -22,9 +22,11 @@ def work(cost_s: float) -> str:
 def run_demo(tasks: int = 200, seed: int = 7) -> int:
     rng = random.Random(seed)
     speeds = [1.0, 1.0, 2.0, 4.0]
-    with tempfile.TemporaryDirectory(prefix="saga-demo-") as logs, LocalCluster(
-        4, speeds=speeds, workers=2, log_dir=Path(logs)
-    ) as cluster, cluster.client() as client:
+    with (
+        tempfile.TemporaryDirectory(prefix="saga-demo-") as logs,
+        LocalCluster(4, speeds=speeds, workers=2, log_dir=Path(logs)) as cluster,
+        cluster.client() as client,
+    ):
         names = cluster.node_names
         # Faster nodes get proportionally more of the work, as a planner would place it.
         planned = rng.choices(names, weights=speeds, k=tasks)

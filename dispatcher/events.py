@@ -56,6 +56,8 @@ Event = AgentMessageReceived | ClientMessageReceived | FrameRejected | Ticked
 
 # --------------------------------------------------------------------------- commands
 
+LogLevel = Literal["debug", "info", "warning", "error"]
+
 
 @dataclass(frozen=True, slots=True)
 class SendToAgent:
@@ -74,7 +76,7 @@ class Log:
     """Log a fact. ``event`` is a snake_case fact (``node_dead``); the core has no logger."""
 
     event: str
-    level: Literal["debug", "info", "warning", "error"] = "info"
+    level: LogLevel = "info"
     fields: dict[str, Any] = field(default_factory=dict)
 
 

@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Self
 
 from dispatcher.client import Client
 from dispatcher.lifeline import ENV as PARENT_ENV
@@ -72,7 +72,7 @@ class LocalCluster:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def __enter__(self) -> LocalCluster:
+    def __enter__(self) -> Self:
         self.start()
         return self
 

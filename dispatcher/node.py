@@ -87,9 +87,7 @@ class NodeActor:
         """Most tasks this node may hold at once: running plus prefetched."""
         return self.slots + self.prefetch
 
-    def attach(
-        self, peer: bytes, agent_id: str, slots: int, prefetch: int, speed: float, now: float
-    ) -> None:
+    def attach(self, peer: bytes, agent_id: str, *, slots: int, prefetch: int, speed: float, now: float) -> None:
         """A new agent incarnation registered under this name."""
         assert not self.in_flight, self
         self.state = NodeState.ALIVE

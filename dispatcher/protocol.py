@@ -514,7 +514,7 @@ _DECODERS: Final[dict[Op, tuple[int, Any]]] = {
     Op.CREDIT: (1, lambda f: Credit(_int(f[0], "credit", 1, MAX_SLOTS * 2))),
     Op.RESULTS: (1, _results),
     Op.DRAIN: (1, lambda f: Drain(_refs(f[0], "returned"))),
-    Op.BYE: (0, lambda f: Bye()),
+    Op.BYE: (0, lambda _: Bye()),
     Op.REGISTERED: (
         5,
         lambda f: Registered(
@@ -527,9 +527,9 @@ _DECODERS: Final[dict[Op, tuple[int, Any]]] = {
     ),
     Op.TASKS: (1, _tasks),
     Op.CANCEL_TASKS: (1, lambda f: CancelTasks(_refs(f[0], "tasks"))),
-    Op.REREGISTER: (0, lambda f: Reregister()),
+    Op.REREGISTER: (0, lambda _: Reregister()),
     Op.REFUSED: (1, lambda f: Refused(_str(f[0], "reason", MAX_TEXT, 0))),
-    Op.HEARTBEAT: (0, lambda f: Heartbeat()),
+    Op.HEARTBEAT: (0, lambda _: Heartbeat()),
     Op.HELLO: (2, lambda f: Hello(_str(f[0], "client_id", MAX_ID), _int(f[1], "protocol_version"))),
     Op.SUBMIT: (1, _submit),
     Op.CANCEL: (1, _cancel),
@@ -569,6 +569,7 @@ _OPS: Final[dict[type[Any], Op]] = {
     Error: Op.ERROR,
 }
 
+
 def op_of(message: Message) -> Op:
     """The op code of a message."""
     return _OPS[type(message)]
@@ -576,8 +577,9 @@ def op_of(message: Message) -> Op:
 
 def encode(message: Message) -> bytes:
     """One frame for ``message``. Batches are sequences of NamedTuples (packed as arrays)."""
-    fields = [getattr(message, name) for name in message.__slots__]  # type: ignore[union-attr]
-    return msgpack.packb([PROTOCOL_VERSION, _OPS[type(message)], *fields], use_bin_type=True)
+    fields = [getattr(message, name) for name in message.__slots__]
+    frame: bytes = msgpack.packb([PROTOCOL_VERSION, _OPS[type(message)], *fields], use_bin_type=True)
+    return frame
 
 
 def decode(frame: bytes | memoryview) -> Message:

@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Literal
 
 import structlog
 import zmq
@@ -37,8 +37,11 @@ from dispatcher.events import (
 
 log = structlog.get_logger("dispatcher")
 
-_AGENT_OPS: Final = frozenset({p.Register, p.Credit, p.Results, p.Drain, p.Bye, p.Heartbeat})
-_CLIENT_OPS: Final = frozenset({p.Hello, p.Submit, p.Cancel, p.NodesQuery, p.StatusQuery, p.Heartbeat})
+_AGENT_TYPES: Final = (p.Register, p.Credit, p.Results, p.Drain, p.Bye, p.Heartbeat)
+"""What an agent may send (``protocol.AgentMessage``)."""
+_CLIENT_TYPES: Final = (p.Hello, p.Submit, p.Cancel, p.NodesQuery, p.StatusQuery, p.Heartbeat)
+"""What a client may send (``protocol.ClientMessage``)."""
+Side = Literal["agent", "client"]
 _READ_BURST: Final = 256
 """Frames read from one socket before looking at the other and at the clock (fairness)."""
 
@@ -74,7 +77,7 @@ class DispatcherService:
         self._clock = clock
         self._stimuli = itertools.count()
         self._stop = threading.Event()
-        self._ctx = zmq.Context.instance()
+        self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self._agents = self._router()
         self._clients = self._router()
         self.client_port = 0
@@ -150,7 +153,7 @@ class DispatcherService:
         next_tick = self._clock() + tick_s
         try:
             while not self._stop.is_set():
-                wait_ms = max(0.0, (next_tick - self._clock()) * 1000.0)
+                wait_ms = max(0, int((next_tick - self._clock()) * 1000.0))
                 ready = dict(poller.poll(wait_ms))
                 if self._agents in ready:
                     self._read(self._agents, "agent")
@@ -169,34 +172,31 @@ class DispatcherService:
             )
             self.close()
 
-    def _read(self, sock: zmq.Socket[bytes], side: str) -> None:
+    def _read(self, sock: zmq.Socket[bytes], side: Side) -> None:
         """Read up to a burst of frames from one socket and feed them to the core."""
-        agent_side = side == "agent"
-        allowed = _AGENT_OPS if agent_side else _CLIENT_OPS
         for _ in range(_READ_BURST):
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            now = self._clock()
-            stimulus_id = f"{side}-{next(self._stimuli)}"
-            event: Event
-            if len(frames) != 2:
-                event = FrameRejected(side, f"expected 1 frame after the routing id, got {len(frames) - 1}", now, stimulus_id)  # type: ignore[arg-type]
-            else:
-                try:
-                    message = p.decode(frames[1])
-                except p.ProtocolError as exc:
-                    event = FrameRejected(side, str(exc), now, stimulus_id)  # type: ignore[arg-type]
-                else:
-                    if type(message) not in allowed:
-                        reason = f"{p.op_of(message).name} is not a message a {side} sends"
-                        event = FrameRejected(side, reason, now, stimulus_id)  # type: ignore[arg-type]
-                    elif agent_side:
-                        event = AgentMessageReceived(frames[0], message, now, stimulus_id)  # type: ignore[arg-type]
-                    else:
-                        event = ClientMessageReceived(frames[0], message, now, stimulus_id)  # type: ignore[arg-type]
-            self._step(event)
+            self._step(self._event(side, frames, self._clock(), f"{side}-{next(self._stimuli)}"))
+
+    @staticmethod
+    def _event(side: Side, frames: list[bytes], now: float, stimulus_id: str) -> Event:
+        """The event for one ROUTER message: a decoded message, or a rejection saying why not."""
+        if len(frames) != 2:
+            return FrameRejected(
+                side, f"expected 1 frame after the routing id, got {len(frames) - 1}", now, stimulus_id
+            )
+        try:
+            message = p.decode(frames[1])
+        except p.ProtocolError as exc:
+            return FrameRejected(side, str(exc), now, stimulus_id)
+        if side == "agent" and isinstance(message, _AGENT_TYPES):
+            return AgentMessageReceived(frames[0], message, now, stimulus_id)
+        if side == "client" and isinstance(message, _CLIENT_TYPES):
+            return ClientMessageReceived(frames[0], message, now, stimulus_id)
+        return FrameRejected(side, f"{p.op_of(message).name} is not a message a {side} sends", now, stimulus_id)
 
     def _step(self, event: Event) -> None:
         try:

@@ -50,7 +50,7 @@ class Agent:
         self.agent_id = f"{config.node_name}-{uuid.uuid4().hex[:8]}"
         self.capacity = config.workers + config.prefetch
         self.phase = Phase.REGISTERING
-        self._ctx = zmq.Context.instance()
+        self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self._sock: zmq.Socket[bytes] | None = None
         self._pool: WorkerPool | None = None
         self._queued: deque[p.TaskAssignment] = deque()
@@ -79,8 +79,14 @@ class Agent:
 
     def run(self) -> None:
         cfg = self.config
-        log.info("agent_starting", node=cfg.node_name, agent_id=self.agent_id, workers=cfg.workers,
-                 speed=cfg.speed, dispatcher=cfg.dispatcher_url)
+        log.info(
+            "agent_starting",
+            node=cfg.node_name,
+            agent_id=self.agent_id,
+            workers=cfg.workers,
+            speed=cfg.speed,
+            dispatcher=cfg.dispatcher_url,
+        )
         self._pool = WorkerPool(cfg.workers, cfg.node_name, cfg.speed)
         if not self._pool.wait_ready(cfg.worker_start_timeout_s):
             log.warning("workers_slow_to_start", ready=self._pool.idle, workers=cfg.workers)
@@ -95,7 +101,8 @@ class Agent:
             log.info("agent_stopped", node=cfg.node_name, tasks_done=self.tasks_done)
 
     def _turn(self) -> None:
-        assert self._sock is not None and self._pool is not None
+        assert self._sock is not None
+        assert self._pool is not None
         poller = zmq.Poller()
         poller.register(self._sock, zmq.POLLIN)
         for fd in self._pool.fds():
@@ -110,8 +117,8 @@ class Agent:
         self._send_results_and_credit(now)
         self._keep_time(now)
 
-    def _poll_timeout_ms(self) -> float:
-        return min(_MAX_POLL_S, self._heartbeat_s / 2) * 1000
+    def _poll_timeout_ms(self) -> int:
+        return int(min(_MAX_POLL_S, self._heartbeat_s / 2) * 1000)
 
     # ------------------------------------------------------------------ connection
 
@@ -127,16 +134,25 @@ class Agent:
         self._sock = sock
         self.phase = Phase.REGISTERING
         self._granted = 0
-        self._send(p.Register(self.config.node_name, self.agent_id, self.config.workers,
-                              self.config.prefetch, self.config.speed), now)
+        self._send(
+            p.Register(
+                self.config.node_name, self.agent_id, self.config.workers, self.config.prefetch, self.config.speed
+            ),
+            now,
+        )
         self._retry_at = now + self._backoff_s * random.uniform(1.0, 1.5)
         self._backoff_s = min(self._backoff_s * 2, self.config.reconnect_max_s)
 
     def _lost_dispatcher(self, now: float, reason: str) -> None:
         dropped = len(self._queued)
         self._queued.clear()
-        log.warning("dispatcher_lost", node=self.config.node_name, reason=reason,
-                    dropped_unstarted=dropped, running=len(self._pool.running) if self._pool else 0)
+        log.warning(
+            "dispatcher_lost",
+            node=self.config.node_name,
+            reason=reason,
+            dropped_unstarted=dropped,
+            running=len(self._pool.running) if self._pool else 0,
+        )
         self._connect(now)
 
     def _send(self, message: p.Message, now: float) -> None:
@@ -166,17 +182,21 @@ class Agent:
                 else:  # raced with our drain: hand them straight back
                     self._send(p.Drain(tuple(p.TaskRef(t.client_id, t.task_id) for t in message.tasks)), now)
             elif type(message) is p.Registered:
-                self._registered(message, now)
+                self._registered(message)
             elif type(message) is p.CancelTasks:
                 self._cancel(message)
             elif type(message) is p.Reregister:
                 if self.phase is not Phase.REGISTERING:
                     self._lost_dispatcher(now, "dispatcher asked us to register again")
             elif type(message) is p.Refused:
-                log.error("registration_refused", node=self.config.node_name, reason=message.reason,
-                          retry_in_s=round(self._retry_at - now, 2))
+                log.error(
+                    "registration_refused",
+                    node=self.config.node_name,
+                    reason=message.reason,
+                    retry_in_s=round(self._retry_at - now, 2),
+                )
 
-    def _registered(self, message: p.Registered, now: float) -> None:
+    def _registered(self, message: p.Registered) -> None:
         if self.phase is not Phase.REGISTERING:
             return
         self.phase = Phase.SERVING
@@ -184,16 +204,23 @@ class Agent:
         self._heartbeat_s = message.heartbeat_interval_s
         self._liveness = message.liveness
         self._backoff_s = self.config.reconnect_min_s
-        log.info("agent_registered", node=message.node_name, incarnation=message.incarnation,
-                 dispatcher_id=message.dispatcher_id)
+        log.info(
+            "agent_registered",
+            node=message.node_name,
+            incarnation=message.incarnation,
+            dispatcher_id=message.dispatcher_id,
+        )
 
     def _cancel(self, message: p.CancelTasks) -> None:
         wanted = {(r.client_id, r.task_id) for r in message.tasks}
         kept: deque[p.TaskAssignment] = deque()
         for task in self._queued:
             if (task.client_id, task.task_id) in wanted:
-                self._results.append(p.TaskResult(task.client_id, task.task_id, p.Outcome.CANCELLED,
-                                                  b"cancelled on the node before it started"))
+                self._results.append(
+                    p.TaskResult(
+                        task.client_id, task.task_id, p.Outcome.CANCELLED, b"cancelled on the node before it started"
+                    )
+                )
             else:
                 kept.append(task)
         self._queued = kept
@@ -203,7 +230,7 @@ class Agent:
     def _collect(self) -> None:
         assert self._pool is not None
         for key, outcome, data in self._pool.collect():
-            client_id, task_id = key  # type: ignore[misc]
+            client_id, task_id = key
             self._results.append(p.TaskResult(client_id, task_id, outcome, data))
             self.tasks_done += 1
 
@@ -267,5 +294,9 @@ class Agent:
         self._send(p.Drain(returned), now)
         self.phase = Phase.DRAINING
         self._drain_deadline = now + self.config.drain_timeout_s
-        log.info("agent_draining", node=self.config.node_name, returned=len(returned),
-                 running=len(self._pool.running) if self._pool else 0)
+        log.info(
+            "agent_draining",
+            node=self.config.node_name,
+            returned=len(returned),
+            running=len(self._pool.running) if self._pool else 0,
+        )

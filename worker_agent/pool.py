@@ -7,13 +7,13 @@ polls :meth:`fds` (result pipes and process sentinels) alongside its socket.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import multiprocessing.connection
-from collections.abc import Hashable
 import time
 from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
-from typing import Any
+from typing import Self
 
 import structlog
 
@@ -22,7 +22,8 @@ from worker_agent.worker import READY, worker_main
 
 log = structlog.get_logger("worker_pool")
 
-Key = Hashable
+Key = tuple[str, int]
+"""(client_id, task_id)"""
 
 
 @dataclass(slots=True)
@@ -95,10 +96,8 @@ class WorkerPool:
         """Hand a task to an idle worker; there must be one."""
         worker = self._idle.pop()
         worker.task = key
-        try:
+        with contextlib.suppress(BrokenPipeError, OSError):  # if it died, collect() reports the task lost
             worker.conn.send((key, payload))
-        except (BrokenPipeError, OSError):
-            pass  # it died; collect() reports the task lost and refills the pool
 
     def collect(self) -> list[tuple[Key, Outcome, bytes]]:
         """Finished tasks since the last call: results, and WORKER_LOST for workers that died."""
@@ -140,10 +139,8 @@ class WorkerPool:
     def close(self, timeout_s: float = 2.0) -> None:
         """Stop every worker: ask politely, then terminate, then kill."""
         for w in self._workers:
-            try:
+            with contextlib.suppress(BrokenPipeError, OSError):
                 w.conn.send(None)
-            except (BrokenPipeError, OSError):
-                pass
         for w in self._workers:
             w.process.join(timeout=timeout_s / max(1, len(self._workers)))
             if w.process.is_alive():
@@ -154,8 +151,8 @@ class WorkerPool:
                 w.process.join()
             w.conn.close()
 
-    def __enter__(self) -> WorkerPool:
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()

@@ -21,7 +21,6 @@ from dispatcher.lifeline import die_with_parent
 from dispatcher.protocol import Outcome
 from worker_agent.config import NODE_NAME_ENV, NODE_SPEED_ENV
 
-
 READY = "ready"
 """First message of a worker on its pipe: imports done, ready for tasks."""
 

@@ -14,8 +14,11 @@ def no_leftovers() -> Iterator[None]:
     me = psutil.Process(os.getpid())
     before = {p.pid for p in me.children(recursive=True)}
     yield
-    left = [p for p in me.children(recursive=True) if p.pid not in before and p.is_running()
-            and p.status() != psutil.STATUS_ZOMBIE]
+    left = [
+        p
+        for p in me.children(recursive=True)
+        if p.pid not in before and p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    ]
     assert not left, f"processes left running: {[(p.pid, p.cmdline()) for p in left]}"
 
 

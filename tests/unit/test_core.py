@@ -8,7 +8,6 @@ from dispatcher import protocol as p
 from dispatcher.node import NodeState
 
 from .transcript import (
-    CLIENT,
     CLIENT_ID,
     Transcript,
     logs,

@@ -74,7 +74,7 @@ BAD_FRAMES = {
     "zero slots": raw(p.PROTOCOL_VERSION, p.Op.REGISTER, "node-a", "a", 0, 0, 1.0, 1),
     "negative speed": raw(p.PROTOCOL_VERSION, p.Op.REGISTER, "node-a", "a", 1, 0, -1.0, 1),
     "nan speed": raw(p.PROTOCOL_VERSION, p.Op.REGISTER, "node-a", "a", 1, 0, float("nan"), 1),
-    "bool as int": raw(p.PROTOCOL_VERSION, p.Op.CREDIT, True),
+    "bool as int": raw(p.PROTOCOL_VERSION, p.Op.CREDIT, True),  # noqa: FBT003
     "zero credit": raw(p.PROTOCOL_VERSION, p.Op.CREDIT, 0),
     "node name too long": raw(p.PROTOCOL_VERSION, p.Op.REGISTER, "n" * 254, "a", 1, 0, 1.0, 1),
     "payload as str": raw(p.PROTOCOL_VERSION, p.Op.SUBMIT, [[1, None, 0.0, "text"]]),
@@ -111,8 +111,18 @@ def test_oversized_batch_is_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.parametrize(
     ("name", "valid"),
-    [("node-a", True), ("ip-10-0-0-1.ec2.internal", True), ("local-0", True), ("Node-A", False),
-     ("-a", False), ("a-", False), ("a_b", False), ("", False), ("a" * 253, True), ("a" * 254, False)],
+    [
+        ("node-a", True),
+        ("ip-10-0-0-1.ec2.internal", True),
+        ("local-0", True),
+        ("Node-A", False),
+        ("-a", False),
+        ("a-", False),
+        ("a_b", False),
+        ("", False),
+        ("a" * 253, True),
+        ("a" * 254, False),
+    ],
 )
 def test_node_names_follow_kubernetes_rules(name: str, valid: bool) -> None:
     assert p.is_node_name(name) is valid

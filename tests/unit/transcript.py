@@ -51,8 +51,15 @@ class Transcript:
 
     # -------------------------------------------------------------- common openings
 
-    def register(self, name: str, slots: int = 1, prefetch: int = 0, credit: int | None = None,
-                 agent_id: str | None = None, speed: float = 1.0) -> list[Command]:
+    def register(
+        self,
+        name: str,
+        slots: int = 1,
+        prefetch: int = 0,
+        credit: int | None = None,
+        agent_id: str | None = None,
+        speed: float = 1.0,
+    ) -> list[Command]:
         peer = name.encode()
         out = self.agent(peer, p.Register(name, agent_id or f"agent-{name}", slots, prefetch, speed))
         credit = slots + prefetch if credit is None else credit
