@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from dispatcher import LocalCluster, TaskRejected, WorkerLost
+from dispatcher import Client, LocalCluster, TaskRejected, WorkerLost
 
 from . import apps
 from .conftest import all_pids
@@ -216,4 +216,31 @@ def test_local_cluster_leaves_nothing_running_even_after_a_child_was_killed(logs
         cluster.kill_agent("local-0", signal.SIGKILL)
     time.sleep(0.2)
     alive = [pid for pid in pids if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
+    assert not alive
+
+
+def test_local_command_serves_until_interrupted_and_cleans_up() -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dispatcher", "--log-format", "json", "local", "--nodes", "2", "--speeds", "1,2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        assert first.startswith("dispatcher client URL: tcp://127.0.0.1:"), first
+        url = first.split(": ", 1)[1].strip()
+        descendants = all_pids(proc.pid)
+        with Client(url) as client:
+            assert client.submit(apps.square, 7, node="local-1").result(timeout=30) == 49
+            speeds = {n.node_name: n.speed for n in client.nodes()}
+        assert speeds == {"local-0": 1.0, "local-1": 2.0}
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+    time.sleep(0.2)
+    alive = [p for p in descendants if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
     assert not alive
