@@ -23,17 +23,23 @@ def _env(name: str, default: str) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
+    def logging_flags(p: argparse.ArgumentParser, default: object) -> None:
+        p.add_argument(
+            "--log-format",
+            choices=LOG_FORMATS,
+            default=default,
+            help="console (terminal), json (pods, files), or auto (default; env SAGA_LOG_FORMAT)",
+        )
+        p.add_argument("--log-level", default=default, help="debug, info (default), warning, error")
+
     parser = argparse.ArgumentParser(prog="saga-dispatch", description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument(
-        "--log-format",
-        choices=LOG_FORMATS,
-        default=_env("SAGA_LOG_FORMAT", "auto"),
-        help="console (terminal), json (pods, files), or auto (default)",
-    )
-    parser.add_argument("--log-level", default=_env("SAGA_LOG_LEVEL", "info"))
+    logging_flags(parser, None)
+    # The same flags are accepted after the subcommand; SUPPRESS keeps them from resetting the main ones.
+    common = argparse.ArgumentParser(add_help=False)
+    logging_flags(common, argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    d = sub.add_parser("dispatcher", help="run the dispatcher service")
+    d = sub.add_parser("dispatcher", parents=[common], help="run the dispatcher service")
     d.add_argument("--host", default=_env("SAGA_HOST", "0.0.0.0"), help="address to bind (default 0.0.0.0)")
     d.add_argument("--client-port", type=int, default=int(_env("SAGA_CLIENT_PORT", "5560")))
     d.add_argument("--agent-port", type=int, default=int(_env("SAGA_AGENT_PORT", "5561")))
@@ -48,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     d.add_argument("--announce", action="store_true", help="print the bound URLs as one JSON line on stdout")
 
-    a = sub.add_parser("agent", help="run a node agent")
+    a = sub.add_parser("agent", parents=[common], help="run a node agent")
     a.add_argument(
         "--dispatcher",
         default=os.environ.get("SAGA_DISPATCHER"),
@@ -66,22 +72,26 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--speed", type=float, default=float(_env("SAGA_NODE_SPEED", "1.0")))
     a.add_argument("--drain-timeout", type=float, default=30.0, metavar="SECONDS")
 
-    loc = sub.add_parser("local", help="run a dispatcher and N agents locally until Ctrl-C")
+    loc = sub.add_parser("local", parents=[common], help="run a dispatcher and N agents locally until Ctrl-C")
     loc.add_argument("--nodes", type=int, default=4)
     loc.add_argument("--speeds", default=None, help="comma-separated node speeds, e.g. 1,1,2,4")
     loc.add_argument("--workers", type=int, default=1, help="workers per node")
 
-    s = sub.add_parser("status", help="print a dispatcher's nodes, queues and counters")
+    s = sub.add_parser("status", parents=[common], help="print a dispatcher's nodes, queues and counters")
     s.add_argument("--dispatcher", default=_env("SAGA_DISPATCHER_CLIENT", "tcp://127.0.0.1:5560"), metavar="URL")
     s.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS")
 
-    demo = sub.add_parser("demo", help="run a pinned workload on a local 4-node cluster and show where it ran")
+    demo = sub.add_parser(
+        "demo", parents=[common], help="run a pinned workload on a local 4-node cluster and show where it ran"
+    )
     demo.add_argument("--tasks", type=int, default=200)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    args.log_format = args.log_format or _env("SAGA_LOG_FORMAT", "auto")
+    args.log_level = args.log_level or _env("SAGA_LOG_LEVEL", "info")
     configure_logging(args.log_format, args.log_level, component=args.command)
     try:
         return int(_COMMANDS[args.command](args) or 0)
