@@ -44,6 +44,8 @@ class TaskFuture(Future[Any]):
         super().__init__()
         self.task_id = task_id
         self.node_name: str | None = None
+        self.runtime_s: float | None = None
+        """Wall time of the function in its worker, once resolved."""
 
 
 def settle(future: Future[Any], resolution: p.Resolution) -> None:
@@ -266,6 +268,7 @@ class Client:
                         self.resolutions_ignored += 1
                     else:
                         entry[0].node_name = resolution.node_name
+                        entry[0].runtime_s = resolution.runtime_s
                         settle(entry[0], resolution)
             elif type(message) is p.Welcome:
                 self._welcome(message)

@@ -278,7 +278,8 @@ class DispatcherCore:
                 self.duplicates_dropped += 1
                 continue
             self._forget(record)
-            by_client[result.client_id].append(p.Resolution(result.task_id, result.outcome, result.payload, ran_on))
+            resolution = p.Resolution(result.task_id, result.outcome, result.payload, ran_on, result.runtime_s)
+            by_client[result.client_id].append(resolution)
         if node is not None:
             node.done += sum(len(v) for v in by_client.values())
         self._resolve(by_client)

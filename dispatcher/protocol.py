@@ -131,12 +131,13 @@ class TaskAssignment(NamedTuple):
 
 
 class TaskResult(NamedTuple):
-    """One finished task as an agent reports it."""
+    """One finished task as an agent reports it; ``runtime_s`` is its wall time in the worker."""
 
     client_id: str
     task_id: int
     outcome: Outcome
     payload: bytes
+    runtime_s: float = 0.0
 
 
 class Resolution(NamedTuple):
@@ -146,6 +147,7 @@ class Resolution(NamedTuple):
     outcome: Outcome
     payload: bytes
     node_name: str
+    runtime_s: float = 0.0
 
 
 class TaskRef(NamedTuple):
@@ -397,6 +399,13 @@ def _items(value: Any, what: str, width: int) -> list[list[Any]]:
     return value
 
 
+def _runtime(value: Any) -> float:
+    runtime = _float(value, "runtime_s")
+    if runtime < 0.0:
+        raise _fail("runtime_s", value)
+    return runtime
+
+
 def _outcome(value: Any) -> Outcome:
     try:
         return Outcome(_int(value, "outcome", 0, 255))
@@ -439,8 +448,8 @@ def _register(f: list[Any]) -> Register:
 def _results(f: list[Any]) -> Results:
     return Results(
         tuple(
-            TaskResult(_str(c, "client_id", MAX_ID), _int(t, "task_id"), _outcome(o), _bytes(p, "payload"))
-            for c, t, o, p in _items(f[0], "results", 4)
+            TaskResult(_str(c, "client_id", MAX_ID), _int(t, "task_id"), _outcome(o), _bytes(p, "payload"), _runtime(r))
+            for c, t, o, p, r in _items(f[0], "results", 5)
         )
     )
 
@@ -475,8 +484,10 @@ def _submit(f: list[Any]) -> Submit:
 def _resolved(f: list[Any]) -> Resolved:
     return Resolved(
         tuple(
-            Resolution(_int(t, "task_id"), _outcome(o), _bytes(p, "payload"), _str(n, "node_name", MAX_NAME, 0))
-            for t, o, p, n in _items(f[0], "results", 4)
+            Resolution(
+                _int(t, "task_id"), _outcome(o), _bytes(p, "payload"), _str(n, "node_name", MAX_NAME, 0), _runtime(r)
+            )
+            for t, o, p, n, r in _items(f[0], "results", 5)
         )
     )
 

@@ -229,9 +229,9 @@ class Agent:
 
     def _collect(self) -> None:
         assert self._pool is not None
-        for key, outcome, data in self._pool.collect():
+        for key, outcome, data, runtime_s in self._pool.collect():
             client_id, task_id = key
-            self._results.append(p.TaskResult(client_id, task_id, outcome, data))
+            self._results.append(p.TaskResult(client_id, task_id, outcome, data, runtime_s))
             self.tasks_done += 1
 
     def _start_tasks(self) -> None:

@@ -24,6 +24,8 @@ log = structlog.get_logger("worker_pool")
 
 Key = tuple[str, int]
 """(client_id, task_id)"""
+Finished = tuple[Key, Outcome, bytes, float]
+"""(key, outcome, payload, runtime_s)"""
 
 
 @dataclass(slots=True)
@@ -99,17 +101,17 @@ class WorkerPool:
         with contextlib.suppress(BrokenPipeError, OSError):  # if it died, collect() reports the task lost
             worker.conn.send((key, payload))
 
-    def collect(self) -> list[tuple[Key, Outcome, bytes]]:
+    def collect(self) -> list[Finished]:
         """Finished tasks since the last call: results, and WORKER_LOST for workers that died."""
-        done: list[tuple[Key, Outcome, bytes]] = []
+        done: list[Finished] = []
         for i, worker in enumerate(self._workers):
             dead = False
             try:
                 while worker.conn.poll():
                     message = worker.conn.recv()
                     if worker.ready:
-                        key, outcome, data = message
-                        done.append((key, Outcome(outcome), data))
+                        key, outcome, data, runtime_s = message
+                        done.append((key, Outcome(outcome), data, runtime_s))
                         worker.task = None
                     else:
                         assert message[0] == READY, message
@@ -121,13 +123,13 @@ class WorkerPool:
                 done.extend(self._replace(i, worker))
         return done
 
-    def _replace(self, i: int, worker: _Worker) -> list[tuple[Key, Outcome, bytes]]:
+    def _replace(self, i: int, worker: _Worker) -> list[Finished]:
         worker.process.join(timeout=1)
         code = worker.process.exitcode
-        lost: list[tuple[Key, Outcome, bytes]] = []
+        lost: list[Finished] = []
         if worker.task is not None:
             reason = f"worker process {worker.process.pid} died with exit code {code} while running the task"
-            lost.append((worker.task, Outcome.WORKER_LOST, reason.encode()))
+            lost.append((worker.task, Outcome.WORKER_LOST, reason.encode(), 0.0))
         elif worker in self._idle:
             self._idle.remove(worker)
         log.warning("worker_died", pid=worker.process.pid, exitcode=code, task=repr(worker.task))

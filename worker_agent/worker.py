@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -53,8 +54,10 @@ def worker_main(conn: Connection, node_name: str, speed: float) -> None:
         if message is None:
             return
         key, payload = message
+        started = time.perf_counter()
         outcome, data = run_task(payload)
+        runtime_s = time.perf_counter() - started
         try:
-            conn.send((key, outcome, data))
+            conn.send((key, outcome, data, runtime_s))
         except (BrokenPipeError, OSError):
             return

@@ -13,7 +13,9 @@ NODE = p.NodeInfo("node-a", "alive", 2.0, 4, 1, 3, 2, 10)
 EXAMPLES: list[p.Message] = [
     p.Register("node-a", "agent-1", 4, 2, 1.5),
     p.Credit(3),
-    p.Results((p.TaskResult("c1", 7, p.Outcome.OK, b"\x80value"), p.TaskResult("c1", 8, p.Outcome.APP_ERROR, b""))),
+    p.Results(
+        (p.TaskResult("c1", 7, p.Outcome.OK, b"\x80value", 0.5), p.TaskResult("c1", 8, p.Outcome.APP_ERROR, b""))
+    ),
     p.Drain((p.TaskRef("c1", 9),)),
     p.Bye(),
     p.Registered("node-a", 2, "d1", 0.5, 3),
@@ -83,7 +85,9 @@ BAD_FRAMES = {
     "short batch item": raw(p.PROTOCOL_VERSION, p.Op.SUBMIT, [[1, None, 0.0]]),
     "batch not a list": raw(p.PROTOCOL_VERSION, p.Op.SUBMIT, b"tasks"),
     "item not a list": raw(p.PROTOCOL_VERSION, p.Op.RESULTS, [b"x"]),
-    "unknown outcome": raw(p.PROTOCOL_VERSION, p.Op.RESULTS, [["c", 1, 99, b""]]),
+    "unknown outcome": raw(p.PROTOCOL_VERSION, p.Op.RESULTS, [["c", 1, 99, b"", 0.0]]),
+    "negative runtime": raw(p.PROTOCOL_VERSION, p.Op.RESULTS, [["c", 1, 0, b"", -1.0]]),
+    "result without runtime": raw(p.PROTOCOL_VERSION, p.Op.RESULTS, [["c", 1, 0, b""]]),
     "unknown error code": raw(p.PROTOCOL_VERSION, p.Op.ERROR, 99, "x"),
     "map inside": raw(p.PROTOCOL_VERSION, p.Op.SUBMIT, [{"a": 1}]),
     "ext type": msgpack.packb([p.PROTOCOL_VERSION, p.Op.CREDIT, msgpack.ExtType(1, b"x")]),
