@@ -223,10 +223,8 @@ def _run(graph: Graph, network: Network, sched: Any) -> Plan:
     partial = None
     if graph.fixed:
         mapping: dict[str, list[Any]] = {n: [] for n in names}
-        for name, placed in sorted(graph.fixed.items(), key=lambda kv: (kv[1].start_s, kv[1].end_s)):
-            mapping[placed.node].append(
-                saga.ScheduledTask(node=placed.node, name=name, start=placed.start_s, end=placed.end_s)
-            )
+        for name, at in sorted(graph.fixed.items(), key=lambda kv: (kv[1].start_s, kv[1].end_s)):
+            mapping[at.node].append(saga.ScheduledTask(node=at.node, name=name, start=at.start_s, end=at.end_s))
         partial = saga.Schedule(tg, net, mapping=mapping)
     try:
         result = sched.schedule(net, tg, schedule=partial, min_start_time=graph.min_start_s)
@@ -243,7 +241,8 @@ def _run(graph: Graph, network: Network, sched: Any) -> Plan:
         raise PlanningError(
             f"{type(sched).__name__} placed {len(placed)} of {len(graph.tasks)} tasks (missing e.g. {missing[:5]})"
         )
-    return Plan(_shifted(placed, graph.min_start_s), max(p.end_s for p in placed.values()), type(sched).__name__)
+    placed = _shifted(placed, graph.min_start_s)
+    return Plan(placed, max(p.end_s for p in placed.values()), type(sched).__name__)
 
 
 def _shifted(placed: dict[str, Placed], min_start_s: float) -> dict[str, Placed]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 
@@ -38,7 +39,7 @@ def layered(n: int, seed: int = 0, zero_costs: bool = False) -> Graph:
     ]
     edges = [
         (s, t, rng.uniform(0, 1e6))
-        for up, down in zip(layers, layers[1:], strict=False)
+        for up, down in itertools.pairwise(layers)
         for t in down
         for s in rng.sample(up, min(len(up), rng.randint(1, 3)))
     ]
