@@ -1,0 +1,129 @@
+"""The planning process: SAGA runs here, never on a thread of the Parsl program.
+
+SAGA is CPU-bound and holds the GIL for seconds on large DAGs, and HEFT and CPOP break ties by
+iterating frozensets, so their plans are reproducible only under a fixed hash seed. One child
+process, started once with ``PYTHONHASHSEED=0``, serves plan requests over a socket pair; a
+request that overruns ``timeout_s`` kills it (a scheduler such as DPS can run for hours) and the
+next request starts a fresh one.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from multiprocessing.connection import Connection
+from typing import Any
+
+from dispatcher.lifeline import ENV as PARENT_ENV
+from parsl_adapter.placement import Graph, Network, Plan, PlanningError
+
+HASH_SEED = "0"
+_READY = "ready"
+_START_TIMEOUT_S = 120.0
+
+
+class PlannerProcess:
+    """A client for the planning process. Thread-safe: one request at a time."""
+
+    def __init__(self, timeout_s: float = 600.0) -> None:
+        self.timeout_s = timeout_s
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._conn: Connection | None = None
+        self._lock = threading.Lock()
+        self._requests = 0
+
+    def start(self) -> None:
+        with self._lock:
+            self._start()
+
+    def _start(self) -> None:
+        parent, child = socket.socketpair()
+        env = {**os.environ, "PYTHONHASHSEED": HASH_SEED, PARENT_ENV: str(os.getpid())}
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "parsl_adapter.planner", str(child.fileno())],
+            pass_fds=[child.fileno()],
+            env=env,
+            stdin=subprocess.DEVNULL,
+        )
+        child.close()
+        self._conn = Connection(parent.detach())
+        # Importing SAGA takes a second or two: wait for it here, not inside a request's timeout.
+        if not self._conn.poll(_START_TIMEOUT_S) or self._conn.recv() != _READY:
+            self._kill()
+            raise PlanningError(f"the planning process did not start within {_START_TIMEOUT_S:g} s")
+
+    def plan(self, graph: Graph, network: Network, scheduler: str | Any) -> tuple[Plan, float]:
+        """(plan, seconds SAGA took). Raises PlanningError for bad input, a failed or overrunning scheduler."""
+        with self._lock:
+            if self._proc is None or self._proc.poll() is not None:
+                self._start()
+            assert self._conn is not None
+            self._requests += 1
+            request_id = self._requests
+            try:
+                self._conn.send((request_id, graph, network, scheduler))
+                if not self._conn.poll(self.timeout_s):
+                    self._kill()
+                    raise PlanningError(f"planning took longer than {self.timeout_s:g} s; the planner was restarted")
+                reply_id, plan, error, elapsed_s = self._conn.recv()
+            except (EOFError, OSError, BrokenPipeError) as exc:
+                self._kill()
+                raise PlanningError(f"the planning process died: {exc!r}") from exc
+            assert reply_id == request_id, (reply_id, request_id)
+            if error is not None:
+                raise PlanningError(error)
+            return plan, elapsed_s
+
+    def _kill(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.wait()
+            self._proc = None
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                try:
+                    self._conn.send(None)
+                    if self._proc is not None:
+                        self._proc.wait(timeout=5)
+                except (OSError, subprocess.TimeoutExpired):
+                    pass
+            self._kill()
+
+
+def _serve(fd: int) -> None:
+    from parsl_adapter.placement import plan
+
+    conn = Connection(fd)
+    conn.send(_READY)
+    while True:
+        try:
+            request = conn.recv()
+        except (EOFError, OSError):
+            return
+        if request is None:
+            return
+        request_id, graph, network, scheduler = request
+        started = time.perf_counter()
+        try:
+            reply: tuple[Any, ...] = (request_id, plan(graph, network, scheduler), None)
+        except Exception as exc:
+            reply = (request_id, None, str(exc) if isinstance(exc, PlanningError) else f"{type(exc).__name__}: {exc}")
+        conn.send((*reply, time.perf_counter() - started))
+
+
+if __name__ == "__main__":
+    from dispatcher.lifeline import die_with_parent
+
+    die_with_parent()
+    import saga.schedulers  # noqa: F401  (import once, before reporting ready)
+
+    _serve(int(sys.argv[1]))

@@ -1,0 +1,107 @@
+"""Two policies of the executor, as plain functions and data: when to plan, and in what order
+planned tasks leave for the dispatcher. No Parsl, no sockets, no clock (time is passed in)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class WindowConfig:
+    flush_idle_s: float = 0.02
+    """Outside ``plan()``: plan once no task was registered or launched for this long."""
+    plan_idle_s: float = 1.0
+    """Inside ``plan()``: plan anyway after this long without activity (a ``.result()`` inside the
+    block stops activity; this is what keeps it from deadlocking)."""
+    max_held: int = 10_000
+    """Plan at once when this many launched tasks are waiting for a plan."""
+
+
+def should_plan(now: float, held: int, last_activity: float, holding: bool, config: WindowConfig) -> bool:
+    """Whether to plan the held tasks now."""
+    if held == 0:
+        return False
+    if held >= config.max_held:
+        return True
+    idle = now - last_activity
+    return idle >= (config.plan_idle_s if holding else config.flush_idle_s)
+
+
+class ReleaseOrder:
+    """Releases planned tasks per (plan, node) in rank order.
+
+    Within one plan, a ready task leaves only after every *gating* task ranked before it on the
+    same node has left or will never run (it finished without launching: a dependency failed, a
+    memoized result). Tasks of different plans never wait for each other, and non-gating tasks
+    never hold others back, so waits only point to earlier ranks of the same plan: no cycles.
+    """
+
+    def __init__(self) -> None:
+        self._queues: dict[tuple[int, str], list[int]] = {}
+        self._pos: dict[tuple[int, str], int] = {}
+        self._where: dict[int, tuple[tuple[int, str], int]] = {}
+        self._ready: set[int] = set()
+        self._gone: set[int] = set()
+        self._waiting: dict[tuple[int, str], int] = {}
+        """Ready tasks held back, per queue."""
+
+    def add_plan(self, epoch: int, ranked: Iterable[tuple[int, str, float]], gating: set[int]) -> None:
+        """``ranked``: (task id, node, rank) of every task of plan ``epoch``."""
+        per_node: dict[str, list[tuple[float, int]]] = {}
+        for tid, node, rank in ranked:
+            if tid in gating:
+                per_node.setdefault(node, []).append((rank, tid))
+        for node, items in per_node.items():
+            key = (epoch, node)
+            order = [tid for _, tid in sorted(items)]
+            self._queues[key] = order
+            self._pos[key] = 0
+            for i, tid in enumerate(order):
+                self._where[tid] = (key, i)
+
+    def ready(self, tid: int) -> list[int]:
+        """``tid`` was launched by Parsl; returns the tasks that may leave now, in order."""
+        where = self._where.get(tid)
+        if where is None or where[1] < self._pos[where[0]]:
+            return [tid]  # not held back by anything (non-gating, or a retry of a released task)
+        self._ready.add(tid)
+        self._waiting[where[0]] = self._waiting.get(where[0], 0) + 1
+        return self._advance(where[0])
+
+    def gone(self, tid: int) -> list[int]:
+        """``tid`` will never launch; returns the tasks that may leave now."""
+        where = self._where.get(tid)
+        if where is None or where[1] < self._pos[where[0]]:
+            return []
+        self._gone.add(tid)
+        return self._advance(where[0])
+
+    def _advance(self, key: tuple[int, str]) -> list[int]:
+        order, pos, out = self._queues[key], self._pos[key], []
+        while pos < len(order):
+            tid = order[pos]
+            if tid in self._ready:
+                self._ready.discard(tid)
+                self._waiting[key] -= 1
+                out.append(tid)
+            elif tid in self._gone:
+                self._gone.discard(tid)
+            else:
+                break
+            pos += 1
+        self._pos[key] = pos
+        if pos == len(order):  # done with this queue: forget it
+            for tid in order:
+                self._where.pop(tid, None)
+            del self._queues[key], self._pos[key]
+            self._waiting.pop(key, None)
+        return out
+
+    def blocking(self) -> list[int]:
+        """Heads of queues that hold ready tasks back (check whether they will ever launch)."""
+        return [self._queues[key][self._pos[key]] for key, n in self._waiting.items() if n > 0]
+
+    @property
+    def waiting(self) -> int:
+        return len(self._ready)
