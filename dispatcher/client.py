@@ -23,15 +23,15 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, Final, Self
 
-import structlog
 import zmq
 from parsl.app.errors import RemoteExceptionWrapper
 from parsl.serialize import deserialize, pack_apply_message
 
 from dispatcher import protocol as p
 from dispatcher.errors import DispatcherUnavailable, failure
+from dispatcher.logs import get_logger
 
-log = structlog.get_logger("client")
+log = get_logger("client")
 
 _BATCH_TASKS: Final = 2048
 _BATCH_BYTES: Final = 8 * 1024 * 1024

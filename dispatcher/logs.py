@@ -8,12 +8,42 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Literal
+from typing import Any, Literal
 
 import structlog
 
 LogFormat = Literal["auto", "console", "json"]
 LOG_FORMATS: tuple[LogFormat, ...] = ("auto", "console", "json")
+
+
+class _LibraryLogger:
+    """A structlog logger decided at first use: the configured one inside our own entry points;
+    inside someone else's program (a Parsl script) one that goes through stdlib ``logging`` as
+    ``saga_dispatch.<name>``, so a library never prints on its own."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._logger: Any = None
+
+    def __getattr__(self, attr: str) -> Any:
+        if self._logger is None:
+            if structlog.is_configured():
+                self._logger = structlog.get_logger(self._name)
+            else:
+                self._logger = structlog.wrap_logger(
+                    logging.getLogger(f"saga_dispatch.{self._name}"),
+                    wrapper_class=structlog.stdlib.BoundLogger,
+                    processors=[
+                        structlog.processors.format_exc_info,
+                        structlog.processors.KeyValueRenderer(key_order=["event"], sort_keys=True),
+                    ],
+                )
+        return getattr(self._logger, attr)
+
+
+def get_logger(name: str) -> Any:
+    """The logger every module uses (``log = get_logger("agent")``)."""
+    return _LibraryLogger(name)
 
 
 def configure_logging(fmt: LogFormat = "auto", level: str = "info", **context: object) -> None:

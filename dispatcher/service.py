@@ -18,7 +18,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, Literal
 
-import structlog
 import zmq
 
 from dispatcher import protocol as p
@@ -34,8 +33,9 @@ from dispatcher.events import (
     SendToClient,
     Ticked,
 )
+from dispatcher.logs import get_logger
 
-log = structlog.get_logger("dispatcher")
+log = get_logger("dispatcher")
 
 _AGENT_TYPES: Final = (p.Register, p.Credit, p.Results, p.Drain, p.Bye, p.Heartbeat)
 """What an agent may send (``protocol.AgentMessage``)."""

@@ -36,14 +36,14 @@ def _non_negative(spec: Mapping[str, Any], key: str) -> float | None:
 
 
 def parse_hints(spec: Mapping[str, Any] | None) -> Hints:
-    """The hints in a resource specification; raises ValueError with the offending key."""
+    """The hints in a resource specification; raises ValueError/TypeError naming the offending key."""
     if not spec:
         return Hints()
     if not isinstance(spec, Mapping):
-        raise ValueError(f"parsl_resource_specification must be a dict, got {type(spec).__name__}")
+        raise TypeError(f"parsl_resource_specification must be a dict, got {type(spec).__name__}")
     retry = spec.get(RETRY_ON_NODE_LOSS, True)
     if not isinstance(retry, bool):
-        raise ValueError(f"parsl_resource_specification[{RETRY_ON_NODE_LOSS!r}] must be True or False, got {retry!r}")
+        raise TypeError(f"parsl_resource_specification[{RETRY_ON_NODE_LOSS!r}] must be True or False, got {retry!r}")
     return Hints(_non_negative(spec, COST), _non_negative(spec, OUTPUT_SIZE), retry)
 
 
@@ -52,7 +52,7 @@ def hints_or_default(spec: Mapping[str, Any] | None) -> Hints:
     the task itself fails with the ValueError when it is submitted)."""
     try:
         return parse_hints(spec)
-    except ValueError:
+    except (ValueError, TypeError):
         return Hints()
 
 

@@ -50,7 +50,9 @@ def capture(records: Mapping[int, Mapping[str, Any]], label: str, tids: Iterable
     return out
 
 
-def _parents(records: Mapping[int, Mapping[str, Any]], label: str, depends: Iterable[Future[Any]]) -> tuple[set[int], bool]:
+def _parents(
+    records: Mapping[int, Mapping[str, Any]], label: str, depends: Iterable[Future[Any]]
+) -> tuple[set[int], bool]:
     parents: set[int] = set()
     gating = True
     seen: set[int] = set()

@@ -14,7 +14,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -22,7 +21,7 @@ from dispatcher.lifeline import ENV as PARENT_ENV
 from parsl_adapter.placement import Graph, Network, Plan, PlanningError
 
 HASH_SEED = "0"
-_READY = "ready"
+READY = "ready"
 _START_TIMEOUT_S = 120.0
 
 
@@ -44,7 +43,7 @@ class PlannerProcess:
         parent, child = socket.socketpair()
         env = {**os.environ, "PYTHONHASHSEED": HASH_SEED, PARENT_ENV: str(os.getpid())}
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "parsl_adapter.planner", str(child.fileno())],
+            [sys.executable, "-m", "parsl_adapter.planning_process", str(child.fileno())],
             pass_fds=[child.fileno()],
             env=env,
             stdin=subprocess.DEVNULL,
@@ -52,7 +51,7 @@ class PlannerProcess:
         child.close()
         self._conn = Connection(parent.detach())
         # Importing SAGA takes a second or two: wait for it here, not inside a request's timeout.
-        if not self._conn.poll(_START_TIMEOUT_S) or self._conn.recv() != _READY:
+        if not self._conn.poll(_START_TIMEOUT_S) or self._conn.recv() != READY:
             self._kill()
             raise PlanningError(f"the planning process did not start within {_START_TIMEOUT_S:g} s")
 
@@ -97,33 +96,3 @@ class PlannerProcess:
                 except (OSError, subprocess.TimeoutExpired):
                     pass
             self._kill()
-
-
-def _serve(fd: int) -> None:
-    from parsl_adapter.placement import plan
-
-    conn = Connection(fd)
-    conn.send(_READY)
-    while True:
-        try:
-            request = conn.recv()
-        except (EOFError, OSError):
-            return
-        if request is None:
-            return
-        request_id, graph, network, scheduler = request
-        started = time.perf_counter()
-        try:
-            reply: tuple[Any, ...] = (request_id, plan(graph, network, scheduler), None)
-        except Exception as exc:
-            reply = (request_id, None, str(exc) if isinstance(exc, PlanningError) else f"{type(exc).__name__}: {exc}")
-        conn.send((*reply, time.perf_counter() - started))
-
-
-if __name__ == "__main__":
-    from dispatcher.lifeline import die_with_parent
-
-    die_with_parent()
-    import saga.schedulers  # noqa: F401  (import once, before reporting ready)
-
-    _serve(int(sys.argv[1]))

@@ -77,8 +77,11 @@ class TaskIdResolver:
         self._index_new_records()
         tasks = self.dfk.tasks
         key = id(resource_specification)
-        tids = [t for t in self._by_spec.get(key, ()) if (r := tasks.get(t)) is not None
-                and r["resource_specification"] is resource_specification]
+        tids = [
+            t
+            for t in self._by_spec.get(key, ())
+            if (r := tasks.get(t)) is not None and r["resource_specification"] is resource_specification
+        ]
         if tids:
             self._by_spec[key] = tids  # forget finished records (garbage-collected by the DFK)
         else:

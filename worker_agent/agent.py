@@ -24,14 +24,14 @@ from collections import deque
 from enum import Enum
 from typing import Final
 
-import structlog
 import zmq
 
 from dispatcher import protocol as p
+from dispatcher.logs import get_logger
 from worker_agent.config import AgentConfig
 from worker_agent.pool import WorkerPool
 
-log = structlog.get_logger("agent")
+log = get_logger("agent")
 
 _MAX_POLL_S: Final = 0.1
 TaskKey = tuple[str, int]

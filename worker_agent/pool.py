@@ -15,12 +15,11 @@ from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
 from typing import Self
 
-import structlog
-
+from dispatcher.logs import get_logger
 from dispatcher.protocol import Outcome
 from worker_agent.worker import READY, worker_main
 
-log = structlog.get_logger("worker_pool")
+log = get_logger("worker_pool")
 
 Key = tuple[str, int]
 """(client_id, task_id)"""

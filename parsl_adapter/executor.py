@@ -1,0 +1,419 @@
+"""SagaDispatchExecutor: a Parsl executor that places the whole task DAG with a SAGA scheduler.
+
+How a task flows (the DFK calls ``submit()`` on its launch thread once the task's dependencies
+are done, holding its global submit lock, so ``submit()`` never blocks):
+
+1. ``submit()`` checks the cost hints, recovers the Parsl task id (``taskid.py``), packs the call
+   as HTEX does, and returns a future at once.
+2. A task not planned yet is *held*. The conductor thread plans when the window closes
+   (``window.should_plan``): no task registered or launched for ``flush_idle_s`` (or, inside
+   ``with executor.plan():``, until the block exits or ``plan_idle_s`` passes), or ``max_held``.
+3. A plan covers every task of this executor registered in ``dfk.tasks`` and not yet planned —
+   including those whose dependencies are still running — so deep tasks are placed by the first
+   plan, not one at a time. It runs in the planning process (``planner.py``) on the nodes alive
+   at that moment, with the speeds their agents report.
+4. Each planned task leaves, when Parsl launches it, pinned to its node with rank = planned
+   start, in rank order per node (``window.ReleaseOrder``).
+5. Tasks registered after a plan (dynamic workflows) are planned incrementally: the earlier
+   placements are kept as a partial schedule, new tasks start no earlier than now. Retries keep
+   their placement.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+import itertools
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from parsl.dataflow.states import FINAL_STATES
+from parsl.executors.base import ParslExecutor
+from parsl.serialize import pack_apply_message
+
+from dispatcher.client import Client, TaskFuture
+from dispatcher.errors import DispatchError, DispatcherUnavailable
+from dispatcher.local import LocalCluster
+from dispatcher.logs import get_logger
+from parsl_adapter.costs import RuntimeModel, parse_hints
+from parsl_adapter.dag import capture
+from parsl_adapter.placement import Edge, Graph, Network, Placed, PlanningError, Task, make_scheduler
+from parsl_adapter.planner import PlannerProcess
+from parsl_adapter.taskid import ParslCompatibilityError, TaskIdResolver, find_dfk
+from parsl_adapter.window import ReleaseOrder, WindowConfig, should_plan
+
+log = get_logger("saga_executor")
+
+RESOURCE_SPEC_KWARG = "parsl_resource_specification"
+
+
+class NoLiveNodes(DispatchError):
+    """No node was alive to plan on within ``node_wait_timeout_s``."""
+
+
+@dataclass(slots=True)
+class _Launch:
+    """A task Parsl launched that has not left for the dispatcher yet."""
+
+    tid: int
+    function: str
+    payload: bytes
+    future: Future[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedTask:
+    node: str
+    rank: float
+    end: float
+    cost_s: float
+    epoch: int
+
+
+class SagaDispatchExecutor(ParslExecutor):
+    """Place each task on the node a SAGA scheduler chose for it, via a saga-dispatch dispatcher."""
+
+    def __init__(
+        self,
+        label: str = "saga_dispatch",
+        address: str | None = None,
+        *,
+        scheduler: str | Any = "HEFT",
+        local_nodes: int = 4,
+        local_speeds: Sequence[float] | None = None,
+        workers_per_node: int = 1,
+        flush_idle_s: float = 0.02,
+        plan_idle_s: float = 1.0,
+        max_held: int = 10_000,
+        default_cost_s: float = 1.0,
+        default_output_bytes: float = 0.0,
+        bandwidth: float = 1e9,
+        node_wait_timeout_s: float = 30.0,
+        plan_timeout_s: float = 600.0,
+        connect_timeout_s: float = 10.0,
+    ) -> None:
+        super().__init__()
+        self.label = label
+        self.address = address
+        make_scheduler(scheduler)  # an unknown name fails here, in the user's config
+        self.scheduler = scheduler
+        if local_nodes < 1:
+            raise ValueError(f"local_nodes must be >= 1, got {local_nodes}")
+        if local_speeds is not None and len(local_speeds) != local_nodes:
+            raise ValueError(f"local_speeds has {len(local_speeds)} entries for {local_nodes} local_nodes")
+        for name, value in (("default_cost_s", default_cost_s), ("default_output_bytes", default_output_bytes)):
+            if not value >= 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
+        if not bandwidth > 0:
+            raise ValueError(f"bandwidth must be > 0 bytes/s, got {bandwidth}")
+        self.local_nodes = local_nodes
+        self.local_speeds = list(local_speeds) if local_speeds is not None else None
+        self.workers_per_node = workers_per_node
+        self.window = WindowConfig(flush_idle_s, plan_idle_s, max_held)
+        self.default_cost_s = default_cost_s
+        self.default_output_bytes = default_output_bytes
+        self.bandwidth = bandwidth
+        self.node_wait_timeout_s = node_wait_timeout_s
+        self.plan_timeout_s = plan_timeout_s
+        self.connect_timeout_s = connect_timeout_s
+
+        self.cluster: LocalCluster | None = None
+        self.client: Client | None = None
+        self.runtimes = RuntimeModel()
+        self.plans: list[dict[str, Any]] = []
+        """One summary per plan: epoch, tasks, nodes, scheduler, planning seconds, planned makespan."""
+        self._planner = PlannerProcess(plan_timeout_s)
+        self._resolver: TaskIdResolver | None = None
+        self._dfk: Any = None
+        self._lock = threading.Condition()
+        self._held: list[_Launch] = []
+        self._waiting: dict[int, _Launch] = {}
+        self._plan: dict[int, PlannedTask] = {}
+        self._ran_on: dict[int, str] = {}
+        self._order = ReleaseOrder()
+        self._epoch = 0
+        self._holding = 0
+        self._flush_now = False
+        self._last_activity = 0.0
+        self._seen_task_count = 0
+        self._plan_cursor = 0
+        self._speeds: dict[str, float] = {}
+        self._synthetic = itertools.count(-1, -1)
+        self._t0 = 0.0
+        self._stop = threading.Event()
+        self._conductor: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ ParslExecutor API
+
+    def start(self) -> None:
+        self._dfk = find_dfk(self)
+        if self._dfk is not None:
+            self._resolver = TaskIdResolver(self._dfk, self.label)
+        if self.address is None:
+            self.cluster = LocalCluster(
+                self.local_nodes,
+                speeds=self.local_speeds,
+                workers=self.workers_per_node,
+                log_dir=Path(self.run_dir) / self.label,
+            )
+            self.cluster.start()
+            address = self.cluster.client_url
+        else:
+            address = self.address
+        try:
+            self.client = Client(address, connect_timeout_s=self.connect_timeout_s)
+            self._planner.start()
+        except BaseException:
+            self._teardown()
+            raise
+        self._t0 = time.monotonic()
+        self._conductor = threading.Thread(target=self._conduct, name=f"{self.label}-conductor", daemon=True)
+        self._conductor.start()
+
+    def submit(
+        self, func: Callable[..., Any], resource_specification: dict[str, Any], *args: Any, **kwargs: Any
+    ) -> Future[Any]:
+        if self.client is None or self._stop.is_set():
+            raise DispatcherUnavailable(f"executor {self.label} is not running")
+        parse_hints(resource_specification)  # a bad hint fails this task, with the key named
+        if self._resolver is not None:
+            tid = self._resolver.resolve(resource_specification)
+        else:
+            tid = next(self._synthetic)  # used outside a DataFlowKernel: plan it on its own
+        if RESOURCE_SPEC_KWARG in kwargs and not _accepts(func, RESOURCE_SPEC_KWARG):
+            kwargs = {k: v for k, v in kwargs.items() if k != RESOURCE_SPEC_KWARG}
+        launch = _Launch(tid, getattr(func, "__name__", "?"), pack_apply_message(func, args, kwargs), Future())
+        launch.future.parsl_executor_task_id = tid  # type: ignore[attr-defined]
+        with self._lock:
+            self._last_activity = time.monotonic()
+            if tid in self._plan:
+                self._release(self._order.ready(tid), {tid: launch})
+            else:
+                self._held.append(launch)
+                self._lock.notify()
+        return launch.future
+
+    def shutdown(self) -> None:
+        self._stop.set()
+        with self._lock:
+            self._lock.notify_all()
+        if self._conductor is not None:
+            self._conductor.join(timeout=30)
+        with self._lock:
+            stranded = self._held + list(self._waiting.values())
+            self._held, self._waiting = [], {}
+        for launch in stranded:
+            if not launch.future.done():
+                launch.future.set_exception(DispatcherUnavailable(f"executor {self.label} shut down first"))
+        self._teardown()
+        super().shutdown()
+
+    def _teardown(self) -> None:
+        if self.client is not None:
+            self.client.close()
+        self._planner.close()
+        if self.cluster is not None:
+            self.cluster.stop()
+
+    # ------------------------------------------------------------------ user API
+
+    @contextlib.contextmanager
+    def plan(self) -> Iterator[None]:
+        """Hold launches while the block registers the DAG; plan it whole when the block exits."""
+        with self._lock:
+            self._holding += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._holding -= 1
+                self._flush_now = self._holding == 0
+                self._lock.notify()
+
+    def planned_node(self, task_id: int) -> str | None:
+        """Where Parsl task ``task_id`` was planned (also after it finished), or None."""
+        planned = self._plan.get(task_id)
+        return planned.node if planned is not None else None
+
+    def ran_on(self, task_id: int) -> str | None:
+        """The node that ran Parsl task ``task_id``, once it resolved."""
+        return self._ran_on.get(task_id)
+
+    def planned(self, task_id: int) -> PlannedTask | None:
+        return self._plan.get(task_id)
+
+    # ------------------------------------------------------------------ conductor thread
+
+    def _conduct(self) -> None:
+        while not self._stop.is_set():
+            with self._lock:
+                self._lock.wait(timeout=0.005 if self._held else 0.05)
+                self._note_registrations()
+                now = time.monotonic()
+                due = bool(self._held) and (
+                    self._flush_now
+                    or should_plan(now, len(self._held), self._last_activity, self._holding > 0, self.window)
+                )
+                if due:
+                    self._flush_now = False
+                    batch, self._held = self._held, []
+                self._check_blockers()
+            if due:
+                try:
+                    self._plan_and_release(batch)
+                except Exception as exc:  # never lose the batch: fail it explicitly
+                    log.exception("plan_failed", tasks=len(batch))
+                    _fail(batch, exc if isinstance(exc, DispatchError | PlanningError) else PlanningError(str(exc)))
+
+    def _note_registrations(self) -> None:
+        if self._dfk is not None and self._dfk.task_count != self._seen_task_count:
+            self._seen_task_count = self._dfk.task_count
+            self._last_activity = time.monotonic()
+
+    def _check_blockers(self) -> None:
+        """Tasks that hold others back but finished without launching (dependency failed, memo)."""
+        if self._dfk is None:
+            return
+        tasks = self._dfk.tasks
+        for tid in self._order.blocking():
+            record = tasks.get(tid)
+            if record is None or record["status"] in FINAL_STATES:
+                self._release(self._order.gone(tid), {})
+
+    # ------------------------------------------------------------------ planning
+
+    def _live_network(self) -> Network:
+        assert self.client is not None
+        deadline = time.monotonic() + self.node_wait_timeout_s
+        while True:
+            alive = [(n.node_name, n.speed) for n in self.client.nodes() if n.state == "alive"]
+            if alive:
+                self._speeds = dict(alive)
+                return Network(tuple(sorted(alive)), self.bandwidth)
+            if time.monotonic() > deadline or self._stop.is_set():
+                raise NoLiveNodes(f"no node registered with the dispatcher within {self.node_wait_timeout_s:g} s")
+            time.sleep(0.1)
+
+    def _unplanned(self, batch: list[_Launch]) -> list[int]:
+        """Task ids to plan now: every registered, unfinished, unplanned task of ours, and the batch."""
+        tids = {launch.tid for launch in batch}
+        if self._dfk is not None:
+            tasks, end = self._dfk.tasks, self._dfk.task_count
+            for tid in range(self._plan_cursor, end):
+                record = tasks.get(tid)
+                if record is not None and record["executor"] == self.label and record["status"] not in FINAL_STATES:
+                    tids.add(tid)
+            self._plan_cursor = end
+        return sorted(t for t in tids if t not in self._plan)
+
+    def _plan_and_release(self, batch: list[_Launch]) -> None:
+        with self._lock:
+            tids = self._unplanned(batch)
+            if not tids:  # planned while they waited (a plan was under way): just let them go
+                for launch in batch:
+                    self._release(self._order.ready(launch.tid), {launch.tid: launch})
+                return
+        network = self._live_network()
+        records = self._dfk.tasks if self._dfk is not None else {}
+        captured = capture(records, self.label, tids)
+        functions = {launch.tid: launch.function for launch in batch}
+        tasks, edges, fixed, fixed_costs, gating = [], [], {}, {}, set()
+        for tid in tids:
+            c = captured.get(tid)
+            function = c.function if c is not None else functions.get(tid, "?")
+            hints = c.hints if c is not None else parse_hints(None)
+            tasks.append(Task(str(tid), self.runtimes.cost(function, hints, self.default_cost_s)))
+            if c is None:
+                continue
+            if c.gating:
+                gating.add(tid)
+            for parent in c.parents:
+                earlier = self._plan.get(parent)
+                if earlier is not None and earlier.node in self._speeds:
+                    fixed[str(parent)] = Placed(earlier.node, earlier.rank, earlier.end)
+                    fixed_costs[str(parent)] = earlier.cost_s
+                elif parent not in captured:
+                    continue  # planned on a node that is gone, or not ours to plan: no edge
+                size = _output_bytes(records.get(parent), self.default_output_bytes)
+                edges.append(Edge(str(parent), str(tid), size))
+        graph = Graph(tuple(tasks), tuple(edges), fixed, fixed_costs, time.monotonic() - self._t0)
+        started = time.monotonic()
+        result, saga_s = self._planner.plan(graph, network, self.scheduler)
+        with self._lock:
+            self._epoch += 1
+            costs = {t.name: t.cost_s for t in tasks}
+            for name, placed in result.placed.items():
+                self._plan[int(name)] = PlannedTask(placed.node, placed.start_s, placed.end_s, costs[name], self._epoch)
+            self._order.add_plan(self._epoch, ((int(n), p.node, p.start_s) for n, p in result.placed.items()), gating)
+            summary = {
+                "epoch": self._epoch, "tasks": len(tasks), "edges": len(edges), "fixed": len(fixed),
+                "nodes": len(network.nodes), "scheduler": result.scheduler, "saga_s": round(saga_s, 4),
+                "plan_s": round(time.monotonic() - started, 4), "min_start_s": round(graph.min_start_s, 4),
+                "planned_makespan_s": round(result.makespan_s, 4),
+            }  # fmt: skip
+            self.plans.append(summary)
+            log.info("plan_made", **summary)
+            for launch in batch:
+                self._release(self._order.ready(launch.tid), {launch.tid: launch})
+
+    # ------------------------------------------------------------------ release and results
+
+    def _release(self, tids: list[int], fresh: dict[int, _Launch]) -> None:
+        """Send ``tids`` (launched and allowed to leave) to the dispatcher; park the rest. Holds the lock."""
+        assert self.client is not None
+        for launch in fresh.values():
+            if launch.tid not in tids:
+                self._waiting[launch.tid] = launch
+        for tid in tids:
+            launch = fresh.get(tid) or self._waiting.pop(tid)
+            planned = self._plan[tid]
+            sent = self.client.submit_payload(launch.payload, node=planned.node, rank=planned.rank)
+            sent.add_done_callback(functools.partial(self._resolved, launch))
+
+    def _resolved(self, launch: _Launch, sent: Future[Any]) -> None:
+        assert isinstance(sent, TaskFuture)
+        if sent.node_name:
+            self._ran_on[launch.tid] = sent.node_name
+            if sent.runtime_s is not None and sent.node_name in self._speeds:
+                self.runtimes.observe(launch.function, sent.runtime_s, self._speeds[sent.node_name])
+        if launch.future.done():
+            return
+        exc = sent.exception()
+        if exc is not None:
+            launch.future.set_exception(exc)
+        else:
+            launch.future.set_result(sent.result())
+
+
+@functools.lru_cache(maxsize=4096)
+def _accepts(func: Callable[..., Any], name: str) -> bool:
+    """Whether ``func`` takes keyword ``name`` (or **kwargs); unknown signatures are assumed to."""
+    try:
+        params = inspect.signature(func).parameters.values()
+    except (TypeError, ValueError):
+        return True
+    return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+
+
+def _output_bytes(record: Any, default: float) -> float:
+    if record is None:
+        return default
+    from parsl_adapter.costs import hints_or_default
+
+    hinted = hints_or_default(record.get("resource_specification")).output_bytes
+    return default if hinted is None else hinted
+
+
+def _fail(batch: list[_Launch], exc: BaseException) -> None:
+    for launch in batch:
+        if not launch.future.done():
+            launch.future.set_exception(exc)
+
+
+__all__ = ["NoLiveNodes", "ParslCompatibilityError", "SagaDispatchExecutor"]
