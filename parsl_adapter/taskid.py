@@ -10,6 +10,11 @@ task id. What stock Parsl (2026.10.26) guarantees, and this module relies on:
 3. Launches happen on one thread (``dfk._task_launch_pool`` has one worker), inside
    ``with task_record['task_launch_lock']`` while the record is still ``States.pending``.
 
+One subtlety: ``dfk.submit`` counts ``task_count`` up *before* it stores the record, so a scan can
+meet an id whose record is still being built. The scan never moves its cursor past a missing
+record among the newest ``_IN_FLIGHT_WINDOW`` ids (an older missing record was garbage-collected
+after finishing), and a lookup that misses rescans everything once before giving up.
+
 So the record being launched is the one whose resource specification *is* the dict we received;
 when one dict is shared by several tasks (the app's default, or a dict the user reuses), it is
 the one of those whose launch lock is held. The index from dict identity to task ids is built
@@ -25,6 +30,8 @@ import inspect
 from typing import Any
 
 from parsl.dataflow.states import States
+
+_IN_FLIGHT_WINDOW = 256
 
 
 class ParslCompatibilityError(RuntimeError):
@@ -64,30 +71,49 @@ class TaskIdResolver:
         self._by_spec: dict[int, list[int]] = {}
         self._cursor = 0
 
+    def _index(self, tid: int, record: Any) -> None:
+        if record["executor"] == self.label:
+            tids = self._by_spec.setdefault(id(record["resource_specification"]), [])
+            if tid not in tids:
+                tids.append(tid)
+
     def _index_new_records(self) -> None:
         tasks = self.dfk.tasks
         end = self.dfk.task_count
+        stop = end
         for tid in range(self._cursor, end):
             record = tasks.get(tid)
-            if record is not None and record["executor"] == self.label:
-                self._by_spec.setdefault(id(record["resource_specification"]), []).append(tid)
-        self._cursor = end
+            if record is None:
+                if tid >= end - _IN_FLIGHT_WINDOW:
+                    stop = min(stop, tid)  # maybe still being registered: look again next time
+                continue
+            self._index(tid, record)
+        self._cursor = stop
+
+    def _matches(self, resource_specification: object) -> list[int]:
+        tasks = self.dfk.tasks
+        return [
+            t
+            for t in self._by_spec.get(id(resource_specification), ())
+            if (r := tasks.get(t)) is not None and r["resource_specification"] is resource_specification
+        ]
 
     def resolve(self, resource_specification: object) -> int:
         self._index_new_records()
-        tasks = self.dfk.tasks
+        tids = self._matches(resource_specification)
+        if not tids:  # should not happen; be robust to an unforeseen ordering before giving up
+            for tid, record in list(self.dfk.tasks.items()):
+                if record["resource_specification"] is resource_specification:
+                    self._index(tid, record)
+            tids = self._matches(resource_specification)
         key = id(resource_specification)
-        tids = [
-            t
-            for t in self._by_spec.get(key, ())
-            if (r := tasks.get(t)) is not None and r["resource_specification"] is resource_specification
-        ]
         if tids:
             self._by_spec[key] = tids  # forget finished records (garbage-collected by the DFK)
         else:
             self._by_spec.pop(key, None)
         if len(tids) == 1:
             return tids[0]
+        tasks = self.dfk.tasks
         launching = [t for t in tids if tasks[t]["task_launch_lock"].locked() and tasks[t]["status"] == States.pending]
         if len(launching) == 1:
             return launching[0]
