@@ -1,0 +1,204 @@
+"""SagaDispatchExecutor under stock Parsl: whole-DAG placement, fidelity, order, errors."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import parsl
+import pytest
+from parsl import Config, python_app
+
+from dispatcher import DispatcherUnavailable, LocalCluster
+from parsl_adapter import NoLiveNodes, PlanningError, SagaDispatchExecutor
+
+from . import dag_apps
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("no_leftovers")]
+
+SPEEDS = [1.0, 1.0, 2.0, 4.0]
+
+
+def load(executor: SagaDispatchExecutor, tmp_path: Path, **config: Any) -> Any:
+    return parsl.load(Config(executors=[executor], run_dir=str(tmp_path / "runinfo"), initialize_logging=False, **config))
+
+
+def layered_dag(n: int, seed: int) -> list[tuple[int, list[int], float]]:
+    """(task index, parent indices, cost at speed 1) in registration order."""
+    rng = random.Random(seed)
+    layers: list[list[int]] = []
+    i = 0
+    while i < n:
+        width = min(rng.randint(4, 40), n - i)
+        layers.append(list(range(i, i + width)))
+        i += width
+    dag = []
+    for depth, layer in enumerate(layers):
+        for t in layer:
+            parents = rng.sample(layers[depth - 1], min(len(layers[depth - 1]), rng.randint(1, 3))) if depth else []
+            dag.append((t, sorted(parents), rng.uniform(0.0005, 0.004)))
+    return dag
+
+
+def expected_values(dag: list[tuple[int, list[int], float]]) -> dict[int, int]:
+    values: dict[int, int] = {}
+    for t, parents, _ in dag:
+        values[t] = t + sum(values[p] for p in parents)
+    return values
+
+
+@pytest.mark.parametrize("scheduler", ["HEFT", "CPOP", "MinMin", "ETF"])
+def test_1000_task_dag_runs_every_task_on_its_planned_node_in_rank_order(scheduler: str, tmp_path: Path) -> None:
+    dag = layered_dag(1000, seed=7)
+    ex = SagaDispatchExecutor(scheduler=scheduler, local_nodes=4, local_speeds=SPEEDS, workers_per_node=1)
+    with load(ex, tmp_path):
+        app = python_app(dag_apps.node_task, executors=[ex.label])
+        futures: dict[int, Any] = {}
+        with ex.plan():
+            for t, parents, cost in dag:
+                futures[t] = app(t, *[futures[p] for p in parents], parsl_resource_specification={"cost": cost})
+        results = {t: f.result(timeout=300) for t, f in futures.items()}
+        tids = {t: f.tid for t, f in futures.items()}
+        planned = {t: ex.planned(tids[t]) for t in futures}
+        plans = list(ex.plans)
+    expected = expected_values(dag)
+    by_node: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    for t, (ran_on, value, started_ns) in results.items():
+        assert value == expected[t], t
+        p = planned[t]
+        assert p is not None, t
+        assert ran_on == p.node, f"task {t} planned on {p.node} ran on {ran_on}"
+        by_node[ran_on].append((started_ns, p.rank))
+    for node, starts in by_node.items():
+        ranks = [rank for _, rank in sorted(starts)]
+        assert ranks == sorted(ranks), f"{node} started tasks out of rank order"
+    assert len(by_node) >= 3, f"{scheduler} used only {sorted(by_node)}"
+    assert plans[0]["tasks"] == 1000 and len(plans) == 1, plans
+
+
+def test_the_dag_is_planned_whole_before_deep_tasks_can_run(tmp_path: Path) -> None:
+    """A chain's last task is placed by the first plan, while its first task is still running."""
+    ex = SagaDispatchExecutor(local_nodes=2, local_speeds=[1.0, 2.0])
+    with load(ex, tmp_path):
+        app = python_app(dag_apps.node_task, executors=[ex.label])
+        first = app(0, parsl_resource_specification={"cost": 0.5})
+        chain = [first]
+        for i in range(1, 10):
+            chain.append(app(i, chain[-1], parsl_resource_specification={"cost": 0.01}))
+        deadline = time.monotonic() + 30
+        while ex.planned(chain[-1].tid) is None:
+            assert time.monotonic() < deadline, "the deep task was never planned"
+            time.sleep(0.01)
+        assert not first.done(), "the first task finished before the deep one was planned"
+        deep = ex.planned(chain[-1].tid)
+        assert deep is not None and deep.epoch == 1
+        assert ex.plans[0]["tasks"] == 10
+        assert chain[-1].result(timeout=60)[1] == sum(range(10))
+        assert len(ex.plans) == 1
+
+
+def test_recovered_task_ids_match_parsl_ids_even_with_shared_resource_specs(tmp_path: Path) -> None:
+    """Guards parsl_adapter/taskid.py: if a Parsl upgrade breaks the mechanism, this fails loudly."""
+    ex = SagaDispatchExecutor(local_nodes=2)
+    shared = {"cost": 0.001}
+    with load(ex, tmp_path, garbage_collect=False) as dfk:
+        app = python_app(dag_apps.node_task, executors=[ex.label])
+        futures = [app(i, parsl_resource_specification=shared) for i in range(30)]  # one dict, 30 tasks
+        futures += [app(i) for i in range(30, 60)]  # the app's shared default
+        futures += [app(i, futures[i], parsl_resource_specification={"cost": 0.001}) for i in range(30)]
+        for f in futures:
+            f.result(timeout=60)
+        for f in futures:
+            record = dfk.tasks[f.tid]
+            assert record["exec_fu"].parsl_executor_task_id == f.tid
+            assert ex.ran_on(f.tid) == f.result()[0] == ex.planned_node(f.tid)
+
+
+def test_result_inside_plan_block_does_not_deadlock(tmp_path: Path) -> None:
+    ex = SagaDispatchExecutor(local_nodes=2, plan_idle_s=0.2)
+    with load(ex, tmp_path):
+        add = python_app(dag_apps.add, executors=[ex.label])
+        with ex.plan():
+            assert add(1, 2).result(timeout=30) == 3
+
+
+def test_tasks_registered_after_a_plan_are_placed_incrementally(tmp_path: Path) -> None:
+    ex = SagaDispatchExecutor(local_nodes=2, local_speeds=[1.0, 2.0])
+    with load(ex, tmp_path):
+        app = python_app(dag_apps.node_task, executors=[ex.label])
+        first = [app(i, parsl_resource_specification={"cost": 0.01}) for i in range(5)]
+        assert [f.result(timeout=30)[1] for f in first] == list(range(5))
+        later = app(100, *first, parsl_resource_specification={"cost": 0.01})
+        assert later.result(timeout=30)[1] == 100 + sum(range(5))
+        early_plan, late_plan = ex.planned(first[0].tid), ex.planned(later.tid)
+        assert early_plan is not None and late_plan is not None
+        assert late_plan.epoch > early_plan.epoch
+        assert late_plan.rank >= max(p.end for f in first if (p := ex.planned(f.tid)) is not None)
+
+
+def test_remote_exceptions_reraise_as_in_parsl(tmp_path: Path) -> None:
+    ex = SagaDispatchExecutor(local_nodes=1)
+    with load(ex, tmp_path):
+        boom = python_app(dag_apps.boom, executors=[ex.label])
+        with pytest.raises(ArithmeticError, match="kaput"):
+            boom("kaput").result(timeout=30)
+
+
+@pytest.mark.parametrize("bad", [-1, "fast", float("nan"), True])
+def test_a_bad_cost_hint_fails_that_task_with_a_clear_error(bad: object, tmp_path: Path) -> None:
+    ex = SagaDispatchExecutor(local_nodes=1)
+    with load(ex, tmp_path):
+        app = python_app(dag_apps.node_task, executors=[ex.label])
+        good = app(1, parsl_resource_specification={"cost": 0.001})
+        with pytest.raises(ValueError, match=r"parsl_resource_specification\['cost'\] must be a non-negative number"):
+            app(2, parsl_resource_specification={"cost": bad}).result(timeout=30)
+        assert good.result(timeout=30)[1] == 1
+
+
+def test_an_unknown_scheduler_name_fails_in_the_config() -> None:
+    with pytest.raises(PlanningError, match="unknown SAGA scheduler 'HEFTY'"):
+        SagaDispatchExecutor(scheduler="HEFTY")
+
+
+def test_a_missing_dispatcher_is_a_clear_error_at_load(tmp_path: Path) -> None:
+    ex = SagaDispatchExecutor(address="tcp://127.0.0.1:9", connect_timeout_s=1.0)
+    with pytest.raises(DispatcherUnavailable, match="no dispatcher answered at tcp://127.0.0.1:9"):
+        load(ex, tmp_path)
+    parsl.clear()
+
+
+def test_no_live_node_fails_held_tasks_explicitly(tmp_path: Path) -> None:
+    with LocalCluster(1, start_agents=False, log_dir=tmp_path / "logs") as cluster:
+        ex = SagaDispatchExecutor(address=cluster.client_url, node_wait_timeout_s=1.0)
+        with load(ex, tmp_path):
+            add = python_app(dag_apps.add, executors=[ex.label])
+            with pytest.raises(NoLiveNodes, match="no node registered with the dispatcher within 1 s"):
+                add(1, 2).result(timeout=30)
+
+
+def test_submit_never_blocks_while_a_plan_is_running(tmp_path: Path) -> None:
+    """The DFK calls submit() under its global lock: it must return at once even mid-plan."""
+    ex = SagaDispatchExecutor(local_nodes=2)
+    with load(ex, tmp_path):
+        add = python_app(dag_apps.add, executors=[ex.label])
+        slowest = 0.0
+        lock = threading.Lock()
+        original = ex.submit
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            nonlocal slowest
+            started = time.monotonic()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                with lock:
+                    slowest = max(slowest, time.monotonic() - started)
+
+        ex.submit = timed  # type: ignore[method-assign]
+        futures = [add(i, i) for i in range(2000)]
+        assert [f.result(timeout=120) for f in futures] == [2 * i for i in range(2000)]
+    assert slowest < 0.25, f"submit() took {slowest:.3f} s"
