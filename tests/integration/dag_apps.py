@@ -7,7 +7,9 @@ import time
 from typing import Any
 
 
-def node_task(value: int, *parents: tuple[str, int, int], parsl_resource_specification: dict[str, Any] | None = None) -> tuple[str, int, int]:
+def node_task(
+    value: int, *parents: tuple[str, int, int], parsl_resource_specification: dict[str, Any] | None = None
+) -> tuple[str, int, int]:
     """Sleep cost/speed, then return (node, value + sum of parent values, start time)."""
     started = time.monotonic_ns()
     cost = (parsl_resource_specification or {}).get("cost", 0.0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 import threading
 import time
 from collections import defaultdict
@@ -24,7 +25,9 @@ SPEEDS = [1.0, 1.0, 2.0, 4.0]
 
 
 def load(executor: SagaDispatchExecutor, tmp_path: Path, **config: Any) -> Any:
-    return parsl.load(Config(executors=[executor], run_dir=str(tmp_path / "runinfo"), initialize_logging=False, **config))
+    return parsl.load(
+        Config(executors=[executor], run_dir=str(tmp_path / "runinfo"), initialize_logging=False, **config)
+    )
 
 
 def layered_dag(n: int, seed: int) -> list[tuple[int, list[int], float]]:
@@ -166,7 +169,7 @@ def test_an_unknown_scheduler_name_fails_in_the_config() -> None:
 
 def test_a_missing_dispatcher_is_a_clear_error_at_load(tmp_path: Path) -> None:
     ex = SagaDispatchExecutor(address="tcp://127.0.0.1:9", connect_timeout_s=1.0)
-    with pytest.raises(DispatcherUnavailable, match="no dispatcher answered at tcp://127.0.0.1:9"):
+    with pytest.raises(DispatcherUnavailable, match=re.escape("no dispatcher answered at tcp://127.0.0.1:9")):
         load(ex, tmp_path)
     parsl.clear()
 
@@ -202,3 +205,22 @@ def test_submit_never_blocks_while_a_plan_is_running(tmp_path: Path) -> None:
         futures = [add(i, i) for i in range(2000)]
         assert [f.result(timeout=120) for f in futures] == [2 * i for i in range(2000)]
     assert slowest < 0.25, f"submit() took {slowest:.3f} s"
+
+
+@pytest.mark.parametrize("recipe", ["montage", "epigenomics"])
+def test_demo_command_reports_full_fidelity(recipe: str) -> None:
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "dispatcher", "demo", "--recipe", recipe, "--tasks", "60"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    assert "placement fidelity: " in proc.stdout
+    ran, total = proc.stdout.split("placement fidelity: ")[1].split(" ")[0].split("/")
+    assert ran == total
+    assert "makespan: planned" in proc.stdout
