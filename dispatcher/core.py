@@ -11,8 +11,12 @@ Rules (the invariants ``validate_state()`` checks after every step in tests):
 4. The first result for a task id resolves it and goes to the client that submitted it; every
    later result for that id is dropped (counted in ``duplicates_dropped``).
 5. A node silent for ``heartbeat_interval_s x liveness`` is DEAD: its queued and in-flight tasks
-   move to the pool (in-flight ones run again elsewhere: at-least-once execution). A PENDING node
-   never registered within ``pending_grace_s`` is DEAD the same way.
+   move to the pool (in-flight ones run again elsewhere: at-least-once execution), except
+   in-flight tasks flagged NO_RETRY_ON_NODE_LOSS, which resolve NODE_LOST. A PENDING node never
+   registered within ``pending_grace_s`` is DEAD the same way. Every client hears NODE_CHANGED
+   when a node registers, drains, dies or leaves, so it can re-plan (REPIN moves queued tasks).
+7. A result from a copy other than the one the dispatcher holds in flight (a partition healed)
+   wins if the task is unresolved; the other copy is cancelled on its node where still possible.
 6. Bad input never raises out of ``handle``: malformed frames are counted, unknown peers are told
    to register or say hello, invalid submissions resolve as REJECTED.
 """
@@ -109,6 +113,12 @@ class DispatcherCore:
         node.last_sent = self._now
         self._out.append(SendToAgent(node.peer, message))
 
+    def _broadcast(self, node: NodeActor) -> None:
+        """Tell every client a node changed state (they may re-plan)."""
+        notice = p.NodeChanged(node.name, node.state.value, node.incarnation, node.speed)
+        for peer in self._clients.values():
+            self._out.append(SendToClient(peer, notice))
+
     def _resolve(self, by_client: dict[str, list[p.Resolution]]) -> None:
         for client_id, results in by_client.items():
             peer = self._clients.get(client_id)
@@ -172,8 +182,21 @@ class DispatcherCore:
         in_flight = len(node.in_flight)
         queued = len(node.queue)
         self._hungry.pop(node.name, None)
+        running = set(node.in_flight)
         work = node.detach(state)
-        self._requeue(work)
+        why = f"node {node.name} died while running it ({reason if state is NodeState.DEAD else 'it left: ' + reason})"
+        lost: dict[str, list[p.Resolution]] = defaultdict(list)
+        requeue = []
+        for record in work:
+            if record.key in running and record.flags & p.NO_RETRY_ON_NODE_LOSS:
+                del self.tasks[record.key]
+                self.tasks_resolved += 1
+                lost[record.key[0]].append(p.Resolution(record.key[1], p.Outcome.NODE_LOST, why.encode(), node.name))
+            else:
+                requeue.append(record)
+        self._requeue(requeue)
+        self._resolve(lost)
+        self._broadcast(node)
         self._log(
             "node_dead" if state is NodeState.DEAD else "node_left",
             "warning" if state is NodeState.DEAD else "info",
@@ -245,6 +268,7 @@ class DispatcherCore:
             slots, prefetch, speed = message.slots, message.prefetch, message.speed
             node.attach(peer, message.agent_id, slots=slots, prefetch=prefetch, speed=speed, now=self._now)
             self._reclaim(node)
+            self._broadcast(node)
             self._log(
                 "node_registered",
                 node=name,
@@ -271,23 +295,31 @@ class DispatcherCore:
     def _handle_results(self, node: NodeActor | None, message: p.Results) -> None:
         ran_on = node.name if node is not None else ""
         by_client: dict[str, list[p.Resolution]] = defaultdict(list)
+        cancels: dict[str, list[p.TaskRef]] = defaultdict(list)
         tasks = self.tasks
         for result in message.results:
             record = tasks.get((result.client_id, result.task_id))
             if record is None:
                 self.duplicates_dropped += 1
                 continue
+            if record.holder is not None and record.holder != ran_on:  # another copy is out there
+                cancels[record.holder].append(p.TaskRef(*record.key))
             self._forget(record)
             resolution = p.Resolution(result.task_id, result.outcome, result.payload, ran_on, result.runtime_s)
             by_client[result.client_id].append(resolution)
         if node is not None:
             node.done += sum(len(v) for v in by_client.values())
         self._resolve(by_client)
+        for holder, refs in cancels.items():
+            other = self.nodes[holder]
+            if other.state in CONNECTED:
+                self._to_agent(other, p.CancelTasks(tuple(refs)))
 
     def _handle_drain(self, node: NodeActor, message: p.Drain) -> None:
         node.state = NodeState.DRAINING
         node.credit = 0
         self._hungry.pop(node.name, None)
+        self._broadcast(node)
         keys = [(ref.client_id, ref.task_id) for ref in message.returned]
         returned = [node.in_flight.pop(key) for key in keys if key in node.in_flight]
         for record in returned:
@@ -316,6 +348,8 @@ class DispatcherCore:
             self._handle_submit(client_id, message)
         elif type(message) is p.Cancel:
             self._handle_cancel(client_id, message)
+        elif type(message) is p.Repin:
+            self._handle_repin(client_id, message)
         elif type(message) is p.NodesQuery:
             self._out.append(SendToClient(event.peer, p.Nodes(message.request_id, self.node_infos())))
         elif type(message) is p.StatusQuery:
@@ -362,7 +396,7 @@ class DispatcherCore:
                     touched[name] = node
             if queue is self.pool:
                 to_pool = True
-            record = TaskRecord(key, name, spec.rank, spec.payload)
+            record = TaskRecord(key, name, spec.rank, spec.payload, spec.flags)
             tasks[key] = record
             queue.push(record)
             self.tasks_submitted += 1
@@ -382,6 +416,32 @@ class DispatcherCore:
         if len(self.nodes) >= self.config.max_nodes:
             return f"unknown node {name!r} and the dispatcher is at its limit of {self.config.max_nodes} nodes"
         return None
+
+    def _handle_repin(self, client_id: str, message: p.Repin) -> None:
+        """Move still-queued tasks to their new node and rank; running ones are left alone."""
+        touched: dict[str, NodeActor] = {}
+        to_pool = False
+        for placement in message.tasks:
+            record = self.tasks.get((client_id, placement.task_id))
+            if record is None or record.queue is None:
+                continue
+            name = placement.node_name
+            if name is not None and name not in self.nodes:
+                if self._unplaceable(name) is not None:
+                    continue
+                self.nodes[name] = NodeActor(name, self._now)
+            record.node_name = name
+            record.rank = placement.rank
+            home = self._home(record)
+            home.push(record)
+            if home is self.pool:
+                to_pool = True
+            elif name is not None:
+                touched[name] = self.nodes[name]
+        for node in touched.values():
+            self._pump(node)
+        if to_pool:
+            self._pump_pool()
 
     def _handle_cancel(self, client_id: str, message: p.Cancel) -> None:
         cancelled: list[p.Resolution] = []

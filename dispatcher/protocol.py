@@ -77,12 +77,14 @@ class Op(IntEnum):
     CANCEL = 32
     NODES_QUERY = 33
     STATUS_QUERY = 34
+    REPIN = 35
     # dispatcher -> client
     WELCOME = 40
     RESOLVED = 41
     NODES = 42
     STATUS = 43
     ERROR = 44
+    NODE_CHANGED = 45
 
 
 class Outcome(IntEnum):
@@ -112,6 +114,11 @@ class ErrorCode(IntEnum):
 # --------------------------------------------------------------------------- batch items
 
 
+NO_RETRY_ON_NODE_LOSS: Final = 1
+"""TaskSpec flag: if the task's node dies while running it, resolve it NODE_LOST; never re-run it."""
+_KNOWN_FLAGS: Final = NO_RETRY_ON_NODE_LOSS
+
+
 class TaskSpec(NamedTuple):
     """One task as a client submits it. ``node_name`` None means any node may run it."""
 
@@ -119,6 +126,15 @@ class TaskSpec(NamedTuple):
     node_name: str | None
     rank: float
     payload: bytes
+    flags: int = 0
+
+
+class Placement(NamedTuple):
+    """A new place for a queued task (REPIN): ``node_name`` None means any node."""
+
+    task_id: int
+    node_name: str | None
+    rank: float
 
 
 class TaskAssignment(NamedTuple):
@@ -276,6 +292,13 @@ class Cancel:
 
 
 @dataclass(frozen=True, slots=True)
+class Repin:
+    """Client -> dispatcher: move these of my tasks, if still queued, to a new node and rank (a re-plan)."""
+
+    tasks: tuple[Placement, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class NodesQuery:
     """Client -> dispatcher: which nodes do you know? Answered by NODES with the same request id."""
 
@@ -327,6 +350,16 @@ class Status:
 
 
 @dataclass(frozen=True, slots=True)
+class NodeChanged:
+    """Dispatcher -> every client: a node registered, began draining, died or left."""
+
+    node_name: str
+    state: str
+    incarnation: int
+    speed: float
+
+
+@dataclass(frozen=True, slots=True)
 class Error:
     """Dispatcher -> client: your last message could not be served."""
 
@@ -336,7 +369,7 @@ class Error:
 
 AgentMessage = Register | Credit | Results | Drain | Bye | Heartbeat
 """What an agent may send."""
-ClientMessage = Hello | Submit | Cancel | NodesQuery | StatusQuery | Heartbeat
+ClientMessage = Hello | Submit | Cancel | Repin | NodesQuery | StatusQuery | Heartbeat
 """What a client may send."""
 Message = (
     AgentMessage
@@ -351,6 +384,7 @@ Message = (
     | Nodes
     | Status
     | Error
+    | NodeChanged
 )
 
 # --------------------------------------------------------------------------- field checks
@@ -475,8 +509,25 @@ def _submit(f: list[Any]) -> Submit:
                 None if n is None else _str(n, "node_name", MAX_NAME),
                 _float(r, "rank"),
                 _bytes(p, "payload"),
+                _flags(g),
             )
-            for t, n, r, p in _items(f[0], "tasks", 4)
+            for t, n, r, p, g in _items(f[0], "tasks", 5)
+        )
+    )
+
+
+def _flags(value: Any) -> int:
+    flags = _int(value, "flags", 0, 0xFFFF)
+    if flags & ~_KNOWN_FLAGS:
+        raise _fail("flags", value)
+    return flags
+
+
+def _repin(f: list[Any]) -> Repin:
+    return Repin(
+        tuple(
+            Placement(_int(t, "task_id"), None if n is None else _str(n, "node_name", MAX_NAME), _float(r, "rank"))
+            for t, n, r in _items(f[0], "tasks", 3)
         )
     )
 
@@ -554,6 +605,16 @@ _DECODERS: Final[dict[Op, tuple[int, Any]]] = {
     Op.NODES: (2, lambda f: Nodes(_int(f[0], "request_id"), _nodes(f[1]))),
     Op.STATUS: (8, _status),
     Op.ERROR: (2, _error),
+    Op.REPIN: (1, _repin),
+    Op.NODE_CHANGED: (
+        4,
+        lambda f: NodeChanged(
+            _str(f[0], "node_name", MAX_NAME),
+            _str(f[1], "node state", MAX_ID),
+            _int(f[2], "incarnation"),
+            _float(f[3], "speed", positive=True),
+        ),
+    ),
 }
 
 _OPS: Final[dict[type[Any], Op]] = {
@@ -578,6 +639,8 @@ _OPS: Final[dict[type[Any], Op]] = {
     Nodes: Op.NODES,
     Status: Op.STATUS,
     Error: Op.ERROR,
+    Repin: Op.REPIN,
+    NodeChanged: Op.NODE_CHANGED,
 }
 
 

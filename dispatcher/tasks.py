@@ -21,10 +21,11 @@ _COMPACT_MIN: Final = 1024
 class TaskRecord:
     """One unresolved task. ``node_name`` is where it is pinned (None: anywhere)."""
 
-    __slots__ = ("holder", "key", "node_name", "payload", "queue", "rank", "seq")
+    __slots__ = ("flags", "holder", "key", "node_name", "payload", "queue", "rank", "seq")
 
-    def __init__(self, key: TaskKey, node_name: str | None, rank: float, payload: bytes) -> None:
+    def __init__(self, key: TaskKey, node_name: str | None, rank: float, payload: bytes, flags: int = 0) -> None:
         self.key = key
+        self.flags = flags
         self.node_name = node_name
         self.rank = rank
         self.payload = payload
