@@ -19,7 +19,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Any, Final, Self
 
@@ -93,7 +93,8 @@ class Client:
         self.heartbeat_interval_s = heartbeat_interval_s
         self._ids = itertools.count(1)
         self._pending: dict[int, tuple[TaskFuture, p.TaskSpec]] = {}
-        self._outbox: deque[p.TaskSpec | p.Cancel | p.NodesQuery | p.StatusQuery] = deque()
+        self._outbox: deque[p.TaskSpec | p.Cancel | p.Repin | p.NodesQuery | p.StatusQuery] = deque()
+        self._node_listeners: list[Callable[[p.NodeChanged], None]] = []
         self._replies: dict[int, Future[p.Message]] = {}
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -117,13 +118,19 @@ class Client:
     ) -> TaskFuture:
         return self.submit_payload(pack_apply_message(fn, args, kwargs), node=node, rank=rank)
 
-    def submit_payload(self, payload: bytes, *, node: str | None = None, rank: float = 0.0) -> TaskFuture:
-        """Submit an already-packed Parsl apply message (what the Parsl executor does)."""
+    def submit_payload(
+        self, payload: bytes, *, node: str | None = None, rank: float = 0.0, retry_on_node_loss: bool = True
+    ) -> TaskFuture:
+        """Submit an already-packed Parsl apply message (what the Parsl executor does).
+
+        ``retry_on_node_loss=False``: if the node dies while running it, fail with NodeLost
+        instead of running it again elsewhere."""
         if self._closing.is_set():
             raise DispatcherUnavailable("client is closed")
         task_id = next(self._ids)
         future = TaskFuture(task_id)
-        spec = p.TaskSpec(task_id, node, float(rank), payload)
+        flags = 0 if retry_on_node_loss else p.NO_RETRY_ON_NODE_LOSS
+        spec = p.TaskSpec(task_id, node, float(rank), payload, flags)
         self._pending[task_id] = (future, spec)
         self._post(spec)
         return future
@@ -131,6 +138,20 @@ class Client:
     def cancel(self, future: TaskFuture) -> None:
         """Ask the dispatcher to drop the task if it has not started (it then fails TaskCancelled)."""
         self._post(p.Cancel((future.task_id,)))
+
+    def repin(self, placements: Sequence[tuple[TaskFuture, str | None, float]]) -> None:
+        """Move tasks that are still queued to a new node and rank (after a re-plan)."""
+        moves = tuple(p.Placement(f.task_id, node, float(rank)) for f, node, rank in placements)
+        for future, node, rank in placements:
+            entry = self._pending.get(future.task_id)
+            if entry is not None:  # a re-send after a restart must carry the new placement
+                self._pending[future.task_id] = (entry[0], entry[1]._replace(node_name=node, rank=float(rank)))
+        if moves:
+            self._post(p.Repin(moves))
+
+    def on_node_change(self, listener: Callable[[p.NodeChanged], None]) -> None:
+        """Call ``listener`` (on the client's I/O thread; keep it short) whenever a node changes state."""
+        self._node_listeners.append(listener)
 
     def nodes(self, timeout_s: float = 10.0) -> tuple[p.NodeInfo, ...]:
         reply = self._ask(p.NodesQuery, timeout_s)
@@ -171,7 +192,7 @@ class Client:
 
     # ------------------------------------------------------------------ caller side
 
-    def _post(self, item: p.TaskSpec | p.Cancel | p.NodesQuery | p.StatusQuery) -> None:
+    def _post(self, item: p.TaskSpec | p.Cancel | p.Repin | p.NodesQuery | p.StatusQuery) -> None:
         self._outbox.append(item)
         if not self._wake_armed:
             self._wake_armed = True
@@ -274,6 +295,12 @@ class Client:
                 self._welcome(message)
             elif type(message) is p.Error:
                 self._error(sock, message)
+            elif type(message) is p.NodeChanged:
+                for listener in self._node_listeners:
+                    try:
+                        listener(message)
+                    except Exception:
+                        log.exception("node_listener_failed", node=message.node_name)
             elif isinstance(message, p.Nodes | p.Status):
                 reply = self._replies.get(message.request_id)
                 if reply is not None and not reply.done():

@@ -17,6 +17,9 @@ are done, holding its global submit lock, so ``submit()`` never blocks):
 5. Tasks registered after a plan (dynamic workflows) are planned incrementally: the earlier
    placements are kept as a partial schedule, new tasks start no earlier than now. Retries keep
    their placement.
+6. When a node dies (the dispatcher says NODE_CHANGED), the unfinished tasks planned there are
+   re-planned on the survivors (``replan=True``): queued ones are re-pinned at the dispatcher,
+   later ones leave for their new node. Until then the dispatcher's shared pool bridges the gap.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import inspect
 import itertools
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -37,6 +41,7 @@ from parsl.dataflow.states import FINAL_STATES
 from parsl.executors.base import ParslExecutor
 from parsl.serialize import pack_apply_message
 
+from dispatcher import protocol as p
 from dispatcher.client import Client, TaskFuture
 from dispatcher.errors import DispatchError, DispatcherUnavailable
 from dispatcher.local import LocalCluster
@@ -65,6 +70,7 @@ class _Launch:
     function: str
     payload: bytes
     future: Future[Any]
+    retry_on_node_loss: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +91,7 @@ class SagaDispatchExecutor(ParslExecutor):
         address: str | None = None,
         *,
         scheduler: str | Any = "HEFT",
+        replan: bool = True,
         local_nodes: int = 4,
         local_speeds: Sequence[float] | None = None,
         workers_per_node: int = 1,
@@ -103,6 +110,7 @@ class SagaDispatchExecutor(ParslExecutor):
         self.address = address
         make_scheduler(scheduler)  # an unknown name fails here, in the user's config
         self.scheduler = scheduler
+        self.replan = replan
         if local_nodes < 1:
             raise ValueError(f"local_nodes must be >= 1, got {local_nodes}")
         if local_speeds is not None and len(local_speeds) != local_nodes:
@@ -136,6 +144,12 @@ class SagaDispatchExecutor(ParslExecutor):
         self._waiting: dict[int, _Launch] = {}
         self._plan: dict[int, PlannedTask] = {}
         self._ran_on: dict[int, str] = {}
+        self._sent: dict[int, TaskFuture] = {}
+        """Released to the dispatcher and not resolved yet (what a re-plan may re-pin)."""
+        self._done: set[int] = set()
+        self._node_events: deque[p.NodeChanged] = deque()
+        self.duplicate_resolutions = 0
+        """Results for tasks whose future was already resolved (should stay 0)."""
         self._order = ReleaseOrder()
         self._epoch = 0
         self._holding = 0
@@ -168,6 +182,7 @@ class SagaDispatchExecutor(ParslExecutor):
             address = self.address
         try:
             self.client = Client(address, connect_timeout_s=self.connect_timeout_s)
+            self.client.on_node_change(self._node_changed)
             self._planner.start()
         except BaseException:
             self._teardown()
@@ -181,14 +196,15 @@ class SagaDispatchExecutor(ParslExecutor):
     ) -> Future[Any]:
         if self.client is None or self._stop.is_set():
             raise DispatcherUnavailable(f"executor {self.label} is not running")
-        parse_hints(resource_specification)  # a bad hint fails this task, with the key named
+        hints = parse_hints(resource_specification)  # a bad hint fails this task, with the key named
         if self._resolver is not None:
             tid = self._resolver.resolve(resource_specification)
         else:
             tid = next(self._synthetic)  # used outside a DataFlowKernel: plan it on its own
         if RESOURCE_SPEC_KWARG in kwargs and not _accepts(func, RESOURCE_SPEC_KWARG):
             kwargs = {k: v for k, v in kwargs.items() if k != RESOURCE_SPEC_KWARG}
-        launch = _Launch(tid, getattr(func, "__name__", "?"), pack_apply_message(func, args, kwargs), Future())
+        payload = pack_apply_message(func, args, kwargs)
+        launch = _Launch(tid, getattr(func, "__name__", "?"), payload, Future(), hints.retry_on_node_loss)
         launch.future.parsl_executor_task_id = tid  # type: ignore[attr-defined]
         with self._lock:
             self._last_activity = time.monotonic()
@@ -250,10 +266,21 @@ class SagaDispatchExecutor(ParslExecutor):
 
     # ------------------------------------------------------------------ conductor thread
 
+    def _node_changed(self, notice: p.NodeChanged) -> None:
+        """From the client's I/O thread: hand the notice to the conductor."""
+        with self._lock:
+            self._node_events.append(notice)
+            self._lock.notify()
+
     def _conduct(self) -> None:
         while not self._stop.is_set():
             with self._lock:
                 self._lock.wait(timeout=0.005 if self._held else 0.05)
+                events = list(self._node_events)
+                self._node_events.clear()
+            for notice in events:
+                self._handle_node_change(notice)
+            with self._lock:
                 self._note_registrations()
                 now = time.monotonic()
                 due = bool(self._held) and (
@@ -270,6 +297,72 @@ class SagaDispatchExecutor(ParslExecutor):
                 except Exception as exc:  # never lose the batch: fail it explicitly
                     log.exception("plan_failed", tasks=len(batch))
                     _fail(batch, exc if isinstance(exc, DispatchError | PlanningError) else PlanningError(str(exc)))
+
+    def _handle_node_change(self, notice: p.NodeChanged) -> None:
+        if notice.state == "alive":
+            self._speeds[notice.node_name] = notice.speed
+            return
+        self._speeds.pop(notice.node_name, None)
+        log.warning("node_lost", node=notice.node_name, state=notice.state, replan=self.replan)
+        if not self.replan:
+            return
+        try:
+            self._replan(notice.node_name)
+        except Exception:  # the dispatcher's pool still runs them: log, do not lose anything
+            log.exception("replan_failed", node=notice.node_name)
+            with self._lock:
+                self._release(self._order.drop_node(notice.node_name), {})
+
+    def _replan(self, lost: str) -> None:
+        """Re-plan the unfinished tasks planned on ``lost`` over the surviving nodes."""
+        records = self._dfk.tasks if self._dfk is not None else {}
+        with self._lock:
+            tids = [
+                tid for tid, planned in self._plan.items()
+                if planned.node == lost and tid not in self._done
+                and (tid < 0 or ((r := records.get(tid)) is not None and r["status"] not in FINAL_STATES))
+            ]  # fmt: skip
+            held_back = self._order.drop_node(lost)
+        if not tids:
+            with self._lock:
+                self._release(held_back, {})
+            return
+        network = self._live_network()
+        captured = capture(records, self.label, tids)
+        moving = set(tids)
+        tasks, edges, fixed, fixed_costs = [], [], {}, {}
+        for tid in tids:
+            tasks.append(Task(str(tid), self._plan[tid].cost_s))
+            c = captured.get(tid)
+            for parent in c.parents if c is not None else ():
+                earlier = self._plan.get(parent)
+                if parent not in moving and (earlier is None or earlier.node not in self._speeds):
+                    continue
+                if parent not in moving and earlier is not None:
+                    fixed[str(parent)] = Placed(earlier.node, earlier.rank, earlier.end)
+                    fixed_costs[str(parent)] = earlier.cost_s
+                edges.append(Edge(str(parent), str(tid), _output_bytes(records.get(parent), self.default_output_bytes)))
+        graph = Graph(tuple(tasks), tuple(edges), fixed, fixed_costs, time.monotonic() - self._t0)
+        started = time.monotonic()
+        result, saga_s = self._planner.plan(graph, network, self.scheduler)
+        with self._lock:
+            self._epoch += 1
+            for name, placed in result.placed.items():
+                tid = int(name)
+                self._plan[tid] = PlannedTask(
+                    placed.node, placed.start_s, placed.end_s, self._plan[tid].cost_s, self._epoch
+                )
+            repins = [(self._sent[t], self._plan[t].node, self._plan[t].rank) for t in tids if t in self._sent]
+            assert self.client is not None
+            self.client.repin(repins)
+            summary = {
+                "epoch": self._epoch, "replan_of": lost, "tasks": len(tasks), "repinned": len(repins),
+                "nodes": len(network.nodes), "scheduler": result.scheduler, "saga_s": round(saga_s, 4),
+                "plan_s": round(time.monotonic() - started, 4), "planned_makespan_s": round(result.makespan_s, 4),
+            }  # fmt: skip
+            self.plans.append(summary)
+            log.info("replan_made", **summary)
+            self._release(held_back, {})
 
     def _note_registrations(self) -> None:
         if self._dfk is not None and self._dfk.task_count != self._seen_task_count:
@@ -373,16 +466,24 @@ class SagaDispatchExecutor(ParslExecutor):
         for tid in tids:
             launch = fresh.get(tid) or self._waiting.pop(tid)
             planned = self._plan[tid]
-            sent = self.client.submit_payload(launch.payload, node=planned.node, rank=planned.rank)
+            sent = self.client.submit_payload(
+                launch.payload, node=planned.node, rank=planned.rank, retry_on_node_loss=launch.retry_on_node_loss
+            )
+            self._sent[tid] = sent
+            self._done.discard(tid)  # a retry is unfinished again
             sent.add_done_callback(functools.partial(self._resolved, launch))
 
     def _resolved(self, launch: _Launch, sent: Future[Any]) -> None:
         assert isinstance(sent, TaskFuture)
+        if self._sent.get(launch.tid) is sent:
+            del self._sent[launch.tid]
+        self._done.add(launch.tid)
         if sent.node_name:
             self._ran_on[launch.tid] = sent.node_name
             if sent.runtime_s is not None and sent.node_name in self._speeds:
                 self.runtimes.observe(launch.function, sent.runtime_s, self._speeds[sent.node_name])
         if launch.future.done():
+            self.duplicate_resolutions += 1
             return
         exc = sent.exception()
         if exc is not None:

@@ -98,6 +98,20 @@ class ReleaseOrder:
             self._waiting.pop(key, None)
         return out
 
+    def drop_node(self, node: str) -> list[int]:
+        """``node`` is gone: forget its queues; returns the ready tasks that were held back there."""
+        released = []
+        for key in [k for k in self._queues if k[1] == node]:
+            for tid in self._queues.pop(key):
+                self._where.pop(tid, None)
+                self._gone.discard(tid)
+                if tid in self._ready:
+                    self._ready.discard(tid)
+                    released.append(tid)
+            del self._pos[key]
+            self._waiting.pop(key, None)
+        return released
+
     def blocking(self) -> list[int]:
         """Heads of queues that hold ready tasks back (check whether they will ever launch)."""
         return [self._queues[key][self._pos[key]] for key, n in self._waiting.items() if n > 0]

@@ -224,3 +224,55 @@ def test_demo_command_reports_full_fidelity(recipe: str) -> None:
     ran, total = proc.stdout.split("placement fidelity: ")[1].split(" ")[0].split("/")
     assert ran == total
     assert "makespan: planned" in proc.stdout
+
+
+def test_a_killed_node_s_work_is_replanned_and_finishes_elsewhere(tmp_path: Path) -> None:
+    dag = layered_dag(300, seed=3)
+    ex = SagaDispatchExecutor(local_nodes=4, local_speeds=SPEEDS, workers_per_node=1)
+    with load(ex, tmp_path):
+        assert ex.cluster is not None
+        app = python_app(dag_apps.node_task, executors=[ex.label])
+        futures: dict[int, Any] = {}
+        with ex.plan():
+            for t, parents, cost in dag:
+                futures[t] = app(t, *[futures[p] for p in parents], parsl_resource_specification={"cost": cost * 4})
+        victim = "local-3"  # the fastest node: HEFT gives it the most work
+        deadline = time.monotonic() + 60
+        while sum(f.done() for f in futures.values()) < 60:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        planned_before = {t: ex.planned_node(f.tid) for t, f in futures.items()}
+        ex.cluster.kill_agent(victim)
+        results = {t: f.result(timeout=120) for t, f in futures.items()}
+        replans = [p for p in ex.plans if p.get("replan_of") == victim]
+        assert ex.duplicate_resolutions == 0
+        assert ex.client is not None and ex.client.resolutions_ignored == 0
+    expected = expected_values(dag)
+    assert {t: r[1] for t, r in results.items()} == expected
+    moved = [t for t, r in results.items() if planned_before[t] == victim and r[0] != victim]
+    assert moved, "nothing planned on the dead node ran elsewhere"
+    assert replans and replans[0]["tasks"] > 0, ex.plans
+    for t, (ran_on, _, _) in results.items():  # strict affinity: live nodes' tasks stayed home
+        if planned_before[t] != victim:
+            assert ran_on == planned_before[t], (t, planned_before[t], ran_on)
+
+
+def test_a_no_retry_task_on_a_dying_node_fails_node_lost(tmp_path: Path) -> None:
+    from dispatcher import NodeLost
+
+    ex = SagaDispatchExecutor(local_nodes=2, local_speeds=[1.0, 1.0], workers_per_node=1)
+    with load(ex, tmp_path):
+        assert ex.cluster is not None
+        app = python_app(dag_apps.node_task, executors=[ex.label])
+        future = app(1, parsl_resource_specification={"cost": 30.0, "retry_on_node_loss": False})
+        deadline = time.monotonic() + 30
+        while True:  # until the dispatcher has it in flight on its planned node
+            node = ex.planned_node(future.tid)
+            if node is not None and ex.client is not None:
+                if any(n.node_name == node and n.in_flight == 1 for n in ex.client.nodes()):
+                    break
+            assert time.monotonic() < deadline, "the task never went out to its node"
+            time.sleep(0.01)
+        ex.cluster.kill_agent(node)
+        with pytest.raises(NodeLost, match=f"node {node} died while running it"):
+            future.result(timeout=30)
