@@ -268,9 +268,9 @@ def test_a_no_retry_task_on_a_dying_node_fails_node_lost(tmp_path: Path) -> None
         deadline = time.monotonic() + 30
         while True:  # until the dispatcher has it in flight on its planned node
             node = ex.planned_node(future.tid)
-            if node is not None and ex.client is not None:
-                if any(n.node_name == node and n.in_flight == 1 for n in ex.client.nodes()):
-                    break
+            nodes = ex.client.nodes() if ex.client is not None else ()
+            if node is not None and any(n.node_name == node and n.in_flight == 1 for n in nodes):
+                break
             assert time.monotonic() < deadline, "the task never went out to its node"
             time.sleep(0.01)
         ex.cluster.kill_agent(node)
