@@ -12,6 +12,7 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 
 import structlog
 
@@ -88,6 +89,11 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--tasks", type=int, default=120, help="approximate number of workflow tasks")
     demo.add_argument("--scheduler", default="HEFT", help="a SAGA scheduler name (default HEFT)")
     demo.add_argument("--seed", type=int, default=1)
+    chaos = sub.add_parser("chaos", parents=[common], help="run seeded fault-injection runs in network namespaces")
+    chaos.add_argument("--seeds", type=int, default=10, help="how many seeds (default 10)")
+    chaos.add_argument("--first-seed", type=int, default=0)
+    chaos.add_argument("--tasks", type=int, default=2000, help="DAG size per run (default 2000)")
+    chaos.add_argument("--json", type=Path, default=None, help="also write every run's result here")
     return parser
 
 
@@ -183,10 +189,27 @@ def _run_demo(args: argparse.Namespace) -> int:
     return run_demo(recipe=args.recipe, tasks=args.tasks, seed=args.seed, scheduler=args.scheduler)
 
 
+def _run_chaos(args: argparse.Namespace) -> int:
+    import json
+
+    from chaos.campaign import failures, report, run_seeds
+
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    results = run_seeds(seeds, tasks=args.tasks)
+    if args.json is not None:
+        args.json.write_text(json.dumps(results, indent=1))
+    print(report(results))
+    bad = failures(results)
+    for r in bad:
+        print(f"seed {r['seed']} failed: {json.dumps({k: v for k, v in r.items() if k != 'recoveries'})[:800]}")
+    return 1 if bad else 0
+
+
 _COMMANDS = {
     "dispatcher": _run_dispatcher,
     "agent": _run_agent,
     "local": _run_local,
     "status": _run_status,
     "demo": _run_demo,
+    "chaos": _run_chaos,
 }

@@ -144,6 +144,7 @@ class SagaDispatchExecutor(ParslExecutor):
         self._waiting: dict[int, _Launch] = {}
         self._plan: dict[int, PlannedTask] = {}
         self._ran_on: dict[int, str] = {}
+        self._first_node: dict[int, str] = {}
         self._sent: dict[int, TaskFuture] = {}
         """Released to the dispatcher and not resolved yet (what a re-plan may re-pin)."""
         self._done: set[int] = set()
@@ -260,6 +261,10 @@ class SagaDispatchExecutor(ParslExecutor):
     def ran_on(self, task_id: int) -> str | None:
         """The node that ran Parsl task ``task_id``, once it resolved."""
         return self._ran_on.get(task_id)
+
+    def first_planned_node(self, task_id: int) -> str | None:
+        """Where the first plan put Parsl task ``task_id`` (before any re-plan)."""
+        return self._first_node.get(task_id)
 
     def planned(self, task_id: int) -> PlannedTask | None:
         return self._plan.get(task_id)
@@ -443,6 +448,7 @@ class SagaDispatchExecutor(ParslExecutor):
             costs = {t.name: t.cost_s for t in tasks}
             for name, placed in result.placed.items():
                 self._plan[int(name)] = PlannedTask(placed.node, placed.start_s, placed.end_s, costs[name], self._epoch)
+                self._first_node.setdefault(int(name), placed.node)
             self._order.add_plan(self._epoch, ((int(n), p.node, p.start_s) for n, p in result.placed.items()), gating)
             summary = {
                 "epoch": self._epoch, "tasks": len(tasks), "edges": len(edges), "fixed": len(fixed),

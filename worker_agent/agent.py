@@ -260,8 +260,10 @@ class Agent:
     # ------------------------------------------------------------------ time
 
     def _keep_time(self, now: float) -> None:
-        if self._stop_requested and self.phase is not Phase.DRAINING:
+        if self._stop_requested and self.phase in (Phase.REGISTERING, Phase.SERVING):
             self._begin_drain(now)
+        if self.phase is Phase.STOPPED:
+            return
         if self.phase is Phase.REGISTERING:
             if now >= self._retry_at:
                 self._connect(now)

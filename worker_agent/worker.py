@@ -18,7 +18,7 @@ from parsl.app.errors import RemoteExceptionWrapper
 from parsl.executors.execute_task import execute_task
 from parsl.serialize import serialize
 
-from dispatcher.lifeline import die_with_parent
+from dispatcher.lifeline import die_with_parent_thread
 from dispatcher.protocol import Outcome
 from worker_agent.config import NODE_NAME_ENV, NODE_SPEED_ENV
 
@@ -38,7 +38,7 @@ def run_task(payload: bytes) -> tuple[Outcome, bytes]:
 def worker_main(conn: Connection, node_name: str, speed: float) -> None:
     """Entry point of a worker process (spawned by the pool)."""
     os.environ["SAGA_DISPATCH_PARENT_PID"] = str(os.getppid())
-    die_with_parent(signal.SIGKILL)
+    die_with_parent_thread(signal.SIGKILL)
     # The agent decides when workers stop (it drains first); a group-wide SIGTERM or Ctrl-C must
     # not kill a running task. If the agent dies, PR_SET_PDEATHSIG kills us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
