@@ -86,10 +86,10 @@ def report(results: list[dict[str, Any]]) -> str:
         ("resolved twice", sum(r["resolved_twice"] for r in done)),
         ("strict-affinity violations", sum(r["violations"] for r in done)),
         ("re-plans", sum(r["replans"] for r in done)),
-        [
+        (
             "recovery p50 / p99 (s), all node faults",
             f"{_pct(recoveries, 0.5)} / {_pct(recoveries, 0.99)} (n={len(recoveries)})",
-        ],
+        ),
         ("recovery p50 / p99 (s), SIGKILL", f"{_pct(kills, 0.5)} / {_pct(kills, 0.99)} (n={len(kills)})"),
         ("run time median (s)", f"{statistics.median(r['elapsed_s'] for r in done):.1f}" if done else "-"),
     ]
