@@ -17,6 +17,12 @@ Rules (the invariants ``validate_state()`` checks after every step in tests):
    when a node registers, drains, dies or leaves, so it can re-plan (REPIN moves queued tasks).
 7. A result from a copy other than the one the dispatcher holds in flight (a partition healed)
    wins if the task is unresolved; the other copy is cancelled on its node where still possible.
+8. Soft affinity: a task flagged SOFT_AFFINITY may also leave a *live* node when an idle node
+   would finish it sooner (``stealing.plan_steals``). Queued in the dispatcher, it moves at once;
+   prefetched by the victim's agent, it moves in two phases: STEAL_REQUEST with a request id,
+   and only the tasks the agent confirms it had not started, and that are still in flight on
+   that agent, leave it. A reply to an unknown or stale request changes nothing else, so a task
+   is never dispatched twice by a race. Strict tasks (the default) leave only a dead node.
 6. Bad input never raises out of ``handle``: malformed frames are counted, unknown peers are told
    to register or say hello, invalid submissions resolve as REJECTED.
 """
@@ -40,6 +46,7 @@ from dispatcher.events import (
     Ticked,
 )
 from dispatcher.node import ACCEPTS_PINS, CONNECTED, NodeActor, NodeState
+from dispatcher.stealing import ThiefView, VictimView, Where, plan_steals
 from dispatcher.tasks import TaskKey, TaskQueue, TaskRecord
 
 POOL = "__pool__"
@@ -55,6 +62,10 @@ class CoreConfig:
     pending_grace_s: float = 30.0
     """How long tasks wait for a node that was named but never registered."""
     max_nodes: int = 100_000
+    steal_penalty_s: float = 0.01
+    """What moving a task to another node costs (transfer, latency), in the stealing policy."""
+    default_runtime_s: float = 0.1
+    """Runtime assumed for a node that has not reported one yet."""
     bad_frame_log_every: int = 1000
     """Log the 1st bad frame and then every n-th, so garbage cannot flood the log."""
 
@@ -81,6 +92,12 @@ class DispatcherCore:
         self.tasks_resolved = 0
         self.duplicates_dropped = 0
         self.bad_frames = 0
+        self.tasks_stolen = 0
+        self._soft = 0
+        """Unresolved tasks flagged SOFT_AFFINITY (no stealing round without any)."""
+        self._steals: dict[int, tuple[str, str, list[TaskKey]]] = {}
+        """Pending two-phase steals: request id -> (victim, thief, tasks asked for)."""
+        self._steal_ids = 0
         self._out: list[Command] = []
         self._now = 0.0
 
@@ -128,6 +145,8 @@ class DispatcherCore:
     def _forget(self, record: TaskRecord) -> None:
         """Remove ``record`` from wherever it is; it is resolved."""
         del self.tasks[record.key]
+        if record.flags & p.SOFT_AFFINITY:
+            self._soft -= 1
         if record.queue is not None:
             record.queue.discard(record)
         elif record.holder is not None:
@@ -149,6 +168,7 @@ class DispatcherCore:
     def _pump(self, node: NodeActor) -> None:
         """Send ``node`` as many tasks as its credit allows, lowest rank first (rule 3)."""
         if node.state is not NodeState.ALIVE or node.credit <= 0:
+            self._hungry.pop(node.name, None)
             return
         own, pool = node.queue, self.pool
         batch: list[p.TaskAssignment] = []
@@ -188,15 +208,20 @@ class DispatcherCore:
         lost: dict[str, list[p.Resolution]] = defaultdict(list)
         requeue = []
         for record in work:
+            record.steal_id = 0
             if record.key in running and record.flags & p.NO_RETRY_ON_NODE_LOSS:
                 del self.tasks[record.key]
                 self.tasks_resolved += 1
+                if record.flags & p.SOFT_AFFINITY:
+                    self._soft -= 1
                 lost[record.key[0]].append(p.Resolution(record.key[1], p.Outcome.NODE_LOST, why.encode(), node.name))
             else:
                 requeue.append(record)
         self._requeue(requeue)
         self._resolve(lost)
         self._broadcast(node)
+        for request_id in [i for i, (victim, _, _) in self._steals.items() if victim == node.name]:
+            del self._steals[request_id]
         self._log(
             "node_dead" if state is NodeState.DEAD else "node_left",
             "warning" if state is NodeState.DEAD else "info",
@@ -232,6 +257,8 @@ class DispatcherCore:
             self._handle_results(node, message)
         elif type(message) is p.Drain:
             self._handle_drain(node, message)
+        elif type(message) is p.StealReply:
+            self._handle_steal_reply(node, message)
         elif type(message) is p.Bye:
             self._handle_bye(node)
         # Heartbeat: being heard from is all it says.
@@ -305,6 +332,9 @@ class DispatcherCore:
             if record.holder is not None and record.holder != ran_on:  # another copy is out there
                 cancels[record.holder].append(p.TaskRef(*record.key))
             self._forget(record)
+            if node is not None and result.outcome is p.Outcome.OK:
+                old = node.runtime_s
+                node.runtime_s = result.runtime_s if old is None else old + 0.3 * (result.runtime_s - old)
             resolution = p.Resolution(result.task_id, result.outcome, result.payload, ran_on, result.runtime_s)
             by_client[result.client_id].append(resolution)
         if node is not None:
@@ -397,6 +427,8 @@ class DispatcherCore:
             if queue is self.pool:
                 to_pool = True
             record = TaskRecord(key, name, spec.rank, spec.payload, spec.flags)
+            if spec.flags & p.SOFT_AFFINITY:
+                self._soft += 1
             tasks[key] = record
             queue.push(record)
             self.tasks_submitted += 1
@@ -491,6 +523,92 @@ class DispatcherCore:
                     self._to_agent(node, p.Heartbeat())
             elif node.state is NodeState.PENDING and now - node.pending_since > cfg.pending_grace_s:
                 self._declare_dead(node, f"never registered within {cfg.pending_grace_s:g} s")
+        if self._soft:
+            self._steal_round()
+
+    # ------------------------------------------------------------------ soft-affinity stealing
+
+    def _steal_round(self) -> None:
+        """Let idle nodes take SOFT_AFFINITY tasks from busy live ones (rule 8)."""
+        if self.pool:
+            return
+        asked: dict[str, int] = defaultdict(int)
+        for _, thief, keys in self._steals.values():
+            asked[thief] += len(keys)
+        thieves = [
+            ThiefView(n.name, n.speed, n.credit - asked[n.name])
+            for n in self._hungry.values()
+            if not n.queue and n.credit > asked[n.name]
+        ]
+        if not thieves:
+            return
+        idle = {t.name for t in thieves}
+        victims = [
+            self._victim_view(n) for n in self.nodes.values() if n.state is NodeState.ALIVE and n.name not in idle
+        ]
+        moves = plan_steals([v for v in victims if v.backlog], thieves, self.config.steal_penalty_s)
+        batches: dict[str, list[p.TaskAssignment]] = defaultdict(list)
+        asks: dict[tuple[str, str], list[TaskRecord]] = defaultdict(list)
+        for move in moves:
+            record = self.tasks[move.key]
+            if move.where == "queued":
+                assert record.queue is not None
+                record.queue.discard(record)
+                record.stolen = True
+                self.nodes[move.thief].start(record)
+                batches[move.thief].append(p.TaskAssignment(record.key[0], record.key[1], record.rank, record.payload))
+                self.tasks_stolen += 1
+            else:
+                asks[move.victim, move.thief].append(record)
+        for thief, batch in batches.items():
+            node = self.nodes[thief]
+            self._to_agent(node, p.Tasks(tuple(batch)))
+            self._pump(node)
+        for (victim, thief), records in asks.items():
+            self._steal_ids += 1
+            request_id = self._steal_ids
+            for record in records:
+                record.steal_id = request_id
+            self._steals[request_id] = (victim, thief, [r.key for r in records])
+            self._to_agent(self.nodes[victim], p.StealRequest(request_id, tuple(p.TaskRef(*r.key) for r in records)))
+        if moves:
+            direct = sum(len(batch) for batch in batches.values())
+            self._log("tasks_stolen", moved=direct, asked=len(moves) - direct)
+
+    def _victim_view(self, node: NodeActor) -> VictimView:
+        soft = p.SOFT_AFFINITY
+        queued = sorted(
+            (r for r in node.queue.records() if r.flags & soft), key=lambda r: (r.rank, r.seq), reverse=True
+        )
+        prefetched = [r for r in list(node.in_flight.values())[node.slots :] if r.flags & soft and not r.steal_id]
+        backlog: list[tuple[TaskKey, Where]] = [(r.key, "queued") for r in queued[:64]]
+        backlog += [(r.key, "prefetched") for r in reversed(prefetched)]
+        runtime = node.runtime_s if node.runtime_s is not None else self.config.default_runtime_s
+        waiting = len(node.queue) + max(0, len(node.in_flight) - node.slots)
+        return VictimView(node.name, node.speed, node.slots, runtime, backlog, waiting)
+
+    def _handle_steal_reply(self, node: NodeActor, message: p.StealReply) -> None:
+        """Phase two: only confirmed tasks still in flight on this very agent move (to the pool)."""
+        asked = self._steals.pop(message.request_id, None)
+        if asked is not None:
+            for key in asked[2]:
+                record = self.tasks.get(key)
+                if record is not None and record.steal_id == message.request_id:
+                    record.steal_id = 0
+        moved = []
+        for ref in message.confirmed:
+            record = self.tasks.get((ref.client_id, ref.task_id))
+            if record is None or record.holder != node.name:
+                continue  # resolved meanwhile, or already moved: a stale confirmation
+            del node.in_flight[record.key]
+            record.holder = None
+            record.stolen = True
+            moved.append(record)
+        for record in moved:
+            self.pool.push(record)
+        self.tasks_stolen += len(moved)
+        node.grant(0)
+        self._pump_pool()
 
     def _handle_frame_rejected(self, event: FrameRejected) -> None:
         self.bad_frames += 1
@@ -525,7 +643,7 @@ class DispatcherCore:
         for record in self.pool.records():
             assert record.key not in seen, (record, seen.get(record.key))
             pinned = self.nodes.get(record.node_name) if record.node_name is not None else None
-            assert pinned is None or pinned.state not in ACCEPTS_PINS, (record, pinned)
+            assert pinned is None or pinned.state not in ACCEPTS_PINS or record.stolen, (record, pinned)
             seen[record.key] = POOL
         assert seen.keys() == self.tasks.keys(), set(seen) ^ set(self.tasks)
         assert len(self.pool) == len(self.pool.records())

@@ -54,6 +54,7 @@ class NodeActor:
         "pending_since",
         "prefetch",
         "queue",
+        "runtime_s",
         "slots",
         "speed",
         "state",
@@ -72,6 +73,8 @@ class NodeActor:
         self.speed = 1.0
         self.credit = 0
         self.done = 0
+        self.runtime_s: float | None = None
+        """EMA of its tasks' runtimes (stealing estimates waits with it)."""
         self.last_seen = now
         self.last_sent = now
         self.pending_since = now

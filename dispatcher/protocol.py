@@ -63,12 +63,14 @@ class Op(IntEnum):
     RESULTS = 3
     DRAIN = 4
     BYE = 5
+    STEAL_REPLY = 6
     # dispatcher -> agent
     REGISTERED = 10
     TASKS = 11
     CANCEL_TASKS = 12
     REREGISTER = 13
     REFUSED = 14
+    STEAL_REQUEST = 15
     # every direction
     HEARTBEAT = 20
     # client -> dispatcher
@@ -116,7 +118,9 @@ class ErrorCode(IntEnum):
 
 NO_RETRY_ON_NODE_LOSS: Final = 1
 """TaskSpec flag: if the task's node dies while running it, resolve it NODE_LOST; never re-run it."""
-_KNOWN_FLAGS: Final = NO_RETRY_ON_NODE_LOSS
+SOFT_AFFINITY: Final = 2
+"""TaskSpec flag: an idle node may take this task from its busy (live) node when that is faster."""
+_KNOWN_FLAGS: Final = NO_RETRY_ON_NODE_LOSS | SOFT_AFFINITY
 
 
 class TaskSpec(NamedTuple):
@@ -223,6 +227,15 @@ class Drain:
 
 
 @dataclass(frozen=True, slots=True)
+class StealReply:
+    """Agent -> dispatcher: of the tasks asked for in ``request_id``, these were not started and
+    are dropped here (confirmed); the others are running or done and stay."""
+
+    request_id: int
+    confirmed: tuple[TaskRef, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Bye:
     """Agent -> dispatcher: I am gone; nothing of mine is running any more."""
 
@@ -249,6 +262,14 @@ class Tasks:
 class CancelTasks:
     """Dispatcher -> agent: drop these if they have not started."""
 
+    tasks: tuple[TaskRef, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class StealRequest:
+    """Dispatcher -> agent: give back these tasks if they have not started (answer STEAL_REPLY)."""
+
+    request_id: int
     tasks: tuple[TaskRef, ...]
 
 
@@ -367,13 +388,14 @@ class Error:
     message: str
 
 
-AgentMessage = Register | Credit | Results | Drain | Bye | Heartbeat
+AgentMessage = Register | Credit | Results | Drain | Bye | Heartbeat | StealReply
 """What an agent may send."""
 ClientMessage = Hello | Submit | Cancel | Repin | NodesQuery | StatusQuery | Heartbeat
 """What a client may send."""
 Message = (
     AgentMessage
     | Registered
+    | StealRequest
     | Tasks
     | CancelTasks
     | Reregister
@@ -606,6 +628,8 @@ _DECODERS: Final[dict[Op, tuple[int, Any]]] = {
     Op.STATUS: (8, _status),
     Op.ERROR: (2, _error),
     Op.REPIN: (1, _repin),
+    Op.STEAL_REQUEST: (2, lambda f: StealRequest(_int(f[0], "request_id"), _refs(f[1], "tasks"))),
+    Op.STEAL_REPLY: (2, lambda f: StealReply(_int(f[0], "request_id"), _refs(f[1], "confirmed"))),
     Op.NODE_CHANGED: (
         4,
         lambda f: NodeChanged(
@@ -640,6 +664,8 @@ _OPS: Final[dict[type[Any], Op]] = {
     Status: Op.STATUS,
     Error: Op.ERROR,
     Repin: Op.REPIN,
+    StealRequest: Op.STEAL_REQUEST,
+    StealReply: Op.STEAL_REPLY,
     NodeChanged: Op.NODE_CHANGED,
 }
 

@@ -37,7 +37,7 @@ from dispatcher.logs import get_logger
 
 log = get_logger("dispatcher")
 
-_AGENT_TYPES: Final = (p.Register, p.Credit, p.Results, p.Drain, p.Bye, p.Heartbeat)
+_AGENT_TYPES: Final = (p.Register, p.Credit, p.Results, p.Drain, p.Bye, p.Heartbeat, p.StealReply)
 """What an agent may send (``protocol.AgentMessage``)."""
 _CLIENT_TYPES: Final = (p.Hello, p.Submit, p.Cancel, p.NodesQuery, p.StatusQuery, p.Heartbeat)
 """What a client may send (``protocol.ClientMessage``)."""

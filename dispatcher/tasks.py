@@ -21,7 +21,7 @@ _COMPACT_MIN: Final = 1024
 class TaskRecord:
     """One unresolved task. ``node_name`` is where it is pinned (None: anywhere)."""
 
-    __slots__ = ("flags", "holder", "key", "node_name", "payload", "queue", "rank", "seq")
+    __slots__ = ("flags", "holder", "key", "node_name", "payload", "queue", "rank", "seq", "steal_id", "stolen")
 
     def __init__(self, key: TaskKey, node_name: str | None, rank: float, payload: bytes, flags: int = 0) -> None:
         self.key = key
@@ -35,6 +35,10 @@ class TaskRecord:
         """Ticket of its live heap entry; older entries for it are stale."""
         self.holder: str | None = None
         """The node running it, while in flight."""
+        self.steal_id = 0
+        """The pending two-phase steal asking for it back from its agent, if any."""
+        self.stolen = False
+        """Taken from its (live) pinned node by soft-affinity stealing."""
 
     def __repr__(self) -> str:
         where = self.queue.name if self.queue is not None else f"on {self.holder}"

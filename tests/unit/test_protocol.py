@@ -22,6 +22,8 @@ EXAMPLES: list[p.Message] = [
     p.Tasks((p.TaskAssignment("c1", 7, 0.25, b"payload"),)),
     p.CancelTasks((p.TaskRef("c1", 7),)),
     p.Reregister(),
+    p.StealRequest(9, (p.TaskRef("c1", 7),)),
+    p.StealReply(9, ()),
     p.Refused("no"),
     p.Heartbeat(),
     p.Hello("c1"),
