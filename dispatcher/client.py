@@ -119,17 +119,24 @@ class Client:
         return self.submit_payload(pack_apply_message(fn, args, kwargs), node=node, rank=rank)
 
     def submit_payload(
-        self, payload: bytes, *, node: str | None = None, rank: float = 0.0, retry_on_node_loss: bool = True
+        self,
+        payload: bytes,
+        *,
+        node: str | None = None,
+        rank: float = 0.0,
+        retry_on_node_loss: bool = True,
+        soft_affinity: bool = False,
     ) -> TaskFuture:
         """Submit an already-packed Parsl apply message (what the Parsl executor does).
 
         ``retry_on_node_loss=False``: if the node dies while running it, fail with NodeLost
-        instead of running it again elsewhere."""
+        instead of running it again elsewhere. ``soft_affinity=True``: an idle node may take it
+        from its busy node when that finishes it sooner."""
         if self._closing.is_set():
             raise DispatcherUnavailable("client is closed")
         task_id = next(self._ids)
         future = TaskFuture(task_id)
-        flags = 0 if retry_on_node_loss else p.NO_RETRY_ON_NODE_LOSS
+        flags = (0 if retry_on_node_loss else p.NO_RETRY_ON_NODE_LOSS) | (p.SOFT_AFFINITY if soft_affinity else 0)
         spec = p.TaskSpec(task_id, node, float(rank), payload, flags)
         self._pending[task_id] = (future, spec)
         self._post(spec)

@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from parsl.dataflow.states import FINAL_STATES
 from parsl.executors.base import ParslExecutor
@@ -92,6 +92,7 @@ class SagaDispatchExecutor(ParslExecutor):
         *,
         scheduler: str | Any = "HEFT",
         replan: bool = True,
+        affinity: Literal["strict", "soft"] = "strict",
         local_nodes: int = 4,
         local_speeds: Sequence[float] | None = None,
         workers_per_node: int = 1,
@@ -111,6 +112,9 @@ class SagaDispatchExecutor(ParslExecutor):
         make_scheduler(scheduler)  # an unknown name fails here, in the user's config
         self.scheduler = scheduler
         self.replan = replan
+        if affinity not in ("strict", "soft"):
+            raise ValueError(f"affinity must be 'strict' or 'soft', got {affinity!r}")
+        self.affinity = affinity
         if local_nodes < 1:
             raise ValueError(f"local_nodes must be >= 1, got {local_nodes}")
         if local_speeds is not None and len(local_speeds) != local_nodes:
@@ -473,7 +477,11 @@ class SagaDispatchExecutor(ParslExecutor):
             launch = fresh.get(tid) or self._waiting.pop(tid)
             planned = self._plan[tid]
             sent = self.client.submit_payload(
-                launch.payload, node=planned.node, rank=planned.rank, retry_on_node_loss=launch.retry_on_node_loss
+                launch.payload,
+                node=planned.node,
+                rank=planned.rank,
+                retry_on_node_loss=launch.retry_on_node_loss,
+                soft_affinity=self.affinity == "soft",
             )
             self._sent[tid] = sent
             self._done.discard(tid)  # a retry is unfinished again

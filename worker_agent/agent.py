@@ -185,6 +185,8 @@ class Agent:
                 self._registered(message)
             elif type(message) is p.CancelTasks:
                 self._cancel(message)
+            elif type(message) is p.StealRequest:
+                self._give_back(message, now)
             elif type(message) is p.Reregister:
                 if self.phase is not Phase.REGISTERING:
                     self._lost_dispatcher(now, "dispatcher asked us to register again")
@@ -224,6 +226,19 @@ class Agent:
             else:
                 kept.append(task)
         self._queued = kept
+
+    def _give_back(self, message: p.StealRequest, now: float) -> None:
+        """Two-phase steal, our half: drop the asked-for tasks that have not started; confirm those."""
+        wanted = {(r.client_id, r.task_id) for r in message.tasks}
+        kept: deque[p.TaskAssignment] = deque()
+        confirmed = []
+        for task in self._queued:
+            if (task.client_id, task.task_id) in wanted:
+                confirmed.append(p.TaskRef(task.client_id, task.task_id))
+            else:
+                kept.append(task)
+        self._queued = kept
+        self._send(p.StealReply(message.request_id, tuple(confirmed)), now)
 
     # ------------------------------------------------------------------ running
 

@@ -244,3 +244,28 @@ def test_local_command_serves_until_interrupted_and_cleans_up() -> None:
     time.sleep(0.2)
     alive = [p for p in descendants if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
     assert not alive
+
+
+@pytest.mark.parametrize("soft", [True, False])
+def test_soft_affinity_lets_an_idle_node_take_a_busy_node_s_work(soft: bool, logs: Path) -> None:
+    from parsl.serialize import pack_apply_message
+
+    with LocalCluster(2, workers=1, prefetch=3, log_dir=logs) as cluster, cluster.client() as client:
+        busy, idle = cluster.node_names
+        futures = [
+            client.submit_payload(
+                pack_apply_message(apps.slow_where, (i, 0.2), {}), node=busy, rank=float(i), soft_affinity=soft
+            )
+            for i in range(16)
+        ]
+        results = [f.result(timeout=60) for f in futures]
+        assert client.resolutions_ignored == 0
+        status = client.status()
+    assert [x for _, x, _ in results] == list(range(16))
+    ran = [node for node, _, _ in results]
+    if soft:
+        assert ran.count(idle) >= 4, ran  # 16 x 0.2 s on one node vs. sharing them
+        assert ran[0] == busy  # the head of the line stays home
+    else:
+        assert set(ran) == {busy}
+    assert status.duplicates_dropped == 0
