@@ -649,3 +649,11 @@ class DispatcherCore:
         assert len(self.pool) == len(self.pool.records())
         for peer, node in self._agents.items():
             assert node.peer == peer, (node, peer)
+        for request_id, (victim, _thief, keys) in self._steals.items():
+            assert self.nodes[victim].state in CONNECTED, (request_id, victim)
+            for key in keys:
+                record = self.tasks.get(key)
+                assert record is None or record.steal_id in (0, request_id), record
+        asking = {r.steal_id for r in self.tasks.values() if r.steal_id}
+        assert asking <= self._steals.keys(), asking - self._steals.keys()
+        assert self._soft == sum(1 for r in self.tasks.values() if r.flags & p.SOFT_AFFINITY)
