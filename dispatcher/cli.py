@@ -194,6 +194,8 @@ def _run_chaos(args: argparse.Namespace) -> int:
 
     from chaos.campaign import failures, report, run_seeds
 
+    # SIGTERM becomes SystemExit, so the lab's namespaces are always torn down.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     results = run_seeds(seeds, tasks=args.tasks)
     if args.json is not None:

@@ -46,7 +46,7 @@ from dispatcher.events import (
     Ticked,
 )
 from dispatcher.node import ACCEPTS_PINS, CONNECTED, NodeActor, NodeState
-from dispatcher.stealing import ThiefView, VictimView, Where, plan_steals
+from dispatcher.stealing import ThiefView, plan_steals, victim_view
 from dispatcher.tasks import TaskKey, TaskQueue, TaskRecord
 
 POOL = "__pool__"
@@ -544,7 +544,9 @@ class DispatcherCore:
             return
         idle = {t.name for t in thieves}
         victims = [
-            self._victim_view(n) for n in self.nodes.values() if n.state is NodeState.ALIVE and n.name not in idle
+            victim_view(n, self.config.default_runtime_s)
+            for n in self.nodes.values()
+            if n.state is NodeState.ALIVE and n.name not in idle
         ]
         moves = plan_steals([v for v in victims if v.backlog], thieves, self.config.steal_penalty_s)
         batches: dict[str, list[p.TaskAssignment]] = defaultdict(list)
@@ -574,18 +576,6 @@ class DispatcherCore:
         if moves:
             direct = sum(len(batch) for batch in batches.values())
             self._log("tasks_stolen", moved=direct, asked=len(moves) - direct)
-
-    def _victim_view(self, node: NodeActor) -> VictimView:
-        soft = p.SOFT_AFFINITY
-        queued = sorted(
-            (r for r in node.queue.records() if r.flags & soft), key=lambda r: (r.rank, r.seq), reverse=True
-        )
-        prefetched = [r for r in list(node.in_flight.values())[node.slots :] if r.flags & soft and not r.steal_id]
-        backlog: list[tuple[TaskKey, Where]] = [(r.key, "queued") for r in queued[:64]]
-        backlog += [(r.key, "prefetched") for r in reversed(prefetched)]
-        runtime = node.runtime_s if node.runtime_s is not None else self.config.default_runtime_s
-        waiting = len(node.queue) + max(0, len(node.in_flight) - node.slots)
-        return VictimView(node.name, node.speed, node.slots, runtime, backlog, waiting)
 
     def _handle_steal_reply(self, node: NodeActor, message: p.StealReply) -> None:
         """Phase two: only confirmed tasks still in flight on this very agent move (to the pool)."""
@@ -619,41 +609,7 @@ class DispatcherCore:
     # ------------------------------------------------------------------ checking
 
     def validate_state(self) -> None:
-        """Assert the rules at the top of this module. For tests; O(tasks)."""
-        seen: dict[TaskKey, str] = {}
-        for node in self.nodes.values():
-            assert node.credit >= 0, node
-            assert node.credit + len(node.in_flight) <= max(node.capacity, len(node.in_flight)), node
-            if node.state is not NodeState.ALIVE:
-                assert node.credit == 0, node
-            assert (node.name in self._hungry) == (node.state is NodeState.ALIVE and node.credit > 0), node
-            if node.state not in ACCEPTS_PINS:
-                assert not node.queue, node
-            if node.state not in CONNECTED:
-                assert not node.in_flight, node
-            for record in node.queue.records():
-                assert record.key not in seen, (record, seen.get(record.key))
-                assert record.node_name == node.name, record
-                seen[record.key] = node.name
-            for key, record in node.in_flight.items():
-                assert key not in seen, (record, seen.get(key))
-                assert record.holder == node.name, record
-                assert record.queue is None, record
-                seen[key] = f"on {node.name}"
-        for record in self.pool.records():
-            assert record.key not in seen, (record, seen.get(record.key))
-            pinned = self.nodes.get(record.node_name) if record.node_name is not None else None
-            assert pinned is None or pinned.state not in ACCEPTS_PINS or record.stolen, (record, pinned)
-            seen[record.key] = POOL
-        assert seen.keys() == self.tasks.keys(), set(seen) ^ set(self.tasks)
-        assert len(self.pool) == len(self.pool.records())
-        for peer, node in self._agents.items():
-            assert node.peer == peer, (node, peer)
-        for request_id, (victim, _thief, keys) in self._steals.items():
-            assert self.nodes[victim].state in CONNECTED, (request_id, victim)
-            for key in keys:
-                record = self.tasks.get(key)
-                assert record is None or record.steal_id in (0, request_id), record
-        asking = {r.steal_id for r in self.tasks.values() if r.steal_id}
-        assert asking <= self._steals.keys(), asking - self._steals.keys()
-        assert self._soft == sum(1 for r in self.tasks.values() if r.flags & p.SOFT_AFFINITY)
+        """Assert the rules at the top of this module (see ``invariants.py``). For tests; O(tasks)."""
+        from dispatcher.invariants import check
+
+        check(self)

@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from dispatcher import protocol as p
+from dispatcher.node import NodeActor
 from dispatcher.tasks import TaskKey
 
 Where = Literal["queued", "prefetched"]
@@ -78,3 +80,16 @@ def plan_steals(victims: list[VictimView], thieves: list[ThiefView], penalty_s: 
             moves.append(Move(key, victim.name, thief.name, where))
             thief.free -= 1
     return moves
+
+
+def victim_view(node: NodeActor, default_runtime_s: float, limit: int = 64) -> VictimView:
+    """What may be stolen from ``node``: soft tasks in its dispatcher queue (highest rank first),
+    then soft tasks its agent prefetched beyond its running slots (last sent first)."""
+    soft = p.SOFT_AFFINITY
+    queued = sorted((r for r in node.queue.records() if r.flags & soft), key=lambda r: (r.rank, r.seq), reverse=True)
+    prefetched = [r for r in list(node.in_flight.values())[node.slots :] if r.flags & soft and not r.steal_id]
+    backlog: list[tuple[TaskKey, Where]] = [(r.key, "queued") for r in queued[:limit]]
+    backlog += [(r.key, "prefetched") for r in reversed(prefetched)]
+    runtime = node.runtime_s if node.runtime_s is not None else default_runtime_s
+    waiting = len(node.queue) + max(0, len(node.in_flight) - node.slots)
+    return VictimView(node.name, node.speed, node.slots, runtime, backlog, waiting)

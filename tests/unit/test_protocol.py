@@ -6,6 +6,7 @@ import msgpack
 import pytest
 
 from dispatcher import protocol as p
+from dispatcher.protocol import messages
 
 pytestmark = pytest.mark.unit
 
@@ -108,13 +109,13 @@ def test_malformed_frames_raise_protocol_error(frame: bytes) -> None:
 
 
 def test_oversized_frame_is_rejected_before_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(p, "MAX_FRAME_BYTES", 1024)
+    monkeypatch.setattr(messages, "MAX_FRAME_BYTES", 1024)
     with pytest.raises(p.ProtocolError, match="exceeds 1024"):
         p.decode(p.encode(p.Submit((p.TaskSpec(1, None, 0.0, b"x" * 2048),))))
 
 
 def test_oversized_batch_is_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(p, "MAX_BATCH", 10)
+    monkeypatch.setattr(messages, "MAX_BATCH", 10)
     with pytest.raises(p.ProtocolError):
         p.decode(p.encode(p.Cancel(tuple(range(11)))))
 

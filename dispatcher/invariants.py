@@ -1,0 +1,56 @@
+"""The dispatcher core's invariants (the rules at the top of ``core.py``), checked after every
+step of every transcript test. O(tasks): never called on the hot path."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from dispatcher import protocol as p
+from dispatcher.node import ACCEPTS_PINS, CONNECTED, NodeState
+from dispatcher.tasks import TaskKey
+
+if TYPE_CHECKING:
+    from dispatcher.core import DispatcherCore
+
+POOL = "__pool__"
+
+
+def check(core: DispatcherCore) -> None:
+    """Raise AssertionError naming the first broken rule."""
+    seen: dict[TaskKey, str] = {}
+    for node in core.nodes.values():
+        assert node.credit >= 0, node
+        assert node.credit + len(node.in_flight) <= max(node.capacity, len(node.in_flight)), node
+        if node.state is not NodeState.ALIVE:
+            assert node.credit == 0, node
+        assert (node.name in core._hungry) == (node.state is NodeState.ALIVE and node.credit > 0), node
+        if node.state not in ACCEPTS_PINS:
+            assert not node.queue, node
+        if node.state not in CONNECTED:
+            assert not node.in_flight, node
+        for record in node.queue.records():
+            assert record.key not in seen, (record, seen.get(record.key))
+            assert record.node_name == node.name, record
+            seen[record.key] = node.name
+        for key, record in node.in_flight.items():
+            assert key not in seen, (record, seen.get(key))
+            assert record.holder == node.name, record
+            assert record.queue is None, record
+            seen[key] = f"on {node.name}"
+    for record in core.pool.records():
+        assert record.key not in seen, (record, seen.get(record.key))
+        pinned = core.nodes.get(record.node_name) if record.node_name is not None else None
+        assert pinned is None or pinned.state not in ACCEPTS_PINS or record.stolen, (record, pinned)
+        seen[record.key] = POOL
+    assert seen.keys() == core.tasks.keys(), set(seen) ^ set(core.tasks)
+    assert len(core.pool) == len(core.pool.records())
+    for peer, node in core._agents.items():
+        assert node.peer == peer, (node, peer)
+    for request_id, (victim, _thief, keys) in core._steals.items():
+        assert core.nodes[victim].state in CONNECTED, (request_id, victim)
+        for key in keys:
+            asked = core.tasks.get(key)
+            assert asked is None or asked.steal_id in (0, request_id), asked
+    asking = {r.steal_id for r in core.tasks.values() if r.steal_id}
+    assert asking <= core._steals.keys(), asking - core._steals.keys()
+    assert core._soft == sum(1 for r in core.tasks.values() if r.flags & p.SOFT_AFFINITY)

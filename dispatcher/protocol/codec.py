@@ -1,0 +1,364 @@
+"""encode() and decode(): frames <-> messages, validating every field on the way in."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Final
+
+import msgpack
+
+from dispatcher.protocol import messages as m
+from dispatcher.protocol.messages import (
+    MAX_ID,
+    MAX_NAME,
+    MAX_SLOTS,
+    MAX_TEXT,
+    MAX_U64,
+    PROTOCOL_VERSION,
+    Bye,
+    Cancel,
+    CancelTasks,
+    Credit,
+    Drain,
+    Error,
+    ErrorCode,
+    Heartbeat,
+    Hello,
+    Message,
+    NodeChanged,
+    NodeInfo,
+    Nodes,
+    NodesQuery,
+    Op,
+    Outcome,
+    Placement,
+    ProtocolError,
+    Refused,
+    Register,
+    Registered,
+    Repin,
+    Reregister,
+    Resolution,
+    Resolved,
+    Results,
+    Status,
+    StatusQuery,
+    StealReply,
+    StealRequest,
+    Submit,
+    TaskAssignment,
+    TaskRef,
+    TaskResult,
+    Tasks,
+    TaskSpec,
+    Welcome,
+)
+
+# --------------------------------------------------------------------------- field checks
+
+
+def _fail(what: str, value: object) -> ProtocolError:
+    shown = repr(value)
+    if len(shown) > 80:
+        shown = shown[:77] + "..."
+    return ProtocolError(f"bad {what}: {shown}")
+
+
+def _int(value: Any, what: str, lo: int = 0, hi: int = MAX_U64) -> int:
+    if type(value) is not int or not lo <= value <= hi:
+        raise _fail(what, value)
+    return value
+
+
+def _float(value: Any, what: str, positive: bool = False) -> float:
+    if type(value) is int:
+        value = float(value)
+    if type(value) is not float or not math.isfinite(value) or (positive and value <= 0.0):
+        raise _fail(what, value)
+    return value
+
+
+def _str(value: Any, what: str, max_len: int, min_len: int = 1) -> str:
+    if type(value) is not str or not min_len <= len(value) <= max_len:
+        raise _fail(what, value)
+    return value
+
+
+def _bytes(value: Any, what: str) -> bytes:
+    if type(value) is not bytes:
+        raise _fail(what, value)
+    return value
+
+
+def _items(value: Any, what: str, width: int) -> list[list[Any]]:
+    """A list of fixed-width lists (a batch)."""
+    if type(value) is not list or len(value) > m.MAX_BATCH:
+        raise _fail(what, value)
+    for item in value:
+        if type(item) is not list or len(item) != width:
+            raise _fail(f"{what} item", item)
+    return value
+
+
+def _runtime(value: Any) -> float:
+    runtime = _float(value, "runtime_s")
+    if runtime < 0.0:
+        raise _fail("runtime_s", value)
+    return runtime
+
+
+def _outcome(value: Any) -> Outcome:
+    try:
+        return Outcome(_int(value, "outcome", 0, 255))
+    except ValueError as exc:
+        raise _fail("outcome", value) from exc
+
+
+def _nodes(value: Any) -> tuple[NodeInfo, ...]:
+    return tuple(
+        NodeInfo(
+            _str(n, "node_name", MAX_NAME),
+            _str(s, "node state", MAX_ID),
+            _float(sp, "speed"),
+            _int(sl, "slots"),
+            _int(inc, "incarnation"),
+            _int(q, "queued"),
+            _int(f, "in_flight"),
+            _int(d, "done"),
+        )
+        for n, s, sp, sl, inc, q, f, d in _items(value, "nodes", 8)
+    )
+
+
+# --------------------------------------------------------------------------- codecs per op
+# Each entry: (field count, fields -> message). encode() walks dataclass fields in order, so a
+# message's dataclass field order IS its wire order.
+
+
+def _register(f: list[Any]) -> Register:
+    return Register(
+        node_name=_str(f[0], "node_name", MAX_NAME),
+        agent_id=_str(f[1], "agent_id", MAX_ID),
+        slots=_int(f[2], "slots", 1, MAX_SLOTS),
+        prefetch=_int(f[3], "prefetch", 0, MAX_SLOTS),
+        speed=_float(f[4], "speed", positive=True),
+        protocol_version=_int(f[5], "protocol_version"),
+    )
+
+
+def _results(f: list[Any]) -> Results:
+    return Results(
+        tuple(
+            TaskResult(_str(c, "client_id", MAX_ID), _int(t, "task_id"), _outcome(o), _bytes(p, "payload"), _runtime(r))
+            for c, t, o, p, r in _items(f[0], "results", 5)
+        )
+    )
+
+
+def _refs(value: Any, what: str) -> tuple[TaskRef, ...]:
+    return tuple(TaskRef(_str(c, "client_id", MAX_ID), _int(t, "task_id")) for c, t in _items(value, what, 2))
+
+
+def _tasks(f: list[Any]) -> Tasks:
+    return Tasks(
+        tuple(
+            TaskAssignment(_str(c, "client_id", MAX_ID), _int(t, "task_id"), _float(r, "rank"), _bytes(p, "payload"))
+            for c, t, r, p in _items(f[0], "tasks", 4)
+        )
+    )
+
+
+def _submit(f: list[Any]) -> Submit:
+    return Submit(
+        tuple(
+            TaskSpec(
+                _int(t, "task_id"),
+                None if n is None else _str(n, "node_name", MAX_NAME),
+                _float(r, "rank"),
+                _bytes(p, "payload"),
+                _flags(g),
+            )
+            for t, n, r, p, g in _items(f[0], "tasks", 5)
+        )
+    )
+
+
+def _flags(value: Any) -> int:
+    flags = _int(value, "flags", 0, 0xFFFF)
+    if flags & ~m.KNOWN_FLAGS:
+        raise _fail("flags", value)
+    return flags
+
+
+def _repin(f: list[Any]) -> Repin:
+    return Repin(
+        tuple(
+            Placement(_int(t, "task_id"), None if n is None else _str(n, "node_name", MAX_NAME), _float(r, "rank"))
+            for t, n, r in _items(f[0], "tasks", 3)
+        )
+    )
+
+
+def _resolved(f: list[Any]) -> Resolved:
+    return Resolved(
+        tuple(
+            Resolution(
+                _int(t, "task_id"), _outcome(o), _bytes(p, "payload"), _str(n, "node_name", MAX_NAME, 0), _runtime(r)
+            )
+            for t, o, p, n, r in _items(f[0], "results", 5)
+        )
+    )
+
+
+def _cancel(f: list[Any]) -> Cancel:
+    ids = f[0]
+    if type(ids) is not list or len(ids) > m.MAX_BATCH:
+        raise _fail("task_ids", ids)
+    return Cancel(tuple(_int(t, "task_id") for t in ids))
+
+
+def _status(f: list[Any]) -> Status:
+    return Status(
+        request_id=_int(f[0], "request_id"),
+        dispatcher_id=_str(f[1], "dispatcher_id", MAX_ID),
+        nodes=_nodes(f[2]),
+        pool_queued=_int(f[3], "pool_queued"),
+        tasks_submitted=_int(f[4], "tasks_submitted"),
+        tasks_resolved=_int(f[5], "tasks_resolved"),
+        duplicates_dropped=_int(f[6], "duplicates_dropped"),
+        bad_frames=_int(f[7], "bad_frames"),
+    )
+
+
+def _error(f: list[Any]) -> Error:
+    try:
+        code = ErrorCode(_int(f[0], "error code", 0, 255))
+    except ValueError as exc:
+        raise _fail("error code", f[0]) from exc
+    return Error(code, _str(f[1], "message", MAX_TEXT, 0))
+
+
+_DECODERS: Final[dict[Op, tuple[int, Any]]] = {
+    Op.REGISTER: (6, _register),
+    Op.CREDIT: (1, lambda f: Credit(_int(f[0], "credit", 1, MAX_SLOTS * 2))),
+    Op.RESULTS: (1, _results),
+    Op.DRAIN: (1, lambda f: Drain(_refs(f[0], "returned"))),
+    Op.BYE: (0, lambda _: Bye()),
+    Op.REGISTERED: (
+        5,
+        lambda f: Registered(
+            _str(f[0], "node_name", MAX_NAME),
+            _int(f[1], "incarnation"),
+            _str(f[2], "dispatcher_id", MAX_ID),
+            _float(f[3], "heartbeat_interval_s", positive=True),
+            _int(f[4], "liveness", 1, 1000),
+        ),
+    ),
+    Op.TASKS: (1, _tasks),
+    Op.CANCEL_TASKS: (1, lambda f: CancelTasks(_refs(f[0], "tasks"))),
+    Op.REREGISTER: (0, lambda _: Reregister()),
+    Op.REFUSED: (1, lambda f: Refused(_str(f[0], "reason", MAX_TEXT, 0))),
+    Op.HEARTBEAT: (0, lambda _: Heartbeat()),
+    Op.HELLO: (2, lambda f: Hello(_str(f[0], "client_id", MAX_ID), _int(f[1], "protocol_version"))),
+    Op.SUBMIT: (1, _submit),
+    Op.CANCEL: (1, _cancel),
+    Op.NODES_QUERY: (1, lambda f: NodesQuery(_int(f[0], "request_id"))),
+    Op.STATUS_QUERY: (1, lambda f: StatusQuery(_int(f[0], "request_id"))),
+    Op.WELCOME: (
+        2,
+        lambda f: Welcome(_str(f[0], "dispatcher_id", MAX_ID), _float(f[1], "heartbeat_interval_s", positive=True)),
+    ),
+    Op.RESOLVED: (1, _resolved),
+    Op.NODES: (2, lambda f: Nodes(_int(f[0], "request_id"), _nodes(f[1]))),
+    Op.STATUS: (8, _status),
+    Op.ERROR: (2, _error),
+    Op.REPIN: (1, _repin),
+    Op.STEAL_REQUEST: (2, lambda f: StealRequest(_int(f[0], "request_id"), _refs(f[1], "tasks"))),
+    Op.STEAL_REPLY: (2, lambda f: StealReply(_int(f[0], "request_id"), _refs(f[1], "confirmed"))),
+    Op.NODE_CHANGED: (
+        4,
+        lambda f: NodeChanged(
+            _str(f[0], "node_name", MAX_NAME),
+            _str(f[1], "node state", MAX_ID),
+            _int(f[2], "incarnation"),
+            _float(f[3], "speed", positive=True),
+        ),
+    ),
+}
+
+_OPS: Final[dict[type[Any], Op]] = {
+    Register: Op.REGISTER,
+    Credit: Op.CREDIT,
+    Results: Op.RESULTS,
+    Drain: Op.DRAIN,
+    Bye: Op.BYE,
+    Registered: Op.REGISTERED,
+    Tasks: Op.TASKS,
+    CancelTasks: Op.CANCEL_TASKS,
+    Reregister: Op.REREGISTER,
+    Refused: Op.REFUSED,
+    Heartbeat: Op.HEARTBEAT,
+    Hello: Op.HELLO,
+    Submit: Op.SUBMIT,
+    Cancel: Op.CANCEL,
+    NodesQuery: Op.NODES_QUERY,
+    StatusQuery: Op.STATUS_QUERY,
+    Welcome: Op.WELCOME,
+    Resolved: Op.RESOLVED,
+    Nodes: Op.NODES,
+    Status: Op.STATUS,
+    Error: Op.ERROR,
+    Repin: Op.REPIN,
+    StealRequest: Op.STEAL_REQUEST,
+    StealReply: Op.STEAL_REPLY,
+    NodeChanged: Op.NODE_CHANGED,
+}
+
+
+def op_of(message: Message) -> Op:
+    """The op code of a message."""
+    return _OPS[type(message)]
+
+
+def encode(message: Message) -> bytes:
+    """One frame for ``message``. Batches are sequences of NamedTuples (packed as arrays)."""
+    fields = [getattr(message, name) for name in message.__slots__]
+    frame: bytes = msgpack.packb([PROTOCOL_VERSION, _OPS[type(message)], *fields], use_bin_type=True)
+    return frame
+
+
+def decode(frame: bytes | memoryview) -> Message:
+    """The message in ``frame``; raises :class:`ProtocolError` for anything that is not one."""
+    if len(frame) > m.MAX_FRAME_BYTES:
+        raise ProtocolError(f"frame of {len(frame)} bytes exceeds {m.MAX_FRAME_BYTES}")
+    try:
+        parts = msgpack.unpackb(
+            frame,
+            raw=False,
+            use_list=True,
+            max_map_len=0,
+            max_ext_len=0,
+        )
+    except Exception as exc:  # msgpack raises ValueError, ExtraData, FormatError, StackError, ...
+        raise ProtocolError(f"undecodable frame: {exc.__class__.__name__}: {exc}") from exc
+    if type(parts) is not list or len(parts) < 2:
+        raise _fail("frame header", parts)
+    version, raw_op, fields = parts[0], parts[1], parts[2:]
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(f"protocol version {version!r}, expected {PROTOCOL_VERSION}")
+    if type(raw_op) is not int:
+        raise _fail("op", raw_op)
+    try:
+        op = Op(raw_op)
+    except ValueError as exc:
+        raise _fail("op", raw_op) from exc
+    arity, build = _DECODERS[op]
+    if len(fields) != arity:
+        raise ProtocolError(f"{op.name} takes {arity} fields, got {len(fields)}")
+    try:
+        message: Message = build(fields)
+    except ProtocolError:
+        raise
+    except (TypeError, ValueError) as exc:  # e.g. unpacking a batch item of the wrong shape
+        raise ProtocolError(f"malformed {op.name}: {exc}") from exc
+    return message

@@ -1,0 +1,394 @@
+"""The messages of the wire contract: version, limits, op codes, and one frozen dataclass each.
+
+See ``dispatcher/protocol/__init__.py`` for the rules and ``docs/protocol.md`` for the spec.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Final, NamedTuple
+
+PROTOCOL_VERSION: Final = 1
+
+MAX_FRAME_BYTES: Final = 256 * 1024 * 1024
+"""Largest frame decode() accepts; the sockets enforce the same limit with ZMQ_MAXMSGSIZE."""
+MAX_BATCH: Final = 1_000_000
+"""Most items in one batch message."""
+MAX_NAME: Final = 253
+"""Longest node name (a DNS subdomain, as Kubernetes node names are)."""
+MAX_ID: Final = 128
+"""Longest client, agent or dispatcher id."""
+MAX_TEXT: Final = 4096
+"""Longest free-text field (reasons, error messages)."""
+MAX_SLOTS: Final = 65_536
+MAX_U64: Final = 2**64 - 1
+
+
+_NODE_NAME: Final = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+
+
+def is_node_name(name: str) -> bool:
+    """Whether ``name`` is a valid Kubernetes node name (an RFC 1123 DNS subdomain)."""
+    return len(name) <= MAX_NAME and _NODE_NAME.fullmatch(name) is not None
+
+
+class ProtocolError(ValueError):
+    """A frame that does not follow this contract. Raised by decode(); never fatal to a loop."""
+
+
+class Op(IntEnum):
+    """Operation codes. Values are part of the wire format: never renumber, only add."""
+
+    # agent -> dispatcher
+    REGISTER = 1
+    CREDIT = 2
+    RESULTS = 3
+    DRAIN = 4
+    BYE = 5
+    STEAL_REPLY = 6
+    # dispatcher -> agent
+    REGISTERED = 10
+    TASKS = 11
+    CANCEL_TASKS = 12
+    REREGISTER = 13
+    REFUSED = 14
+    STEAL_REQUEST = 15
+    # every direction
+    HEARTBEAT = 20
+    # client -> dispatcher
+    HELLO = 30
+    SUBMIT = 31
+    CANCEL = 32
+    NODES_QUERY = 33
+    STATUS_QUERY = 34
+    REPIN = 35
+    # dispatcher -> client
+    WELCOME = 40
+    RESOLVED = 41
+    NODES = 42
+    STATUS = 43
+    ERROR = 44
+    NODE_CHANGED = 45
+
+
+class Outcome(IntEnum):
+    """How a task ended. OK and APP_ERROR carry Parsl-serialized payloads; the rest carry UTF-8 text."""
+
+    OK = 0
+    APP_ERROR = 1
+    """The app raised: the payload is a serialized ``RemoteExceptionWrapper``."""
+    WORKER_LOST = 2
+    """The worker process running the task died (crash, OOM kill, os._exit)."""
+    NODE_LOST = 3
+    """The node running the task died and the task may not be run again elsewhere."""
+    CANCELLED = 4
+    REJECTED = 5
+    """The dispatcher or agent refused the task (bad submission); the payload says why."""
+
+
+class ErrorCode(IntEnum):
+    """Reasons in an ERROR reply to a client."""
+
+    UNKNOWN_CLIENT = 1
+    """The dispatcher does not know this peer (it restarted, or HELLO was never sent): say HELLO again."""
+    VERSION_MISMATCH = 2
+    BAD_REQUEST = 3
+
+
+# --------------------------------------------------------------------------- batch items
+
+
+NO_RETRY_ON_NODE_LOSS: Final = 1
+"""TaskSpec flag: if the task's node dies while running it, resolve it NODE_LOST; never re-run it."""
+SOFT_AFFINITY: Final = 2
+"""TaskSpec flag: an idle node may take this task from its busy (live) node when that is faster."""
+KNOWN_FLAGS: Final = NO_RETRY_ON_NODE_LOSS | SOFT_AFFINITY
+
+
+class TaskSpec(NamedTuple):
+    """One task as a client submits it. ``node_name`` None means any node may run it."""
+
+    task_id: int
+    node_name: str | None
+    rank: float
+    payload: bytes
+    flags: int = 0
+
+
+class Placement(NamedTuple):
+    """A new place for a queued task (REPIN): ``node_name`` None means any node."""
+
+    task_id: int
+    node_name: str | None
+    rank: float
+
+
+class TaskAssignment(NamedTuple):
+    """One task as the dispatcher hands it to an agent."""
+
+    client_id: str
+    task_id: int
+    rank: float
+    payload: bytes
+
+
+class TaskResult(NamedTuple):
+    """One finished task as an agent reports it; ``runtime_s`` is its wall time in the worker."""
+
+    client_id: str
+    task_id: int
+    outcome: Outcome
+    payload: bytes
+    runtime_s: float = 0.0
+
+
+class Resolution(NamedTuple):
+    """One finished task as the dispatcher reports it to its client; ``node_name`` ran it."""
+
+    task_id: int
+    outcome: Outcome
+    payload: bytes
+    node_name: str
+    runtime_s: float = 0.0
+
+
+class TaskRef(NamedTuple):
+    """A task named by its owner and id (cancellation, drain hand-back)."""
+
+    client_id: str
+    task_id: int
+
+
+class NodeInfo(NamedTuple):
+    """One node as the dispatcher sees it (NODES and STATUS replies)."""
+
+    node_name: str
+    state: str
+    speed: float
+    slots: int
+    incarnation: int
+    queued: int
+    in_flight: int
+    done: int
+
+
+# --------------------------------------------------------------------------- messages
+
+
+@dataclass(frozen=True, slots=True)
+class Register:
+    """Agent -> dispatcher: I am ``node_name`` (agent process ``agent_id``), with these slots."""
+
+    node_name: str
+    agent_id: str
+    slots: int
+    prefetch: int
+    speed: float
+    protocol_version: int = PROTOCOL_VERSION
+
+
+@dataclass(frozen=True, slots=True)
+class Credit:
+    """Agent -> dispatcher: send me up to ``n`` more tasks."""
+
+    n: int
+
+
+@dataclass(frozen=True, slots=True)
+class Results:
+    """Agent -> dispatcher: these tasks finished."""
+
+    results: tuple[TaskResult, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Drain:
+    """Agent -> dispatcher: I am stopping; these unstarted tasks go back, running ones will finish."""
+
+    returned: tuple[TaskRef, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class StealReply:
+    """Agent -> dispatcher: of the tasks asked for in ``request_id``, these were not started and
+    are dropped here (confirmed); the others are running or done and stay."""
+
+    request_id: int
+    confirmed: tuple[TaskRef, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Bye:
+    """Agent -> dispatcher: I am gone; nothing of mine is running any more."""
+
+
+@dataclass(frozen=True, slots=True)
+class Registered:
+    """Dispatcher -> agent: welcome; heartbeat every ``heartbeat_interval_s``."""
+
+    node_name: str
+    incarnation: int
+    dispatcher_id: str
+    heartbeat_interval_s: float
+    liveness: int
+
+
+@dataclass(frozen=True, slots=True)
+class Tasks:
+    """Dispatcher -> agent: run these, in this order."""
+
+    tasks: tuple[TaskAssignment, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CancelTasks:
+    """Dispatcher -> agent: drop these if they have not started."""
+
+    tasks: tuple[TaskRef, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class StealRequest:
+    """Dispatcher -> agent: give back these tasks if they have not started (answer STEAL_REPLY)."""
+
+    request_id: int
+    tasks: tuple[TaskRef, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Reregister:
+    """Dispatcher -> agent: I do not know you (I restarted, or declared you dead): register again."""
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """Dispatcher -> agent: your registration is refused."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """Any direction: I am alive. Any other message counts as a heartbeat too."""
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """Client -> dispatcher: I am ``client_id``. Sent first, and again after UNKNOWN_CLIENT."""
+
+    client_id: str
+    protocol_version: int = PROTOCOL_VERSION
+
+
+@dataclass(frozen=True, slots=True)
+class Submit:
+    """Client -> dispatcher: queue these tasks. A task id already known is ignored (re-send safe)."""
+
+    tasks: tuple[TaskSpec, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    """Client -> dispatcher: cancel these of my tasks if they have not started."""
+
+    task_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Repin:
+    """Client -> dispatcher: move these of my tasks, if still queued, to a new node and rank (a re-plan)."""
+
+    tasks: tuple[Placement, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class NodesQuery:
+    """Client -> dispatcher: which nodes do you know? Answered by NODES with the same request id."""
+
+    request_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class StatusQuery:
+    """Client -> dispatcher: how are things? Answered by STATUS with the same request id."""
+
+    request_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Welcome:
+    """Dispatcher -> client: hello; ``dispatcher_id`` changes when the dispatcher restarts."""
+
+    dispatcher_id: str
+    heartbeat_interval_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    """Dispatcher -> client: these of your tasks ended."""
+
+    results: tuple[Resolution, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Nodes:
+    """Dispatcher -> client: the nodes, in name order."""
+
+    request_id: int
+    nodes: tuple[NodeInfo, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """Dispatcher -> client: nodes plus dispatcher-wide counters."""
+
+    request_id: int
+    dispatcher_id: str
+    nodes: tuple[NodeInfo, ...]
+    pool_queued: int
+    tasks_submitted: int
+    tasks_resolved: int
+    duplicates_dropped: int
+    bad_frames: int
+
+
+@dataclass(frozen=True, slots=True)
+class NodeChanged:
+    """Dispatcher -> every client: a node registered, began draining, died or left."""
+
+    node_name: str
+    state: str
+    incarnation: int
+    speed: float
+
+
+@dataclass(frozen=True, slots=True)
+class Error:
+    """Dispatcher -> client: your last message could not be served."""
+
+    code: ErrorCode
+    message: str
+
+
+AgentMessage = Register | Credit | Results | Drain | Bye | Heartbeat | StealReply
+"""What an agent may send."""
+ClientMessage = Hello | Submit | Cancel | Repin | NodesQuery | StatusQuery | Heartbeat
+"""What a client may send."""
+Message = (
+    AgentMessage
+    | Registered
+    | StealRequest
+    | Tasks
+    | CancelTasks
+    | Reregister
+    | Refused
+    | ClientMessage
+    | Welcome
+    | Resolved
+    | Nodes
+    | Status
+    | Error
+    | NodeChanged
+)
