@@ -18,22 +18,25 @@ def task(
     return os.environ.get("NODE_NAME", "?"), value + sum(p[1] for p in parents), started
 
 
-def dag(n: int, seed: int) -> list[tuple[int, list[int], float]]:
-    """(task, parents, cost at speed 1), in registration order."""
+def dag(
+    n: int, seed: int, width: tuple[int, int] = (20, 80), cost_s: tuple[float, float] = (0.002, 0.01)
+) -> list[tuple[int, list[int], float]]:
+    """A layered DAG: (task, parents, cost at speed 1) in registration order; each task has 1-3
+    parents in the layer above, layers are ``width`` wide, costs uniform in ``cost_s``."""
     rng = random.Random(seed)
     layers: list[list[int]] = []
     i = 0
     while i < n:
-        width = min(rng.randint(20, 80), n - i)
-        layers.append(list(range(i, i + width)))
-        i += width
+        size = min(rng.randint(*width), n - i)
+        layers.append(list(range(i, i + size)))
+        i += size
     out = []
     for depth, layer in enumerate(layers):
         for t in layer:
             parents = (
                 sorted(rng.sample(layers[depth - 1], min(len(layers[depth - 1]), rng.randint(1, 3)))) if depth else []
             )
-            out.append((t, parents, rng.uniform(0.002, 0.01)))
+            out.append((t, parents, rng.uniform(*cost_s)))
     return out
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 import re
 import threading
 import time
@@ -14,6 +13,7 @@ import parsl
 import pytest
 from parsl import Config, python_app
 
+from chaos import workload
 from dispatcher import DispatcherUnavailable, LocalCluster
 from parsl_adapter import NoLiveNodes, PlanningError, SagaDispatchExecutor
 
@@ -31,27 +31,7 @@ def load(executor: SagaDispatchExecutor, tmp_path: Path, **config: Any) -> Any:
 
 
 def layered_dag(n: int, seed: int) -> list[tuple[int, list[int], float]]:
-    """(task index, parent indices, cost at speed 1) in registration order."""
-    rng = random.Random(seed)
-    layers: list[list[int]] = []
-    i = 0
-    while i < n:
-        width = min(rng.randint(4, 40), n - i)
-        layers.append(list(range(i, i + width)))
-        i += width
-    dag = []
-    for depth, layer in enumerate(layers):
-        for t in layer:
-            parents = rng.sample(layers[depth - 1], min(len(layers[depth - 1]), rng.randint(1, 3))) if depth else []
-            dag.append((t, sorted(parents), rng.uniform(0.0005, 0.004)))
-    return dag
-
-
-def expected_values(dag: list[tuple[int, list[int], float]]) -> dict[int, int]:
-    values: dict[int, int] = {}
-    for t, parents, _ in dag:
-        values[t] = t + sum(values[p] for p in parents)
-    return values
+    return workload.dag(n, seed, width=(4, 40), cost_s=(0.0005, 0.004))
 
 
 @pytest.mark.parametrize("scheduler", ["HEFT", "CPOP", "MinMin", "ETF"])
@@ -59,7 +39,7 @@ def test_1000_task_dag_runs_every_task_on_its_planned_node_in_rank_order(schedul
     dag = layered_dag(1000, seed=7)
     ex = SagaDispatchExecutor(scheduler=scheduler, local_nodes=4, local_speeds=SPEEDS, workers_per_node=1)
     with load(ex, tmp_path):
-        app = python_app(dag_apps.node_task, executors=[ex.label])
+        app = python_app(workload.task, executors=[ex.label])
         futures: dict[int, Any] = {}
         with ex.plan():
             for t, parents, cost in dag:
@@ -68,7 +48,7 @@ def test_1000_task_dag_runs_every_task_on_its_planned_node_in_rank_order(schedul
         tids = {t: f.tid for t, f in futures.items()}
         planned = {t: ex.planned(tids[t]) for t in futures}
         plans = list(ex.plans)
-    expected = expected_values(dag)
+    expected = workload.expected(dag)
     by_node: dict[str, list[tuple[int, float]]] = defaultdict(list)
     for t, (ran_on, value, started_ns) in results.items():
         assert value == expected[t], t
@@ -87,7 +67,7 @@ def test_the_dag_is_planned_whole_before_deep_tasks_can_run(tmp_path: Path) -> N
     """A chain's last task is placed by the first plan, while its first task is still running."""
     ex = SagaDispatchExecutor(local_nodes=2, local_speeds=[1.0, 2.0])
     with load(ex, tmp_path):
-        app = python_app(dag_apps.node_task, executors=[ex.label])
+        app = python_app(workload.task, executors=[ex.label])
         first = app(0, parsl_resource_specification={"cost": 0.5})
         chain = [first]
         for i in range(1, 10):
@@ -109,7 +89,7 @@ def test_recovered_task_ids_match_parsl_ids_even_with_shared_resource_specs(tmp_
     ex = SagaDispatchExecutor(local_nodes=2)
     shared = {"cost": 0.001}
     with load(ex, tmp_path, garbage_collect=False) as dfk:
-        app = python_app(dag_apps.node_task, executors=[ex.label])
+        app = python_app(workload.task, executors=[ex.label])
         futures = [app(i, parsl_resource_specification=shared) for i in range(30)]  # one dict, 30 tasks
         futures += [app(i) for i in range(30, 60)]  # the app's shared default
         futures += [app(i, futures[i], parsl_resource_specification={"cost": 0.001}) for i in range(30)]
@@ -132,7 +112,7 @@ def test_result_inside_plan_block_does_not_deadlock(tmp_path: Path) -> None:
 def test_tasks_registered_after_a_plan_are_placed_incrementally(tmp_path: Path) -> None:
     ex = SagaDispatchExecutor(local_nodes=2, local_speeds=[1.0, 2.0])
     with load(ex, tmp_path):
-        app = python_app(dag_apps.node_task, executors=[ex.label])
+        app = python_app(workload.task, executors=[ex.label])
         first = [app(i, parsl_resource_specification={"cost": 0.01}) for i in range(5)]
         assert [f.result(timeout=30)[1] for f in first] == list(range(5))
         later = app(100, *first, parsl_resource_specification={"cost": 0.01})
@@ -155,7 +135,7 @@ def test_remote_exceptions_reraise_as_in_parsl(tmp_path: Path) -> None:
 def test_a_bad_cost_hint_fails_that_task_with_a_clear_error(bad: object, tmp_path: Path) -> None:
     ex = SagaDispatchExecutor(local_nodes=1)
     with load(ex, tmp_path):
-        app = python_app(dag_apps.node_task, executors=[ex.label])
+        app = python_app(workload.task, executors=[ex.label])
         good = app(1, parsl_resource_specification={"cost": 0.001})
         with pytest.raises(ValueError, match=r"parsl_resource_specification\['cost'\] must be a non-negative number"):
             app(2, parsl_resource_specification={"cost": bad}).result(timeout=30)
@@ -231,7 +211,7 @@ def test_a_killed_node_s_work_is_replanned_and_finishes_elsewhere(tmp_path: Path
     ex = SagaDispatchExecutor(local_nodes=4, local_speeds=SPEEDS, workers_per_node=1)
     with load(ex, tmp_path):
         assert ex.cluster is not None
-        app = python_app(dag_apps.node_task, executors=[ex.label])
+        app = python_app(workload.task, executors=[ex.label])
         futures: dict[int, Any] = {}
         with ex.plan():
             for t, parents, cost in dag:
@@ -247,7 +227,7 @@ def test_a_killed_node_s_work_is_replanned_and_finishes_elsewhere(tmp_path: Path
         replans = [p for p in ex.plans if p.get("replan_of") == victim]
         assert ex.duplicate_resolutions == 0
         assert ex.client is not None and ex.client.resolutions_ignored == 0
-    expected = expected_values(dag)
+    expected = workload.expected(dag)
     assert {t: r[1] for t, r in results.items()} == expected
     moved = [t for t, r in results.items() if planned_before[t] == victim and r[0] != victim]
     assert moved, "nothing planned on the dead node ran elsewhere"
@@ -263,7 +243,7 @@ def test_a_no_retry_task_on_a_dying_node_fails_node_lost(tmp_path: Path) -> None
     ex = SagaDispatchExecutor(local_nodes=2, local_speeds=[1.0, 1.0], workers_per_node=1)
     with load(ex, tmp_path):
         assert ex.cluster is not None
-        app = python_app(dag_apps.node_task, executors=[ex.label])
+        app = python_app(workload.task, executors=[ex.label])
         future = app(1, parsl_resource_specification={"cost": 30.0, "retry_on_node_loss": False})
         deadline = time.monotonic() + 30
         while True:  # until the dispatcher has it in flight on its planned node
