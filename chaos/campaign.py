@@ -47,7 +47,14 @@ def run_seeds(
             ])  # fmt: skip
             started = time.monotonic()
             env = {**os.environ, PARENT_ENV: str(os.getpid())}
-            proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s + 120, check=False, env=env)
+            try:
+                proc = subprocess.run(
+                    argv, capture_output=True, text=True, timeout=timeout_s + 120, check=False, env=env
+                )
+            except subprocess.TimeoutExpired:
+                lab.kill_processes()
+                results.append({"seed": seed, "error": f"hung for {timeout_s + 120:g} s", "log_dir": str(log_dir)})
+                continue
             lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
             if proc.returncode != 0 or not lines:
                 results.append({"seed": seed, "error": (proc.stderr or proc.stdout)[-2000:], "log_dir": str(log_dir)})

@@ -90,13 +90,17 @@ class NetLab:
     def link(self, i: int, up: bool) -> None:
         self._in(self.hub, "link", "set", f"v{i}", "up" if up else "down")
 
-    def down(self) -> None:
-        for name in reversed(self._made):
-            # Anything still running in the namespace (a run that was killed) goes first.
+    def kill_processes(self) -> None:
+        """SIGKILL everything still running in the lab's namespaces (a run that hung or was killed)."""
+        for name in self._made:
             pids = subprocess.run(["ip", "netns", "pids", name], check=False, capture_output=True, text=True).stdout
             for pid in pids.split():
                 with contextlib.suppress(ProcessLookupError, ValueError):
                     os.kill(int(pid), signal.SIGKILL)
+
+    def down(self) -> None:
+        self.kill_processes()
+        for name in reversed(self._made):
             subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)
         self._made.clear()
 

@@ -284,11 +284,12 @@ class DispatcherCore:
             self._declare_dead(previous, f"its agent re-registered as {name}")
         if node is None:
             node = self.nodes[name] = NodeActor(name, self._now)
-        if node.state in CONNECTED:  # the same agent again (lost reply, or a new socket)
+        if node.state in CONNECTED:  # the same agent again, on a new socket after losing its connection
             if node.peer != peer:
                 self._agents.pop(node.peer or b"", None)
                 node.peer = peer
             node.last_seen = self._now
+            self._resync(node, {(ref.client_id, ref.task_id) for ref in message.running})
         else:
             if node.peer is not None:
                 self._agents.pop(node.peer, None)
@@ -311,6 +312,20 @@ class DispatcherCore:
             node,
             p.Registered(name, node.incarnation, cfg.dispatcher_id, cfg.heartbeat_interval_s, cfg.liveness),
         )
+
+    def _resync(self, node: NodeActor, running: set[TaskKey]) -> None:
+        """The agent started over: it runs ``running`` and nothing else we sent it (it dropped what it
+        had not started, and frames sent to its old socket were lost). The rest goes back to its queue."""
+        lost = [record for key, record in node.in_flight.items() if key not in running]
+        for record in lost:
+            del node.in_flight[record.key]
+            record.holder = None
+            record.steal_id = 0
+        self._requeue(lost)
+        node.credit = 0  # it grants afresh
+        self._hungry.pop(node.name, None)
+        if lost:
+            self._log("agent_resynced", node=node.name, requeued=len(lost), running=len(node.in_flight))
 
     def _reclaim(self, node: NodeActor) -> None:
         """A node is back: its pinned tasks still waiting in the pool return to its queue."""

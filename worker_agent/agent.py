@@ -134,12 +134,10 @@ class Agent:
         self._sock = sock
         self.phase = Phase.REGISTERING
         self._granted = 0
-        self._send(
-            p.Register(
-                self.config.node_name, self.agent_id, self.config.workers, self.config.prefetch, self.config.speed
-            ),
-            now,
-        )
+        running = tuple(p.TaskRef(c, t) for c, t in self._pool.running) if self._pool is not None else ()
+        cfg = self.config
+        register = p.Register(cfg.node_name, self.agent_id, cfg.workers, cfg.prefetch, cfg.speed, running=running)
+        self._send(register, now)
         self._retry_at = now + self._backoff_s * random.uniform(1.0, 1.5)
         self._backoff_s = min(self._backoff_s * 2, self.config.reconnect_max_s)
 

@@ -143,6 +143,7 @@ def _register(f: list[Any]) -> Register:
         prefetch=_int(f[3], "prefetch", 0, MAX_SLOTS),
         speed=_float(f[4], "speed", positive=True),
         protocol_version=_int(f[5], "protocol_version"),
+        running=_refs(f[6], "running"),
     )
 
 
@@ -239,7 +240,7 @@ def _error(f: list[Any]) -> Error:
 
 
 _DECODERS: Final[dict[Op, tuple[int, Any]]] = {
-    Op.REGISTER: (6, _register),
+    Op.REGISTER: (7, _register),
     Op.CREDIT: (1, lambda f: Credit(_int(f[0], "credit", 1, MAX_SLOTS * 2))),
     Op.RESULTS: (1, _results),
     Op.DRAIN: (1, lambda f: Drain(_refs(f[0], "returned"))),

@@ -187,6 +187,9 @@ class Register:
     prefetch: int
     speed: float
     protocol_version: int = PROTOCOL_VERSION
+    running: tuple[TaskRef, ...] = ()
+    """Tasks this agent is running right now (non-empty when it registers again after losing its
+    connection: everything else the dispatcher thought it held was dropped or never arrived)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -47,12 +47,24 @@ def test_second_live_agent_with_same_node_name_is_refused(t: Transcript) -> None
     assert t.core.nodes["node-a"].agent_id == "agent-node-a"
 
 
-def test_same_agent_registering_again_keeps_its_incarnation_and_work(t: Transcript) -> None:
+def test_same_agent_registering_again_keeps_its_incarnation_and_running_work(t: Transcript) -> None:
     t.register("node-a", slots=1)
     t.submit((1, "node-a", 0.0))
-    out = t.agent(b"node-a-new-socket", p.Register("node-a", "agent-node-a", 1, 0, 1.0))
+    out = t.agent(
+        b"node-a-new-socket", p.Register("node-a", "agent-node-a", 1, 0, 1.0, running=(p.TaskRef(CLIENT_ID, 1),))
+    )
     assert to_agents(out) == [(b"node-a-new-socket", p.Registered("node-a", 1, "d1", 0.5, 3))]
     assert list(t.core.nodes["node-a"].in_flight) == [(CLIENT_ID, 1)]
+
+
+def test_an_agent_that_reconnects_gets_back_what_it_dropped_or_never_received(t: Transcript) -> None:
+    """Its link went down: it dropped its unstarted tasks, and frames sent to its old socket were lost."""
+    t.register("node-a", slots=1, prefetch=2)
+    t.submit((1, "node-a", 0.0), (2, "node-a", 1.0), (3, "node-a", 2.0))  # 1 running, 2 and 3 prefetched
+    out = t.agent(b"node-a-new", p.Register("node-a", "agent-node-a", 1, 2, 1.0, running=(p.TaskRef(CLIENT_ID, 1),)))
+    assert "agent_resynced" in logs(out)
+    assert list(t.core.nodes["node-a"].in_flight) == [(CLIENT_ID, 1)]
+    assert sent_tasks(t.agent(b"node-a-new", p.Credit(2)), b"node-a-new") == [2, 3]
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,7 @@ pytestmark = pytest.mark.unit
 NODE = p.NodeInfo("node-a", "alive", 2.0, 4, 1, 3, 2, 10)
 EXAMPLES: list[p.Message] = [
     p.Register("node-a", "agent-1", 4, 2, 1.5),
+    p.Register("node-a", "agent-1", 4, 2, 1.5, running=(p.TaskRef("c1", 3),)),
     p.Credit(3),
     p.Results(
         (p.TaskResult("c1", 7, p.Outcome.OK, b"\x80value", 0.5), p.TaskResult("c1", 8, p.Outcome.APP_ERROR, b""))
@@ -54,7 +55,8 @@ def test_round_trip(message: p.Message) -> None:
 
 
 def test_decoded_batches_are_typed_tuples() -> None:
-    decoded = p.decode(p.encode(EXAMPLES[2]))
+    [results] = [m for m in EXAMPLES if isinstance(m, p.Results)]
+    decoded = p.decode(p.encode(results))
     assert isinstance(decoded, p.Results)
     assert isinstance(decoded.results, tuple)
     assert isinstance(decoded.results[0], p.TaskResult)
@@ -67,7 +69,7 @@ def raw(*parts: object) -> bytes:
 
 BAD_FRAMES = {
     "empty": b"",
-    "truncated": p.encode(EXAMPLES[12])[:-3],
+    "truncated": p.encode(p.Submit((p.TaskSpec(1, "node-a", 1.0, b"x"),)))[:-3],
     "not msgpack": b"\xc1\xc1\xc1",
     "trailing bytes": p.encode(p.Heartbeat()) + b"\x00",
     "not an array": msgpack.packb({"op": 1}),
@@ -77,13 +79,13 @@ BAD_FRAMES = {
     "op as string": raw(p.PROTOCOL_VERSION, "HEARTBEAT"),
     "too many fields": raw(p.PROTOCOL_VERSION, p.Op.HEARTBEAT, 1),
     "too few fields": raw(p.PROTOCOL_VERSION, p.Op.REGISTER, "node-a"),
-    "slots as string": raw(p.PROTOCOL_VERSION, p.Op.REGISTER, "node-a", "a", "4", 0, 1.0, 1),
-    "zero slots": raw(p.PROTOCOL_VERSION, p.Op.REGISTER, "node-a", "a", 0, 0, 1.0, 1),
-    "negative speed": raw(p.PROTOCOL_VERSION, p.Op.REGISTER, "node-a", "a", 1, 0, -1.0, 1),
-    "nan speed": raw(p.PROTOCOL_VERSION, p.Op.REGISTER, "node-a", "a", 1, 0, float("nan"), 1),
+    "slots as string": raw(p.PROTOCOL_VERSION, p.Op.REGISTER, "node-a", "a", "4", 0, 1.0, 1, []),
+    "zero slots": raw(p.PROTOCOL_VERSION, p.Op.REGISTER, "node-a", "a", 0, 0, 1.0, 1, []),
+    "negative speed": raw(p.PROTOCOL_VERSION, p.Op.REGISTER, "node-a", "a", 1, 0, -1.0, 1, []),
+    "nan speed": raw(p.PROTOCOL_VERSION, p.Op.REGISTER, "node-a", "a", 1, 0, float("nan"), 1, []),
     "bool as int": raw(p.PROTOCOL_VERSION, p.Op.CREDIT, True),  # noqa: FBT003
     "zero credit": raw(p.PROTOCOL_VERSION, p.Op.CREDIT, 0),
-    "node name too long": raw(p.PROTOCOL_VERSION, p.Op.REGISTER, "n" * 254, "a", 1, 0, 1.0, 1),
+    "node name too long": raw(p.PROTOCOL_VERSION, p.Op.REGISTER, "n" * 254, "a", 1, 0, 1.0, 1, []),
     "payload as str": raw(p.PROTOCOL_VERSION, p.Op.SUBMIT, [[1, None, 0.0, "text", 0]]),
     "unknown flag": raw(p.PROTOCOL_VERSION, p.Op.SUBMIT, [[1, None, 0.0, b"", 8]]),
     "negative task id": raw(p.PROTOCOL_VERSION, p.Op.SUBMIT, [[-1, None, 0.0, b"", 0]]),
