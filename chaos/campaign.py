@@ -83,6 +83,13 @@ def report(results: list[dict[str, Any]]) -> str:
     kinds = Counter(f["kind"] for r in done for f in r["faults"])
     recoveries = [x["recovery_s"] for r in done for x in r["recoveries"]]
     kills = [x["recovery_s"] for r in done for x in r["recoveries"] if x["kind"] == "kill"]
+    restarted = {r["seed"] for r in done if any(f["kind"] == "dispatcher" for f in r["faults"])}
+    kills_alone = [
+        x["recovery_s"] for r in done if r["seed"] not in restarted for x in r["recoveries"] if x["kind"] == "kill"
+    ]
+    kills_with = [
+        x["recovery_s"] for r in done if r["seed"] in restarted for x in r["recoveries"] if x["kind"] == "kill"
+    ]
     rows: list[tuple[str, object]] = [
         ("runs", len(results)),
         ("runs that crashed", len(results) - len(done)),
@@ -98,6 +105,14 @@ def report(results: list[dict[str, Any]]) -> str:
             f"{_pct(recoveries, 0.5)} / {_pct(recoveries, 0.99)} (n={len(recoveries)})",
         ),
         ("recovery p50 / p99 (s), SIGKILL", f"{_pct(kills, 0.5)} / {_pct(kills, 0.99)} (n={len(kills)})"),
+        (
+            "  SIGKILL, dispatcher up",
+            f"{_pct(kills_alone, 0.5)} / {_pct(kills_alone, 0.99)} (n={len(kills_alone)})",
+        ),
+        (
+            "  SIGKILL + dispatcher restart in the same run",
+            f"{_pct(kills_with, 0.5)} / {_pct(kills_with, 0.99)} (n={len(kills_with)})",
+        ),
         ("run time median (s)", f"{statistics.median(r['elapsed_s'] for r in done):.1f}" if done else "-"),
     ]
     return table(["", "value"], [[str(a), str(b)] for a, b in rows])

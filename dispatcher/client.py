@@ -95,6 +95,7 @@ class Client:
         self._pending: dict[int, tuple[TaskFuture, p.TaskSpec]] = {}
         self._outbox: deque[p.TaskSpec | p.Cancel | p.Repin | p.NodesQuery | p.StatusQuery] = deque()
         self._node_listeners: list[Callable[[p.NodeChanged], None]] = []
+        self._restart_listeners: list[Callable[[str], None]] = []
         self._replies: dict[int, Future[p.Message]] = {}
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -159,6 +160,10 @@ class Client:
     def on_node_change(self, listener: Callable[[p.NodeChanged], None]) -> None:
         """Call ``listener`` (on the client's I/O thread; keep it short) whenever a node changes state."""
         self._node_listeners.append(listener)
+
+    def on_dispatcher_restart(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(new_dispatcher_id)`` (on the I/O thread) when the dispatcher comes back empty."""
+        self._restart_listeners.append(listener)
 
     def nodes(self, timeout_s: float = 10.0) -> tuple[p.NodeInfo, ...]:
         reply = self._ask(p.NodesQuery, timeout_s)
@@ -325,8 +330,15 @@ class Client:
                 tasks=len(resend),
                 restarted=message.dispatcher_id != self.dispatcher_id,
             )
+        restarted = self.dispatcher_id is not None and message.dispatcher_id != self.dispatcher_id
         self.dispatcher_id = message.dispatcher_id
         self._welcomed.set()
+        if restarted:
+            for listener in self._restart_listeners:
+                try:
+                    listener(message.dispatcher_id)
+                except Exception:
+                    log.exception("restart_listener_failed")
 
     def _error(self, sock: zmq.Socket[bytes], message: p.Error) -> None:
         if message.code is p.ErrorCode.UNKNOWN_CLIENT:

@@ -104,6 +104,7 @@ class SagaDispatchExecutor(ParslExecutor):
         bandwidth: float = 1e9,
         node_wait_timeout_s: float = 30.0,
         plan_timeout_s: float = 600.0,
+        rejoin_grace_s: float = 3.0,
         connect_timeout_s: float = 10.0,
     ) -> None:
         super().__init__()
@@ -133,6 +134,7 @@ class SagaDispatchExecutor(ParslExecutor):
         self.bandwidth = bandwidth
         self.node_wait_timeout_s = node_wait_timeout_s
         self.plan_timeout_s = plan_timeout_s
+        self.rejoin_grace_s = rejoin_grace_s
         self.connect_timeout_s = connect_timeout_s
 
         self.cluster: LocalCluster | None = None
@@ -153,6 +155,8 @@ class SagaDispatchExecutor(ParslExecutor):
         """Released to the dispatcher and not resolved yet (what a re-plan may re-pin)."""
         self._done: set[int] = set()
         self._node_events: deque[p.NodeChanged] = deque()
+        self._rejoin_check_at: float | None = None
+        """After a dispatcher restart: when to treat nodes that have not re-registered as lost."""
         self.duplicate_resolutions = 0
         """Results for tasks whose future was already resolved (should stay 0)."""
         self._order = ReleaseOrder()
@@ -188,6 +192,7 @@ class SagaDispatchExecutor(ParslExecutor):
         try:
             self.client = Client(address, connect_timeout_s=self.connect_timeout_s)
             self.client.on_node_change(self._node_changed)
+            self.client.on_dispatcher_restart(self._dispatcher_restarted)
             self._planner.start()
         except BaseException:
             self._teardown()
@@ -281,12 +286,39 @@ class SagaDispatchExecutor(ParslExecutor):
             self._node_events.append(notice)
             self._lock.notify()
 
+    def _dispatcher_restarted(self, dispatcher_id: str) -> None:
+        """From the client's I/O thread: the dispatcher restarted and knows no nodes yet."""
+        log.warning("dispatcher_restarted", dispatcher_id=dispatcher_id, rejoin_grace_s=self.rejoin_grace_s)
+        with self._lock:
+            self._rejoin_check_at = time.monotonic() + self.rejoin_grace_s
+            self._lock.notify()
+
+    def _missing_after_restart(self) -> list[str]:
+        """Nodes with unfinished planned work that did not re-register with a restarted dispatcher.
+
+        A fresh dispatcher knows only the agents that come back; tasks re-sent for a node that died
+        meanwhile would wait ``pending_grace_s`` there. Treating it as lost after ``rejoin_grace_s``
+        re-plans them now."""
+        assert self.client is not None
+        alive = {n.node_name for n in self.client.nodes() if n.state == "alive"}
+        with self._lock:
+            planned = {p.node for tid, p in self._plan.items() if tid not in self._done}
+        return sorted(planned - alive)
+
     def _conduct(self) -> None:
         while not self._stop.is_set():
             with self._lock:
                 self._lock.wait(timeout=0.005 if self._held else 0.05)
                 events = list(self._node_events)
                 self._node_events.clear()
+                rejoin_due = self._rejoin_check_at is not None and time.monotonic() >= self._rejoin_check_at
+                if rejoin_due:
+                    self._rejoin_check_at = None
+            if rejoin_due:
+                try:
+                    events += [p.NodeChanged(name, "dead", 0, 1.0) for name in self._missing_after_restart()]
+                except DispatchError:
+                    log.exception("rejoin_check_failed")
             for notice in events:
                 self._handle_node_change(notice)
             with self._lock:

@@ -1,0 +1,51 @@
+"""``python -m bench [--quick] [--only NAME ...] [--out FILE]``: run the benchmarks, print tables."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from importlib.metadata import version
+from pathlib import Path
+
+from bench import parsl_overhead
+
+
+def header(quick: bool) -> str:
+    return (
+        f"Machine: {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"Parsl {version('parsl')}, pyzmq {version('pyzmq')}, anrg-saga {version('anrg-saga')}; "
+        f"{'quick sizes, 1 round' if quick else 'medians of 3 rounds'}; "
+        f"command: uv run python -m bench{' --quick' if quick else ''}"
+    )
+
+
+BENCHMARKS = {
+    "throughput": lambda s: parsl_overhead.throughput(s, logging=True),
+    "throughput-nolog": lambda s: parsl_overhead.throughput(s, logging=False),
+    "roundtrip": parsl_overhead.round_trip,
+    "sleep": parsl_overhead.sleep_efficiency,
+}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench")
+    parser.add_argument("--quick", action="store_true", help="small sizes, one round (CI)")
+    parser.add_argument("--only", nargs="*", choices=sorted(BENCHMARKS), help="run only these")
+    parser.add_argument("--out", default=None, help="also write the markdown here")
+    args = parser.parse_args()
+    sizes = parsl_overhead.Sizes.pick(args.quick)
+    parts = [header(args.quick)]
+    for name in args.only or BENCHMARKS:
+        started = time.monotonic()
+        parts.append(BENCHMARKS[name](sizes))
+        print(parts[-1], f"\n({name}: {time.monotonic() - started:.0f} s)\n", flush=True)
+    if args.out:
+        Path(args.out).write_text("\n\n".join(parts) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

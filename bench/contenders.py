@@ -1,0 +1,58 @@
+"""Parsl configs for each contender, built fresh for every round (a DFK cannot be reused)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Protocol
+
+import parsl
+from parsl import Config
+from parsl.executors import HighThroughputExecutor, ThreadPoolExecutor
+from parsl.providers import LocalProvider
+
+from parsl_adapter import SagaDispatchExecutor
+
+
+class Factory(Protocol):
+    def __call__(self, workers: int, *, logging: bool) -> Config: ...
+
+
+def saga(workers: int, *, logging: bool, **kwargs: Any) -> Config:
+    ex = SagaDispatchExecutor(label="bench", local_nodes=1, workers_per_node=workers, **kwargs)
+    return Config(executors=[ex], initialize_logging=logging)
+
+
+def htex(workers: int, *, logging: bool) -> Config:
+    # HTEX caps workers at the core count unless cores_per_worker is lowered.
+    cores = os.cpu_count() or 1
+    ex = HighThroughputExecutor(
+        label="bench",
+        max_workers_per_node=workers,
+        cores_per_worker=min(1.0, cores / workers),
+        address="127.0.0.1",
+        provider=LocalProvider(init_blocks=1, min_blocks=1, max_blocks=1),
+    )
+    return Config(executors=[ex], initialize_logging=logging)
+
+
+def threads(workers: int, *, logging: bool) -> Config:
+    return Config(executors=[ThreadPoolExecutor(label="bench", max_threads=workers)], initialize_logging=logging)
+
+
+CONTENDERS: dict[str, Factory] = {"saga-dispatch": saga, "htex": htex, "threadpool": threads}
+
+
+@contextmanager
+def loaded(config: Config) -> Iterator[Any]:
+    """A DFK for one round, in a scratch run_dir; always cleaned up."""
+    with tempfile.TemporaryDirectory(prefix="saga-bench-") as run_dir:
+        config.run_dir = run_dir
+        dfk = parsl.load(config)
+        try:
+            yield dfk
+        finally:
+            dfk.cleanup()
+            parsl.clear()

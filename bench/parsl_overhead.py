@@ -1,0 +1,98 @@
+"""Benchmarks 1-3, through Parsl: no-op throughput, sequential round trip, 10 ms sleep efficiency.
+
+Each round loads a fresh DFK per contender, in rotating order, and times only the task loop
+(start-up excluded); medians are over rounds.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+
+from parsl import python_app
+
+from bench import apps
+from bench.contenders import CONTENDERS, loaded
+from bench.stats import markdown, median, percentile
+
+
+@dataclass(frozen=True)
+class Sizes:
+    rounds: int
+    noop_tasks: tuple[int, ...]
+    round_trips: int
+    sleep_tasks: int
+
+    @classmethod
+    def pick(cls, quick: bool) -> Sizes:
+        return cls(1, (500,), 100, 160) if quick else cls(3, (2000, 10000), 1000, 1600)
+
+
+def _order(round_no: int) -> list[str]:
+    names = list(CONTENDERS)
+    k = round_no % len(names)
+    return names[k:] + names[:k]
+
+
+def throughput(sizes: Sizes, logging: bool, workers: int = 2) -> str:
+    rates: dict[tuple[str, int], list[float]] = defaultdict(list)
+    for r in range(sizes.rounds):
+        for name in _order(r):
+            with loaded(CONTENDERS[name](workers, logging=logging)):
+                app = python_app(apps.noop, executors=["bench"])
+                [f.result() for f in [app(i) for i in range(50)]]  # warm up
+                for n in sizes.noop_tasks:
+                    started = time.perf_counter()
+                    futures = [app(i) for i in range(n)]
+                    for f in futures:
+                        f.result()
+                    rates[name, n].append(n / (time.perf_counter() - started))
+    rows = []
+    for n in sizes.noop_tasks:
+        base = median(rates["threadpool", n])
+        for name in CONTENDERS:
+            m = median(rates[name, n])
+            rows.append([f"{n:,}", name, round(m), f"{m / base:.2f}", ", ".join(f"{x:.0f}" for x in rates[name, n])])
+    title = f"No-op throughput through Parsl ({workers} workers, Parsl logging {'on (DEBUG)' if logging else 'off'})"
+    return f"### {title}\n\n" + markdown(["tasks", "executor", "tasks/s (median)", "x threadpool", "rounds"], rows)
+
+
+def round_trip(sizes: Sizes, workers: int = 2) -> str:
+    results: dict[str, list[float]] = defaultdict(list)
+    p99s: dict[str, list[float]] = defaultdict(list)
+    for r in range(sizes.rounds):
+        for name in _order(r):
+            with loaded(CONTENDERS[name](workers, logging=True)):
+                app = python_app(apps.noop, executors=["bench"])
+                for i in range(20):
+                    app(i).result()
+                times = []
+                for i in range(sizes.round_trips):
+                    started = time.perf_counter()
+                    app(i).result()
+                    times.append(time.perf_counter() - started)
+                results[name].append(median(times) * 1e3)
+                p99s[name].append(percentile(times, 0.99) * 1e3)
+    rows = [[name, f"{median(results[name]):.3f}", f"{median(p99s[name]):.3f}"] for name in CONTENDERS]
+    return "### Sequential round trip (submit, wait, repeat)\n\n" + markdown(["executor", "median ms", "p99 ms"], rows)
+
+
+def sleep_efficiency(sizes: Sizes, workers: int = 8) -> str:
+    effs: dict[str, list[float]] = defaultdict(list)
+    for r in range(sizes.rounds):
+        for name in _order(r):
+            with loaded(CONTENDERS[name](workers, logging=True)):
+                app = python_app(apps.sleep10ms, executors=["bench"])
+                [f.result() for f in [app() for _ in range(workers * 2)]]
+                started = time.perf_counter()
+                for f in [app() for _ in range(sizes.sleep_tasks)]:
+                    f.result()
+                ideal = sizes.sleep_tasks * 0.01 / workers
+                effs[name].append(ideal / (time.perf_counter() - started))
+    rows = [
+        [name, f"{100 * median(effs[name]):.0f}%", ", ".join(f"{100 * e:.0f}%" for e in effs[name])]
+        for name in CONTENDERS
+    ]
+    title = f"10 ms sleep tasks, {workers} workers: efficiency vs ideal ({sizes.sleep_tasks} tasks)"
+    return f"### {title}\n\n" + markdown(["executor", "efficiency (median)", "rounds"], rows)
