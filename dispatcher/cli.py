@@ -118,6 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run_dispatcher(args: argparse.Namespace) -> int:
+    from dispatcher.core import CoreConfig
     from dispatcher.lifeline import die_with_parent
     from dispatcher.service import DispatcherConfig, DispatcherService
 
@@ -126,9 +127,9 @@ def _run_dispatcher(args: argparse.Namespace) -> int:
         host=args.host,
         client_port=args.client_port,
         agent_port=args.agent_port,
-        heartbeat_interval_s=args.heartbeat_interval,
-        liveness=args.liveness,
-        pending_grace_s=args.pending_grace,
+        core=CoreConfig(
+            heartbeat_interval_s=args.heartbeat_interval, liveness=args.liveness, pending_grace_s=args.pending_grace
+        ),
     )
     service = DispatcherService(config)
     service.install_signal_handlers()

@@ -54,7 +54,7 @@ POOL = "__pool__"
 
 @dataclass(frozen=True, slots=True)
 class CoreConfig:
-    dispatcher_id: str
+    dispatcher_id: str = ""
     """Changes every time the dispatcher starts; clients use it to notice a restart."""
     heartbeat_interval_s: float = 0.5
     liveness: int = 3

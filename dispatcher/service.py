@@ -8,6 +8,7 @@ back are carried out in order. Nothing a peer sends can stop the loop: undecodab
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import signal
@@ -15,7 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final, Literal
 
 import zmq
@@ -52,19 +53,10 @@ class DispatcherConfig:
     client_port: int = 5560
     """0 picks a free port (reported by :meth:`DispatcherService.bind`)."""
     agent_port: int = 5561
-    heartbeat_interval_s: float = 0.5
-    liveness: int = 3
-    pending_grace_s: float = 30.0
+    core: CoreConfig = field(default_factory=CoreConfig)
+    """Liveness, grace and stealing settings; ``dispatcher_id`` is set at start."""
     tick_s: float = 0.05
     max_frame_bytes: int = p.MAX_FRAME_BYTES
-
-    def core_config(self, dispatcher_id: str) -> CoreConfig:
-        return CoreConfig(
-            dispatcher_id=dispatcher_id,
-            heartbeat_interval_s=self.heartbeat_interval_s,
-            liveness=self.liveness,
-            pending_grace_s=self.pending_grace_s,
-        )
 
 
 class DispatcherService:
@@ -73,7 +65,7 @@ class DispatcherService:
     def __init__(self, config: DispatcherConfig, clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
         self.dispatcher_id = uuid.uuid4().hex[:16]
-        self.core = DispatcherCore(config.core_config(self.dispatcher_id))
+        self.core = DispatcherCore(dataclasses.replace(config.core, dispatcher_id=self.dispatcher_id))
         self._clock = clock
         self._stimuli = itertools.count()
         self._stop = threading.Event()
