@@ -5,6 +5,7 @@ The deselections and their reasons are in ``plugin.py`` and docs/parsl.md.
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import pytest
 pytestmark = pytest.mark.integration
 
 HERE = Path(__file__).parent
+ROOT = HERE.parent.parent
 COMMAND = [
     sys.executable, "-m", "pytest",
     "-p", "tests.parsl_suite.plugin", "-p", "parsl.tests.conftest",
@@ -25,7 +27,9 @@ COMMAND = [
 
 
 def test_parsl_test_suite_passes_against_saga_dispatch_executor(tmp_path: Path) -> None:
-    proc = subprocess.run(COMMAND, cwd=HERE.parent.parent, capture_output=True, text=True, timeout=1200, check=False)
+    # Run from a scratch directory: Parsl's suite writes pytest-parsl/, runinfo/ and files where it runs.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run(COMMAND, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1200, check=False)
     summary = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr[-2000:]
     assert proc.returncode == 0, f"Parsl's suite failed: {summary}\n{proc.stdout[-6000:]}"
     passed = re.search(r"(\d+) passed", summary)
