@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Final, Literal
+from typing import Final, Literal, get_args
 
 import zmq
 
@@ -38,10 +38,10 @@ from dispatcher.logs import get_logger
 
 log = get_logger("dispatcher")
 
-_AGENT_TYPES: Final = (p.Register, p.Credit, p.Results, p.Drain, p.Bye, p.Heartbeat, p.StealReply)
-"""What an agent may send (``protocol.AgentMessage``)."""
-_CLIENT_TYPES: Final = (p.Hello, p.Submit, p.Cancel, p.NodesQuery, p.StatusQuery, p.Heartbeat)
-"""What a client may send (``protocol.ClientMessage``)."""
+_AGENT_TYPES: Final = get_args(p.AgentMessage)
+"""What an agent may send: derived from the contract, so a new message cannot be forgotten here."""
+_CLIENT_TYPES: Final = get_args(p.ClientMessage)
+"""What a client may send."""
 Side = Literal["agent", "client"]
 _READ_BURST: Final = 256
 """Frames read from one socket before looking at the other and at the clock (fairness)."""

@@ -46,8 +46,8 @@ from dispatcher.client import Client, TaskFuture
 from dispatcher.errors import DispatchError, DispatcherUnavailable
 from dispatcher.local import LocalCluster
 from dispatcher.logs import get_logger
-from parsl_adapter.costs import RuntimeModel, parse_hints
-from parsl_adapter.dag import capture
+from parsl_adapter.costs import RuntimeModel, hints_or_default, parse_hints
+from parsl_adapter.dag import Captured, capture
 from parsl_adapter.placement import Edge, Graph, Network, Placed, PlanningError, Task, make_scheduler
 from parsl_adapter.planner import PlannerProcess
 from parsl_adapter.taskid import ParslCompatibilityError, TaskIdResolver, find_dfk
@@ -370,19 +370,8 @@ class SagaDispatchExecutor(ParslExecutor):
             return
         network = self._live_network()
         captured = capture(records, self.label, tids)
-        moving = set(tids)
-        tasks, edges, fixed, fixed_costs = [], [], {}, {}
-        for tid in tids:
-            tasks.append(Task(str(tid), self._plan[tid].cost_s))
-            c = captured.get(tid)
-            for parent in c.parents if c is not None else ():
-                earlier = self._plan.get(parent)
-                if parent not in moving and (earlier is None or earlier.node not in self._speeds):
-                    continue
-                if parent not in moving and earlier is not None:
-                    fixed[str(parent)] = Placed(earlier.node, earlier.rank, earlier.end)
-                    fixed_costs[str(parent)] = earlier.cost_s
-                edges.append(Edge(str(parent), str(tid), _output_bytes(records.get(parent), self.default_output_bytes)))
+        tasks = [Task(str(tid), self._plan[tid].cost_s) for tid in tids]
+        edges, fixed, fixed_costs = self._dependencies(tids, captured, records)
         graph = Graph(tuple(tasks), tuple(edges), fixed, fixed_costs, time.monotonic() - self._t0)
         started = time.monotonic()
         result, saga_s = self._planner.plan(graph, network, self.scheduler)
@@ -404,6 +393,30 @@ class SagaDispatchExecutor(ParslExecutor):
             self.plans.append(summary)
             log.info("replan_made", **summary)
             self._release(held_back, {})
+
+    def _dependencies(
+        self, tids: list[int], captured: dict[int, Captured], records: Any
+    ) -> tuple[list[Edge], dict[str, Placed], dict[str, float]]:
+        """Edges into the tasks being planned, and the earlier placements they hang from.
+
+        A parent being planned now gives a plain edge; a parent placed by an earlier plan on a live
+        node is fixed in the partial schedule; any other parent (finished and forgotten, on a node
+        that is gone, not ours) gives no edge."""
+        planning = set(tids)
+        edges: list[Edge] = []
+        fixed: dict[str, Placed] = {}
+        fixed_costs: dict[str, float] = {}
+        for tid in tids:
+            c = captured.get(tid)
+            for parent in c.parents if c is not None else ():
+                if parent not in planning:
+                    earlier = self._plan.get(parent)
+                    if earlier is None or earlier.node not in self._speeds:
+                        continue
+                    fixed[str(parent)] = Placed(earlier.node, earlier.rank, earlier.end)
+                    fixed_costs[str(parent)] = earlier.cost_s
+                edges.append(Edge(str(parent), str(tid), _output_bytes(records.get(parent), self.default_output_bytes)))
+        return edges, fixed, fixed_costs
 
     def _note_registrations(self) -> None:
         if self._dfk is not None and self._dfk.task_count != self._seen_task_count:
@@ -457,25 +470,15 @@ class SagaDispatchExecutor(ParslExecutor):
         records = self._dfk.tasks if self._dfk is not None else {}
         captured = capture(records, self.label, tids)
         functions = {launch.tid: launch.function for launch in batch}
-        tasks, edges, fixed, fixed_costs, gating = [], [], {}, {}, set()
+        tasks, gating = [], set()
         for tid in tids:
             c = captured.get(tid)
             function = c.function if c is not None else functions.get(tid, "?")
             hints = c.hints if c is not None else parse_hints(None)
             tasks.append(Task(str(tid), self.runtimes.cost(function, hints, self.default_cost_s)))
-            if c is None:
-                continue
-            if c.gating:
+            if c is not None and c.gating:
                 gating.add(tid)
-            for parent in c.parents:
-                earlier = self._plan.get(parent)
-                if earlier is not None and earlier.node in self._speeds:
-                    fixed[str(parent)] = Placed(earlier.node, earlier.rank, earlier.end)
-                    fixed_costs[str(parent)] = earlier.cost_s
-                elif parent not in captured:
-                    continue  # planned on a node that is gone, or not ours to plan: no edge
-                size = _output_bytes(records.get(parent), self.default_output_bytes)
-                edges.append(Edge(str(parent), str(tid), size))
+        edges, fixed, fixed_costs = self._dependencies(tids, captured, records)
         graph = Graph(tuple(tasks), tuple(edges), fixed, fixed_costs, time.monotonic() - self._t0)
         started = time.monotonic()
         result, saga_s = self._planner.plan(graph, network, self.scheduler)
@@ -551,8 +554,6 @@ def _accepts(func: Callable[..., Any], name: str) -> bool:
 def _output_bytes(record: Any, default: float) -> float:
     if record is None:
         return default
-    from parsl_adapter.costs import hints_or_default
-
     hinted = hints_or_default(record.get("resource_specification")).output_bytes
     return default if hinted is None else hinted
 

@@ -226,6 +226,7 @@ def test_a_killed_node_s_work_is_replanned_and_finishes_elsewhere(tmp_path: Path
         results = {t: f.result(timeout=120) for t, f in futures.items()}
         replans = [p for p in ex.plans if p.get("replan_of") == victim]
         assert ex.duplicate_resolutions == 0
+        assert ex.client is not None and ex.client.status().bad_frames == 0  # every REPIN was accepted
         assert ex.client is not None and ex.client.resolutions_ignored == 0
     expected = workload.expected(dag)
     assert {t: r[1] for t, r in results.items()} == expected

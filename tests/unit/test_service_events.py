@@ -1,0 +1,32 @@
+"""The shell's frame-to-event step: every message a peer may send reaches the core; others are rejected."""
+
+from __future__ import annotations
+
+from typing import get_args
+
+import pytest
+
+from dispatcher import protocol as p
+from dispatcher.events import AgentMessageReceived, ClientMessageReceived, FrameRejected
+from dispatcher.service import DispatcherService
+
+from .test_protocol import EXAMPLES
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.mark.parametrize("message", EXAMPLES, ids=lambda m: type(m).__name__)
+def test_a_message_reaches_the_core_exactly_from_the_side_that_may_send_it(message: p.Message) -> None:
+    frames = [b"peer", p.encode(message)]
+    from_agent = DispatcherService._event("agent", frames, 1.0, "s")
+    from_client = DispatcherService._event("client", frames, 1.0, "s")
+    agent_may = type(message) in get_args(p.AgentMessage)
+    client_may = type(message) in get_args(p.ClientMessage)
+    assert isinstance(from_agent, AgentMessageReceived if agent_may else FrameRejected)
+    assert isinstance(from_client, ClientMessageReceived if client_may else FrameRejected)
+
+
+def test_repin_is_a_client_message() -> None:
+    """A re-plan's REPIN was once dropped by the shell as a wrong-direction frame."""
+    event = DispatcherService._event("client", [b"c", p.encode(p.Repin((p.Placement(1, "n", 0.0),)))], 0.0, "s")
+    assert isinstance(event, ClientMessageReceived)
