@@ -34,6 +34,7 @@ class _LibraryLogger:
                     logging.getLogger(f"saga_dispatch.{self._name}"),
                     wrapper_class=structlog.stdlib.BoundLogger,
                     processors=[
+                        structlog.stdlib.filter_by_level,  # render nothing the stdlib level drops
                         structlog.processors.format_exc_info,
                         structlog.processors.KeyValueRenderer(key_order=["event"], sort_keys=True),
                     ],

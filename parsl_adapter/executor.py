@@ -5,9 +5,11 @@ are done, holding its global submit lock, so ``submit()`` never blocks):
 
 1. ``submit()`` checks the cost hints, recovers the Parsl task id (``taskid.py``), packs the call
    as HTEX does, and returns a future at once.
-2. A task not planned yet is *held*. The conductor thread plans when the window closes
-   (``window.should_plan``): no task registered or launched for ``flush_idle_s`` (or, inside
-   ``with executor.plan():``, until the block exits or ``plan_idle_s`` passes), or ``max_held``.
+2. A task not planned yet is *held*; the conductor thread plans when ``window.should_plan``
+   says so: at once when the executor is idle (Nagle's rule: a lone task has nothing to wait
+   for), otherwise in windows of at most ``max_delay_s`` while a stream of tasks keeps coming
+   (or, inside ``with executor.plan():``, when the block exits). A plan SAGA has already made
+   for the same shape (``plancache.py``) is taken on the spot, inside ``submit()``.
 3. A plan covers every task of this executor registered in ``dfk.tasks`` and not yet planned —
    including those whose dependencies are still running — so deep tasks are placed by the first
    plan, not one at a time. It runs in the planning process (``planner.py``) on the nodes alive
@@ -48,7 +50,8 @@ from dispatcher.local import LocalCluster
 from dispatcher.logs import get_logger
 from parsl_adapter.costs import RuntimeModel, hints_or_default, parse_hints
 from parsl_adapter.dag import Captured, capture
-from parsl_adapter.placement import Edge, Graph, Network, Placed, PlanningError, Task, make_scheduler
+from parsl_adapter.placement import Edge, Graph, Network, Placed, Plan, PlanningError, Task, make_scheduler
+from parsl_adapter.plancache import PlanCache, canonical, restore
 from parsl_adapter.planner import PlannerProcess
 from parsl_adapter.taskid import ParslCompatibilityError, TaskIdResolver, find_dfk
 from parsl_adapter.window import ReleaseOrder, WindowConfig, should_plan
@@ -99,6 +102,8 @@ class SagaDispatchExecutor(ParslExecutor):
         flush_idle_s: float = 0.02,
         plan_idle_s: float = 1.0,
         max_held: int = 10_000,
+        max_delay_s: float = 0.005,
+        plan_cache_size: int = 256,
         default_cost_s: float = 1.0,
         default_output_bytes: float = 0.0,
         bandwidth: float = 1e9,
@@ -128,7 +133,12 @@ class SagaDispatchExecutor(ParslExecutor):
         self.local_nodes = local_nodes
         self.local_speeds = list(local_speeds) if local_speeds is not None else None
         self.workers_per_node = workers_per_node
-        self.window = WindowConfig(flush_idle_s, plan_idle_s, max_held)
+        for name, value in (("flush_idle_s", flush_idle_s), ("plan_idle_s", plan_idle_s), ("max_delay_s", max_delay_s)):
+            if not value >= 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
+        if max_held < 1:
+            raise ValueError(f"max_held must be >= 1, got {max_held}")
+        self.window = WindowConfig(flush_idle_s, plan_idle_s, max_held, max_delay_s)
         self.default_cost_s = default_cost_s
         self.default_output_bytes = default_output_bytes
         self.bandwidth = bandwidth
@@ -140,8 +150,10 @@ class SagaDispatchExecutor(ParslExecutor):
         self.cluster: LocalCluster | None = None
         self.client: Client | None = None
         self.runtimes = RuntimeModel()
-        self.plans: list[dict[str, Any]] = []
-        """One summary per plan: epoch, tasks, nodes, scheduler, planning seconds, planned makespan."""
+        self.plans: deque[dict[str, Any]] = deque(maxlen=10_000)
+        """One summary per plan (the latest 10,000): epoch, tasks, nodes, scheduler, planning
+        seconds, planned makespan, whether it came from the plan cache."""
+        self.plan_cache = PlanCache(plan_cache_size)
         self._planner = PlannerProcess(plan_timeout_s)
         self._resolver: TaskIdResolver | None = None
         self._dfk: Any = None
@@ -163,10 +175,16 @@ class SagaDispatchExecutor(ParslExecutor):
         self._epoch = 0
         self._holding = 0
         self._flush_now = False
+        self._planning = False
+        """The conductor is planning (outside the lock): submit() must not plan inline meanwhile."""
+        self._oldest_held = 0.0
         self._last_activity = 0.0
         self._seen_task_count = 0
         self._plan_cursor = 0
         self._speeds: dict[str, float] = {}
+        """Alive nodes and their speeds, kept by NODE_CHANGED notices after one query."""
+        self._network: Network | None = None
+        """``_speeds`` as a Network; None when it must be asked of the dispatcher first."""
         self._synthetic = itertools.count(-1, -1)
         self._t0 = 0.0
         self._stop = threading.Event()
@@ -217,12 +235,15 @@ class SagaDispatchExecutor(ParslExecutor):
         launch = _Launch(tid, getattr(func, "__name__", "?"), payload, Future(), hints.retry_on_node_loss)
         launch.future.parsl_executor_task_id = tid  # type: ignore[attr-defined]
         with self._lock:
-            self._last_activity = time.monotonic()
+            now = self._last_activity = time.monotonic()
             if tid in self._plan:
                 self._release(self._order.ready(tid), {tid: launch})
-            else:
+            elif self._held or self._busy() or self._holding or not self._plan_from_cache(launch):
+                if not self._held:
+                    self._oldest_held = now
                 self._held.append(launch)
-                self._lock.notify()
+                if len(self._held) == 1 or len(self._held) >= self.window.max_held:
+                    self._lock.notify()  # the conductor sets its timer from the oldest held task
         return launch.future
 
     def shutdown(self) -> None:
@@ -291,6 +312,7 @@ class SagaDispatchExecutor(ParslExecutor):
         log.warning("dispatcher_restarted", dispatcher_id=dispatcher_id, rejoin_grace_s=self.rejoin_grace_s)
         with self._lock:
             self._rejoin_check_at = time.monotonic() + self.rejoin_grace_s
+            self._network = None  # ask the restarted dispatcher which nodes are back
             self._lock.notify()
 
     def _missing_after_restart(self) -> list[str]:
@@ -308,7 +330,7 @@ class SagaDispatchExecutor(ParslExecutor):
     def _conduct(self) -> None:
         while not self._stop.is_set():
             with self._lock:
-                self._lock.wait(timeout=0.005 if self._held else 0.05)
+                self._lock.wait(timeout=self._next_check())
                 events = list(self._node_events)
                 self._node_events.clear()
                 rejoin_due = self._rejoin_check_at is not None and time.monotonic() >= self._rejoin_check_at
@@ -326,10 +348,15 @@ class SagaDispatchExecutor(ParslExecutor):
                 now = time.monotonic()
                 due = bool(self._held) and (
                     self._flush_now
-                    or should_plan(now, len(self._held), self._last_activity, self._holding > 0, self.window)
-                )
+                    or should_plan(
+                        now, held=len(self._held), oldest_held_at=self._oldest_held,
+                        last_activity=self._last_activity, holding=self._holding > 0, busy=self._busy(),
+                        config=self.window,
+                    )
+                )  # fmt: skip
                 if due:
                     self._flush_now = False
+                    self._planning = True
                     batch, self._held = self._held, []
                 self._check_blockers()
             if due:
@@ -338,12 +365,33 @@ class SagaDispatchExecutor(ParslExecutor):
                 except Exception as exc:  # never lose the batch: fail it explicitly
                     log.exception("plan_failed", tasks=len(batch))
                     _fail(batch, exc if isinstance(exc, DispatchError | PlanningError) else PlanningError(str(exc)))
+                finally:
+                    with self._lock:
+                        self._planning = False
+
+    def _busy(self) -> bool:
+        """Tasks of ours in flight or being planned (Nagle's rule: then batch). Holds the lock."""
+        return self._planning or bool(self._sent)
+
+    def _next_check(self) -> float:
+        """How long the conductor may sleep: until the held tasks' window could close. Holds the lock."""
+        if not self._held:
+            return 0.05
+        if self._holding:
+            return min(0.05, self.window.plan_idle_s)
+        now = time.monotonic()
+        due = min(self._oldest_held + self.window.max_delay_s, self._last_activity + self.window.flush_idle_s)
+        return min(0.05, max(due - now, 0.0005))
 
     def _handle_node_change(self, notice: p.NodeChanged) -> None:
+        with self._lock:
+            if notice.state == "alive":
+                self._speeds[notice.node_name] = notice.speed
+            else:
+                self._speeds.pop(notice.node_name, None)
+            self._network = None if not self._speeds else Network(tuple(sorted(self._speeds.items())), self.bandwidth)
         if notice.state == "alive":
-            self._speeds[notice.node_name] = notice.speed
             return
-        self._speeds.pop(notice.node_name, None)
         log.warning("node_lost", node=notice.node_name, state=notice.state, replan=self.replan)
         if not self.replan:
             return
@@ -441,32 +489,29 @@ class SagaDispatchExecutor(ParslExecutor):
         while True:
             alive = [(n.node_name, n.speed) for n in self.client.nodes() if n.state == "alive"]
             if alive:
-                self._speeds = dict(alive)
-                return Network(tuple(sorted(alive)), self.bandwidth)
+                network = Network(tuple(sorted(alive)), self.bandwidth)
+                with self._lock:
+                    self._speeds, self._network = dict(alive), network
+                return network
             if time.monotonic() > deadline or self._stop.is_set():
                 raise NoLiveNodes(f"no node registered with the dispatcher within {self.node_wait_timeout_s:g} s")
             time.sleep(0.1)
 
-    def _unplanned(self, batch: list[_Launch]) -> list[int]:
-        """Task ids to plan now: every registered, unfinished, unplanned task of ours, and the batch."""
+    def _unplanned(self, batch: list[_Launch]) -> tuple[list[int], int]:
+        """Task ids to plan now — every registered, unfinished, unplanned task of ours, and the
+        batch — and the scan cursor to keep once they are planned. Holds the lock."""
         tids = {launch.tid for launch in batch}
+        end = self._plan_cursor
         if self._dfk is not None:
             tasks, end = self._dfk.tasks, self._dfk.task_count
             for tid in range(self._plan_cursor, end):
                 record = tasks.get(tid)
                 if record is not None and record["executor"] == self.label and record["status"] not in FINAL_STATES:
                     tids.add(tid)
-            self._plan_cursor = end
-        return sorted(t for t in tids if t not in self._plan)
+        return sorted(t for t in tids if t not in self._plan), end
 
-    def _plan_and_release(self, batch: list[_Launch]) -> None:
-        with self._lock:
-            tids = self._unplanned(batch)
-            if not tids:  # planned while they waited (a plan was under way): just let them go
-                for launch in batch:
-                    self._release(self._order.ready(launch.tid), {launch.tid: launch})
-                return
-        network = self._live_network()
+    def _graph(self, tids: list[int], batch: list[_Launch], min_start_s: float) -> tuple[Graph, set[int]]:
+        """The graph to plan ``tids`` as, and which of them gate others' release."""
         records = self._dfk.tasks if self._dfk is not None else {}
         captured = capture(records, self.label, tids)
         functions = {launch.tid: launch.function for launch in batch}
@@ -479,26 +524,80 @@ class SagaDispatchExecutor(ParslExecutor):
             if c is not None and c.gating:
                 gating.add(tid)
         edges, fixed, fixed_costs = self._dependencies(tids, captured, records)
-        graph = Graph(tuple(tasks), tuple(edges), fixed, fixed_costs, time.monotonic() - self._t0)
-        started = time.monotonic()
-        result, saga_s = self._planner.plan(graph, network, self.scheduler)
+        return Graph(tuple(tasks), tuple(edges), fixed, fixed_costs, min_start_s), gating
+
+    def _plan_from_cache(self, launch: _Launch) -> bool:
+        """Plan ``launch`` (and whatever is registered unplanned) inside ``submit()`` if the plan
+        cache already holds the plan; release it. Holds the lock; never waits."""
+        network = self._network
+        if network is None or self.plan_cache.size == 0:
+            return False
+        tids, cursor = self._unplanned([launch])
+        graph, gating = self._graph(tids, [launch], time.monotonic() - self._t0)
+        plan = self.plan_cache.get(canonical(graph, network, self.scheduler))
+        if plan is None:
+            return False
+        self._plan_cursor = cursor
+        self._apply(graph, network, plan, gating, saga_s=0.0, plan_s=0.0, cached=True)
+        self._release(self._order.ready(launch.tid), {launch.tid: launch})
+        return True
+
+    def _plan_and_release(self, batch: list[_Launch]) -> None:
         with self._lock:
-            self._epoch += 1
-            costs = {t.name: t.cost_s for t in tasks}
-            for name, placed in result.placed.items():
-                self._plan[int(name)] = PlannedTask(placed.node, placed.start_s, placed.end_s, costs[name], self._epoch)
-                self._first_node.setdefault(int(name), placed.node)
-            self._order.add_plan(self._epoch, ((int(n), p.node, p.start_s) for n, p in result.placed.items()), gating)
-            summary = {
-                "epoch": self._epoch, "tasks": len(tasks), "edges": len(edges), "fixed": len(fixed),
-                "nodes": len(network.nodes), "scheduler": result.scheduler, "saga_s": round(saga_s, 4),
-                "plan_s": round(time.monotonic() - started, 4), "min_start_s": round(graph.min_start_s, 4),
-                "planned_makespan_s": round(result.makespan_s, 4),
-            }  # fmt: skip
-            self.plans.append(summary)
-            log.info("plan_made", **summary)
+            tids, self._plan_cursor = self._unplanned(batch)
+            if not tids:  # planned while they waited (a plan was under way): just let them go
+                for launch in batch:
+                    self._release(self._order.ready(launch.tid), {launch.tid: launch})
+                return
+            network = self._network
+        if network is None:
+            network = self._live_network()
+        started = time.monotonic()
+        graph, gating = self._graph(tids, batch, started - self._t0)
+        canon = canonical(graph, network, self.scheduler)
+        with self._lock:
+            plan = self.plan_cache.get(canon)
+        saga_s, cached = 0.0, plan is not None
+        if plan is None and canon is not None:
+            raw, saga_s = self._planner.plan(canon.graph, network, self.scheduler)
+            with self._lock:
+                self.plan_cache.put(canon, raw)
+            plan = restore(raw, canon)
+        elif plan is None:
+            plan, saga_s = self._planner.plan(graph, network, self.scheduler)
+        with self._lock:
+            self._apply(graph, network, plan, gating, saga_s=saga_s, plan_s=time.monotonic() - started, cached=cached)
             for launch in batch:
                 self._release(self._order.ready(launch.tid), {launch.tid: launch})
+
+    def _apply(
+        self,
+        graph: Graph,
+        network: Network,
+        plan: Plan,
+        gating: set[int],
+        *,
+        saga_s: float,
+        plan_s: float,
+        cached: bool,
+    ) -> None:
+        """Record a new plan. Holds the lock."""
+        self._epoch += 1
+        costs = {t.name: t.cost_s for t in graph.tasks}
+        for name, placed in plan.placed.items():
+            tid = int(name)
+            self._plan[tid] = PlannedTask(placed.node, placed.start_s, placed.end_s, costs[name], self._epoch)
+            self._first_node.setdefault(tid, placed.node)
+        self._order.add_plan(self._epoch, ((int(n), p.node, p.start_s) for n, p in plan.placed.items()), gating)
+        summary = {
+            "epoch": self._epoch, "tasks": len(graph.tasks), "edges": len(graph.edges), "fixed": len(graph.fixed),
+            "nodes": len(network.nodes), "scheduler": plan.scheduler, "saga_s": round(saga_s, 4),
+            "plan_s": round(plan_s, 4), "min_start_s": round(graph.min_start_s, 4),
+            "planned_makespan_s": round(plan.makespan_s, 4), "cached": cached,
+        }  # fmt: skip
+        self.plans.append(summary)
+        if not cached:
+            log.info("plan_made", **summary)
 
     # ------------------------------------------------------------------ release and results
 

@@ -18,7 +18,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from dispatcher.lifeline import ENV as PARENT_ENV
-from parsl_adapter.placement import Graph, Network, Plan, PlanningError
+from parsl_adapter.placement import Graph, Network, Placed, Plan, PlanningError
 
 HASH_SEED = "0"
 READY = "ready"
@@ -68,14 +68,15 @@ class PlannerProcess:
                 if not self._conn.poll(self.timeout_s):
                     self._kill()
                     raise PlanningError(f"planning took longer than {self.timeout_s:g} s; the planner was restarted")
-                reply_id, plan, error, elapsed_s = self._conn.recv()
+                reply_id, reply, error, elapsed_s = self._conn.recv()
             except (EOFError, OSError, BrokenPipeError) as exc:
                 self._kill()
                 raise PlanningError(f"the planning process died: {exc!r}") from exc
             assert reply_id == request_id, (reply_id, request_id)
             if error is not None:
                 raise PlanningError(error)
-            return plan, elapsed_s
+            placed, makespan_s, name = reply
+            return Plan({n: Placed(node, start, end) for n, node, start, end in placed}, makespan_s, name), elapsed_s
 
     def _kill(self) -> None:
         if self._conn is not None:

@@ -29,7 +29,10 @@ def serve(fd: int) -> None:
         request_id, graph, network, scheduler = request
         started = time.perf_counter()
         try:
-            reply: tuple[Any, ...] = (request_id, plan(graph, network, scheduler), None)
+            result = plan(graph, network, scheduler)
+            # Plain tuples: unpickling frozen slotted dataclasses costs a fields() call per task.
+            placed = [(name, at.node, at.start_s, at.end_s) for name, at in result.placed.items()]
+            reply: tuple[Any, ...] = (request_id, (placed, result.makespan_s, result.scheduler), None)
         except Exception as exc:
             reply = (request_id, None, str(exc) if isinstance(exc, PlanningError) else f"{type(exc).__name__}: {exc}")
         conn.send((*reply, time.perf_counter() - started))

@@ -16,16 +16,37 @@ class WindowConfig:
     block stops activity; this is what keeps it from deadlocking)."""
     max_held: int = 10_000
     """Plan at once when this many launched tasks are waiting for a plan."""
+    max_delay_s: float = 0.005
+    """Outside ``plan()``: no launched task waits longer than this for a plan while others keep coming."""
 
 
-def should_plan(now: float, held: int, last_activity: float, holding: bool, config: WindowConfig) -> bool:
-    """Whether to plan the held tasks now."""
+def should_plan(
+    now: float,
+    *,
+    held: int,
+    oldest_held_at: float,
+    last_activity: float,
+    holding: bool,
+    busy: bool,
+    config: WindowConfig,
+) -> bool:
+    """Whether to plan the held (launched, unplanned) tasks now.
+
+    Nagle's rule, for plans: a task launched while the executor is idle (nothing of ours in
+    flight, nothing being planned) is planned at once — there is no stream to batch it with, and
+    waiting would only add latency. While tasks are in flight, launched tasks are batched until
+    registrations pause for ``flush_idle_s`` or the oldest has waited ``max_delay_s``, so a
+    stream is planned in windows, each with the DAG registered so far. Inside ``plan()`` the
+    block decides (up to ``plan_idle_s`` without activity)."""
     if held == 0:
         return False
     if held >= config.max_held:
         return True
-    idle = now - last_activity
-    return idle >= (config.plan_idle_s if holding else config.flush_idle_s)
+    if holding:
+        return now - last_activity >= config.plan_idle_s
+    if not busy:
+        return True
+    return now - last_activity >= config.flush_idle_s or now - oldest_held_at >= config.max_delay_s
 
 
 class ReleaseOrder:

@@ -8,22 +8,31 @@ from parsl_adapter.window import ReleaseOrder, WindowConfig, should_plan
 
 pytestmark = pytest.mark.unit
 
-CFG = WindowConfig(flush_idle_s=0.02, plan_idle_s=1.0, max_held=100)
+CFG = WindowConfig(flush_idle_s=0.02, plan_idle_s=1.0, max_held=100, max_delay_s=0.005)
 
 
 @pytest.mark.parametrize(
-    ("now", "held", "last_activity", "holding", "expected"),
+    ("now", "held", "oldest", "last_activity", "holding", "busy", "expected"),
     [
-        (10.0, 0, 0.0, False, False),  # nothing held
-        (10.0, 5, 9.99, False, False),  # still busy registering
-        (10.0, 5, 9.97, False, True),  # idle for flush_idle_s
-        (10.0, 5, 9.5, True, False),  # inside plan(): hold
-        (10.0, 5, 9.0, True, True),  # inside plan() but idle for plan_idle_s: a .result() inside the block
-        (10.0, 100, 10.0, True, True),  # too many held
+        (10.0, 0, 0.0, 0.0, False, False, False),  # nothing held
+        (10.0, 1, 10.0, 10.0, False, False, True),  # idle executor: a lone task goes at once
+        (10.0, 5, 9.999, 9.999, False, True, False),  # a stream: batch it
+        (10.0, 5, 9.994, 9.999, False, True, True),  # ... but the oldest waited max_delay_s
+        (10.0, 5, 9.999, 9.97, False, True, True),  # registrations paused for flush_idle_s
+        (10.0, 5, 9.0, 9.5, True, False, False),  # inside plan(): hold, even when idle
+        (10.0, 5, 9.0, 9.0, True, True, True),  # inside plan() but idle for plan_idle_s: a .result() inside the block
+        (10.0, 100, 10.0, 10.0, True, True, True),  # too many held
     ],
 )
-def test_when_to_plan(now: float, held: int, last_activity: float, holding: bool, expected: bool) -> None:
-    assert should_plan(now, held, last_activity, holding, CFG) is expected
+def test_when_to_plan(
+    now: float, held: int, oldest: float, last_activity: float, holding: bool, busy: bool, expected: bool
+) -> None:
+    assert (
+        should_plan(
+            now, held=held, oldest_held_at=oldest, last_activity=last_activity, holding=holding, busy=busy, config=CFG
+        )
+        is expected
+    )
 
 
 def test_ready_tasks_leave_in_rank_order_per_node() -> None:
