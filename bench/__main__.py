@@ -10,7 +10,7 @@ import time
 from importlib.metadata import version
 from pathlib import Path
 
-from bench import parsl_overhead
+from bench import contenders, parsl_overhead
 
 
 def header(quick: bool) -> str:
@@ -35,7 +35,11 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes, one round (CI)")
     parser.add_argument("--only", nargs="*", choices=sorted(BENCHMARKS), help="run only these")
     parser.add_argument("--out", default=None, help="also write the markdown here")
+    parser.add_argument(
+        "--contenders", nargs="*", choices=sorted(contenders.CONTENDERS), help="run only these (ratios need threadpool)"
+    )
     args = parser.parse_args()
+    contenders.select(args.contenders)
     sizes = parsl_overhead.Sizes.pick(args.quick)
     parts = [header(args.quick)]
     for name in args.only or BENCHMARKS:

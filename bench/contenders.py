@@ -43,6 +43,16 @@ def threads(workers: int, *, logging: bool) -> Config:
 
 
 CONTENDERS: dict[str, Factory] = {"saga-dispatch": saga, "htex": htex, "threadpool": threads}
+_selected: list[str] = list(CONTENDERS)
+
+
+def select(names: list[str] | None) -> None:
+    """Run only these contenders (``--contenders``; for profiling, not for the tables)."""
+    _selected[:] = list(CONTENDERS) if not names else [n for n in CONTENDERS if n in names]
+
+
+def selected() -> list[str]:
+    return list(_selected)
 
 
 @contextmanager

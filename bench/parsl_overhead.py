@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from parsl import python_app
 
-from bench import apps
+from bench import apps, contenders
 from bench.contenders import CONTENDERS, loaded
 from bench.stats import markdown, median, percentile
 
@@ -30,7 +30,7 @@ class Sizes:
 
 
 def _order(round_no: int) -> list[str]:
-    names = list(CONTENDERS)
+    names = contenders.selected()
     k = round_no % len(names)
     return names[k:] + names[:k]
 
@@ -50,8 +50,8 @@ def throughput(sizes: Sizes, logging: bool, workers: int = 2) -> str:
                     rates[name, n].append(n / (time.perf_counter() - started))
     rows = []
     for n in sizes.noop_tasks:
-        base = median(rates["threadpool", n])
-        for name in CONTENDERS:
+        base = median(rates["threadpool", n]) if rates["threadpool", n] else float("nan")
+        for name in contenders.selected():
             m = median(rates[name, n])
             rows.append([f"{n:,}", name, round(m), f"{m / base:.2f}", ", ".join(f"{x:.0f}" for x in rates[name, n])])
     title = f"No-op throughput through Parsl ({workers} workers, Parsl logging {'on (DEBUG)' if logging else 'off'})"
@@ -74,7 +74,7 @@ def round_trip(sizes: Sizes, workers: int = 2) -> str:
                     times.append(time.perf_counter() - started)
                 results[name].append(median(times) * 1e3)
                 p99s[name].append(percentile(times, 0.99) * 1e3)
-    rows = [[name, f"{median(results[name]):.3f}", f"{median(p99s[name]):.3f}"] for name in CONTENDERS]
+    rows = [[name, f"{median(results[name]):.3f}", f"{median(p99s[name]):.3f}"] for name in contenders.selected()]
     return "### Sequential round trip (submit, wait, repeat)\n\n" + markdown(["executor", "median ms", "p99 ms"], rows)
 
 
@@ -92,7 +92,7 @@ def sleep_efficiency(sizes: Sizes, workers: int = 8) -> str:
                 effs[name].append(ideal / (time.perf_counter() - started))
     rows = [
         [name, f"{100 * median(effs[name]):.0f}%", ", ".join(f"{100 * e:.0f}%" for e in effs[name])]
-        for name in CONTENDERS
+        for name in contenders.selected()
     ]
     title = f"10 ms sleep tasks, {workers} workers: efficiency vs ideal ({sizes.sleep_tasks} tasks)"
     return f"### {title}\n\n" + markdown(["executor", "efficiency (median)", "rounds"], rows)

@@ -70,6 +70,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     a.add_argument("--workers", type=int, default=int(_env("SAGA_WORKERS", str(os.cpu_count() or 1))))
     a.add_argument("--prefetch", type=int, default=None, help="tasks held beyond the workers (default: workers)")
+    a.add_argument(
+        "--pipeline", type=int, default=1, help="tasks written ahead into a busy worker's pipe when all are busy"
+    )
     a.add_argument("--speed", type=float, default=float(_env("SAGA_NODE_SPEED", "1.0")))
     a.add_argument("--drain-timeout", type=float, default=30.0, metavar="SECONDS")
 
@@ -150,6 +153,7 @@ def _run_agent(args: argparse.Namespace) -> int:
         node_name=resolve_node_name(args.node_name),
         workers=args.workers,
         prefetch=args.workers if args.prefetch is None else args.prefetch,
+        pipeline=args.pipeline,
         speed=args.speed,
         drain_timeout_s=args.drain_timeout,
     )

@@ -53,6 +53,8 @@ class Agent:
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self._sock: zmq.Socket[bytes] | None = None
         self._pool: WorkerPool | None = None
+        self._poller: zmq.Poller | None = None
+        self._polled: tuple[object, list[int]] | None = None
         self._queued: deque[p.TaskAssignment] = deque()
         self._results: list[p.TaskResult] = []
         self._granted = 0
@@ -87,7 +89,7 @@ class Agent:
             speed=cfg.speed,
             dispatcher=cfg.dispatcher_url,
         )
-        self._pool = WorkerPool(cfg.workers, cfg.node_name, cfg.speed)
+        self._pool = WorkerPool(cfg.workers, cfg.node_name, cfg.speed, cfg.pipeline)
         if not self._pool.wait_ready(cfg.worker_start_timeout_s):
             log.warning("workers_slow_to_start", ready=self._pool.idle, workers=cfg.workers)
         try:
@@ -103,11 +105,14 @@ class Agent:
     def _turn(self) -> None:
         assert self._sock is not None
         assert self._pool is not None
-        poller = zmq.Poller()
-        poller.register(self._sock, zmq.POLLIN)
-        for fd in self._pool.fds():
-            poller.register(fd, zmq.POLLIN)
-        ready = dict(poller.poll(self._poll_timeout_ms()))
+        fds = self._pool.fds()
+        if self._poller is None or self._polled != (self._sock, fds):
+            self._poller = zmq.Poller()  # only when the socket or a worker changed
+            self._poller.register(self._sock, zmq.POLLIN)
+            for fd in fds:
+                self._poller.register(fd, zmq.POLLIN)
+            self._polled = (self._sock, fds)
+        ready = dict(self._poller.poll(self._poll_timeout_ms()))
         now = time.monotonic()
         if self._sock in ready:
             self._read(now)
@@ -242,10 +247,14 @@ class Agent:
 
     def _collect(self) -> None:
         assert self._pool is not None
-        for key, outcome, data, runtime_s in self._pool.collect():
+        finished, unstarted = self._pool.collect()
+        for key, outcome, data, runtime_s in finished:
             client_id, task_id = key
             self._results.append(p.TaskResult(client_id, task_id, outcome, data, runtime_s))
             self.tasks_done += 1
+        # Waiting in a dead worker's pipe, never started: first in line again (the rank only
+        # orders the dispatcher's queues; here the order is what counts).
+        self._queued.extendleft(p.TaskAssignment(c, t, 0.0, payload) for (c, t), payload in reversed(unstarted))
 
     def _start_tasks(self) -> None:
         pool = self._pool

@@ -21,6 +21,8 @@ class AgentConfig:
     workers: int = 2
     prefetch: int = 2
     """Tasks held beyond the worker count, so a worker never waits for a round trip."""
+    pipeline: int = 1
+    """Tasks written ahead into a busy worker's pipe when every worker is busy (0: none)."""
     speed: float = 1.0
     """Relative speed advertised to the planner (1.0 = reference node)."""
     reconnect_min_s: float = 0.1
@@ -37,6 +39,8 @@ class AgentConfig:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
         if self.prefetch < 0:
             raise ValueError(f"prefetch must be >= 0, got {self.prefetch}")
+        if self.pipeline < 0:
+            raise ValueError(f"pipeline must be >= 0, got {self.pipeline}")
         if not self.speed > 0:
             raise ValueError(f"speed must be > 0, got {self.speed}")
 

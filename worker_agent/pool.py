@@ -3,6 +3,13 @@
 Each worker has its own pipe, so the pool always knows which task a dead worker was running:
 that task alone fails with WORKER_LOST and a fresh worker takes the dead one's place. The agent
 polls :meth:`fds` (result pipes and process sentinels) alongside its socket.
+
+Pipelining: when every worker is busy, up to ``pipeline`` more tasks are written into a busy
+worker's pipe (the one whose task started first), so it starts the next one the moment it
+finishes, without waiting for the agent to notice and hand it over (a round trip through the
+agent's loop per task: 5 % of a 10 ms task here). A task waiting in a worker's pipe counts as
+running (it can no longer be cancelled or stolen); if that worker dies, it did not start and goes
+back to the agent's queue (:meth:`collect`'s second list).
 """
 
 from __future__ import annotations
@@ -11,7 +18,8 @@ import contextlib
 import multiprocessing
 import multiprocessing.connection
 import time
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
 from typing import Self
 
@@ -32,28 +40,35 @@ class _Worker:
     index: int
     process: BaseProcess
     conn: multiprocessing.connection.Connection
-    task: Key | None = None
+    tasks: deque[tuple[Key, bytes]] = field(default_factory=deque)
+    """Handed over and not finished: the first is running, the rest wait in its pipe."""
+    started_at: float = 0.0
     ready: bool = False
 
 
 class WorkerPool:
-    def __init__(self, size: int, node_name: str, speed: float) -> None:
+    def __init__(self, size: int, node_name: str, speed: float, pipeline: int = 1) -> None:
+        if pipeline < 0:
+            raise ValueError(f"pipeline must be >= 0, got {pipeline}")
+        self.pipeline = pipeline
         self._ctx = multiprocessing.get_context("spawn")
         self._node_name = node_name
         self._speed = speed
         self._workers: list[_Worker] = [self._spawn(i) for i in range(size)]
         self._idle: list[_Worker] = []
         """Ready workers without a task; a (re)spawned worker joins when it reports READY."""
+        self._slots = 0
+        """Room left in busy workers' pipes (at most ``pipeline`` each)."""
         self.respawned = 0
 
     def wait_ready(self, timeout_s: float) -> bool:
         """Wait until every worker has imported its libraries; False on timeout."""
         deadline = time.monotonic() + timeout_s
-        while self.idle + len(self.running) < self.size:
+        while len(self._idle) + sum(1 for w in self._workers if w.tasks) < self.size:
             if time.monotonic() > deadline:
                 return False
             multiprocessing.connection.wait(self.fds(), timeout=0.1)
-            if self.collect():
+            if self.collect() != ([], []):
                 raise AssertionError("a task finished before the pool was ready")
         return True
 
@@ -77,11 +92,13 @@ class WorkerPool:
 
     @property
     def idle(self) -> int:
-        return len(self._idle)
+        """How many more tasks the pool takes now (idle workers, then room in busy workers' pipes)."""
+        return len(self._idle) + self._slots
 
     @property
     def running(self) -> list[Key]:
-        return [w.task for w in self._workers if w.task is not None]
+        """Tasks handed to workers and not finished (running, or next in a worker's pipe)."""
+        return [key for w in self._workers for key, _ in w.tasks]
 
     def fds(self) -> list[int]:
         """File descriptors to poll: readable means a result or a death to collect."""
@@ -94,44 +111,65 @@ class WorkerPool:
     # ------------------------------------------------------------------ work
 
     def start(self, key: Key, payload: bytes) -> None:
-        """Hand a task to an idle worker; there must be one."""
-        worker = self._idle.pop()
-        worker.task = key
+        """Hand a task to an idle worker, else queue it in a busy one's pipe; :attr:`idle` must be > 0."""
+        if self._idle:
+            worker = self._idle.pop()
+            worker.started_at = time.monotonic()
+            self._slots += self.pipeline
+        else:
+            worker = min(
+                (w for w in self._workers if w.ready and 0 < len(w.tasks) <= self.pipeline),
+                key=lambda w: (len(w.tasks), w.started_at),
+            )
+            self._slots -= 1
+        worker.tasks.append((key, payload))
         with contextlib.suppress(BrokenPipeError, OSError):  # if it died, collect() reports the task lost
             worker.conn.send((key, payload))
 
-    def collect(self) -> list[Finished]:
-        """Finished tasks since the last call: results, and WORKER_LOST for workers that died."""
+    def collect(self) -> tuple[list[Finished], list[tuple[Key, bytes]]]:
+        """Since the last call: finished tasks (results, and WORKER_LOST for the task a dead worker
+        was running), and tasks that were waiting in a dead worker's pipe (never started: run them
+        elsewhere)."""
         done: list[Finished] = []
+        unstarted: list[tuple[Key, bytes]] = []
         for i, worker in enumerate(self._workers):
             dead = False
             try:
                 while worker.conn.poll():
                     message = worker.conn.recv()
-                    if worker.ready:
-                        key, outcome, data, runtime_s = message
-                        done.append((key, Outcome(outcome), data, runtime_s))
-                        worker.task = None
-                    else:
+                    if not worker.ready:
                         assert message[0] == READY, message
                         worker.ready = True
-                    self._idle.append(worker)
+                        self._idle.append(worker)
+                        continue
+                    key, outcome, data, runtime_s = message
+                    done.append((key, Outcome(outcome), data, runtime_s))
+                    worker.tasks.popleft()
+                    worker.started_at = time.monotonic()
+                    if worker.tasks:
+                        self._slots += 1
+                    else:
+                        self._slots -= self.pipeline
+                        self._idle.append(worker)
             except (EOFError, OSError):
                 dead = True
             if dead or not worker.process.is_alive():
-                done.extend(self._replace(i, worker))
-        return done
+                done.extend(self._replace(i, worker, unstarted))
+        return done, unstarted
 
-    def _replace(self, i: int, worker: _Worker) -> list[Finished]:
+    def _replace(self, i: int, worker: _Worker, unstarted: list[tuple[Key, bytes]]) -> list[Finished]:
         worker.process.join(timeout=1)
         code = worker.process.exitcode
         lost: list[Finished] = []
-        if worker.task is not None:
+        running = worker.tasks[0][0] if worker.tasks else None
+        if running is not None:
             reason = f"worker process {worker.process.pid} died with exit code {code} while running the task"
-            lost.append((worker.task, Outcome.WORKER_LOST, reason.encode(), 0.0))
+            lost.append((running, Outcome.WORKER_LOST, reason.encode(), 0.0))
+            unstarted.extend(list(worker.tasks)[1:])
+            self._slots -= self.pipeline - (len(worker.tasks) - 1)
         elif worker in self._idle:
             self._idle.remove(worker)
-        log.warning("worker_died", pid=worker.process.pid, exitcode=code, task=repr(worker.task))
+        log.warning("worker_died", pid=worker.process.pid, exitcode=code, task=repr(running))
         worker.conn.close()
         self._workers[i] = self._spawn(worker.index)
         self.respawned += 1
