@@ -38,6 +38,7 @@ class LocalCluster:
         speeds: Sequence[float] | None = None,
         workers: int = 1,
         prefetch: int | None = None,
+        pipeline: int = 1,
         heartbeat_interval_s: float = 0.5,
         liveness: int = 3,
         pending_grace_s: float = 30.0,
@@ -57,6 +58,7 @@ class LocalCluster:
         self.speeds = dict(zip(self.node_names, speeds, strict=True))
         self.workers = workers
         self.prefetch = workers if prefetch is None else prefetch
+        self.pipeline = pipeline
         self.heartbeat_interval_s = heartbeat_interval_s
         self.liveness = liveness
         self.pending_grace_s = pending_grace_s
@@ -114,7 +116,7 @@ class LocalCluster:
             raise LocalClusterError(f"agent {name} is already running (pid {old.pid})")
         argv = [
             "agent", "--dispatcher", self.agent_url, "--node-name", name,
-            "--workers", str(self.workers), "--prefetch", str(self.prefetch),
+            "--workers", str(self.workers), "--prefetch", str(self.prefetch), "--pipeline", str(self.pipeline),
             "--speed", repr(self.speeds[name]),
         ]  # fmt: skip
         proc = self._spawn(name, argv)

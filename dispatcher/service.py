@@ -1,8 +1,10 @@
 """The dispatcher's I/O shell: two ROUTER sockets, the clock, and the core as a field.
 
-The loop reads as named phases: poll, read agent frames, read client frames, tick. Every frame is
-decoded by the contract, turned into one event, handed to the core, and the commands that come
-back are carried out in order. Nothing a peer sends can stop the loop: undecodable frames become
+The loop reads as named phases: poll, read agent frames, read client frames, tick, send. Every
+frame is decoded by the contract, turned into one event, handed to the core, and the commands
+that come back are carried out in order; messages for one peer are sent at the end of the turn,
+batches merged (``protocol.coalesce``), so a burst of events costs a frame per peer, not per event.
+Nothing a peer sends can stop the loop: undecodable frames become
 ``FrameRejected`` events, and a bug in the core is logged with its traceback, not raised.
 """
 
@@ -74,6 +76,8 @@ class DispatcherService:
         self._clients = self._router()
         self.client_port = 0
         self.agent_port = 0
+        self._outgoing: dict[tuple[zmq.Socket[bytes], bytes], list[p.Message]] = {}
+        """Messages per peer, sent at the end of the loop turn."""
 
     def _router(self) -> zmq.Socket[bytes]:
         sock: zmq.Socket[bytes] = self._ctx.socket(zmq.ROUTER)
@@ -155,7 +159,9 @@ class DispatcherService:
                 if now >= next_tick:
                     self._step(Ticked(now, f"tick-{next(self._stimuli)}"))
                     next_tick = now + tick_s
+                self._flush()
         finally:
+            self._flush()
             log.info(
                 "dispatcher_stopped",
                 tasks_submitted=self.core.tasks_submitted,
@@ -199,13 +205,23 @@ class DispatcherService:
         self._carry_out(commands)
 
     def _carry_out(self, commands: list[Command]) -> None:
+        outgoing = self._outgoing
         for command in commands:
             if type(command) is SendToAgent:
-                self._send(self._agents, command.peer, command.message)
+                outgoing.setdefault((self._agents, command.peer), []).append(command.message)
             elif type(command) is SendToClient:
-                self._send(self._clients, command.peer, command.message)
+                outgoing.setdefault((self._clients, command.peer), []).append(command.message)
             elif type(command) is Log:
                 getattr(log, command.level)(command.event, **command.fields)
+
+    def _flush(self) -> None:
+        """Send what this turn produced, per peer in order, batches merged."""
+        if not self._outgoing:
+            return
+        outgoing, self._outgoing = self._outgoing, {}
+        for (sock, peer), messages in outgoing.items():
+            for message in p.coalesce(messages) if len(messages) > 1 else messages:
+                self._send(sock, peer, message)
 
     @staticmethod
     def _send(sock: zmq.Socket[bytes], peer: bytes, message: p.Message) -> None:
@@ -213,3 +229,5 @@ class DispatcherService:
             sock.send_multipart([peer, p.encode(message)], zmq.NOBLOCK)
         except zmq.ZMQError as exc:  # e.g. the peer vanished; ROUTER drops, but never raise here
             log.warning("send_failed", error=str(exc), op=p.op_of(message).name)
+        except Exception:  # an unencodable message is a bug: log it, keep serving
+            log.exception("encode_failed", op=p.op_of(message).name)

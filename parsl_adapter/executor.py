@@ -103,6 +103,7 @@ class SagaDispatchExecutor(ParslExecutor):
         plan_idle_s: float = 1.0,
         max_held: int = 10_000,
         max_delay_s: float = 0.005,
+        max_plan_tasks: int = 128,
         plan_cache_size: int = 256,
         default_cost_s: float = 1.0,
         default_output_bytes: float = 0.0,
@@ -138,6 +139,11 @@ class SagaDispatchExecutor(ParslExecutor):
                 raise ValueError(f"{name} must be >= 0, got {value}")
         if max_held < 1:
             raise ValueError(f"max_held must be >= 1, got {max_held}")
+        if max_plan_tasks < 1:
+            raise ValueError(f"max_plan_tasks must be >= 1, got {max_plan_tasks}")
+        self.max_plan_tasks = max_plan_tasks
+        """Outside ``plan()``, a window plans at most this many tasks (the oldest first): SAGA's
+        list schedulers grow faster than linearly, so big windows would starve the stream."""
         self.window = WindowConfig(flush_idle_s, plan_idle_s, max_held, max_delay_s)
         self.default_cost_s = default_cost_s
         self.default_output_bytes = default_output_bytes
@@ -355,13 +361,16 @@ class SagaDispatchExecutor(ParslExecutor):
                     )
                 )  # fmt: skip
                 if due:
+                    cap = None if self._flush_now or self._holding else self.max_plan_tasks
                     self._flush_now = False
                     self._planning = True
-                    batch, self._held = self._held, []
+                    batch, self._held = self._held[:cap], self._held[cap:] if cap is not None else []
+                    if self._held:  # what the cap left is due at once, in the next window
+                        self._oldest_held = now - self.window.max_delay_s
                 self._check_blockers()
             if due:
                 try:
-                    self._plan_and_release(batch)
+                    self._plan_and_release(batch, cap)
                 except Exception as exc:  # never lose the batch: fail it explicitly
                     log.exception("plan_failed", tasks=len(batch))
                     _fail(batch, exc if isinstance(exc, DispatchError | PlanningError) else PlanningError(str(exc)))
@@ -497,18 +506,27 @@ class SagaDispatchExecutor(ParslExecutor):
                 raise NoLiveNodes(f"no node registered with the dispatcher within {self.node_wait_timeout_s:g} s")
             time.sleep(0.1)
 
-    def _unplanned(self, batch: list[_Launch]) -> tuple[list[int], int]:
-        """Task ids to plan now — every registered, unfinished, unplanned task of ours, and the
-        batch — and the scan cursor to keep once they are planned. Holds the lock."""
-        tids = {launch.tid for launch in batch}
+    def _unplanned(self, batch: list[_Launch], cap: int | None = None) -> tuple[list[int], int]:
+        """Task ids to plan now — the batch, and every registered, unfinished, unplanned task of
+        ours (the oldest, up to ``cap`` in all) — and the scan cursor to keep once they are
+        planned. Holds the lock."""
+        launched = {launch.tid for launch in batch}
+        others: list[int] = []
         end = self._plan_cursor
         if self._dfk is not None:
             tasks, end = self._dfk.tasks, self._dfk.task_count
             for tid in range(self._plan_cursor, end):
                 record = tasks.get(tid)
-                if record is not None and record["executor"] == self.label and record["status"] not in FINAL_STATES:
-                    tids.add(tid)
-        return sorted(t for t in tids if t not in self._plan), end
+                if (
+                    tid not in launched and tid not in self._plan and record is not None
+                    and record["executor"] == self.label and record["status"] not in FINAL_STATES
+                ):  # fmt: skip
+                    others.append(tid)
+        if cap is not None and len(launched) + len(others) > cap:
+            keep = max(0, cap - len(launched))
+            end = others[keep]  # scan again from the first one left for a later window
+            others = others[:keep]
+        return sorted([t for t in launched if t not in self._plan] + others), end
 
     def _graph(self, tids: list[int], batch: list[_Launch], min_start_s: float) -> tuple[Graph, set[int]]:
         """The graph to plan ``tids`` as, and which of them gate others' release."""
@@ -542,9 +560,9 @@ class SagaDispatchExecutor(ParslExecutor):
         self._release(self._order.ready(launch.tid), {launch.tid: launch})
         return True
 
-    def _plan_and_release(self, batch: list[_Launch]) -> None:
+    def _plan_and_release(self, batch: list[_Launch], cap: int | None = None) -> None:
         with self._lock:
-            tids, self._plan_cursor = self._unplanned(batch)
+            tids, self._plan_cursor = self._unplanned(batch, cap)
             if not tids:  # planned while they waited (a plan was under way): just let them go
                 for launch in batch:
                     self._release(self._order.ready(launch.tid), {launch.tid: launch})

@@ -117,7 +117,7 @@ class Agent:
         if self._sock in ready:
             self._read(now)
         if len(ready) - (self._sock in ready) > 0:
-            self._collect()
+            self._collect(set(ready))
         self._start_tasks()
         self._send_results_and_credit(now)
         self._keep_time(now)
@@ -245,9 +245,9 @@ class Agent:
 
     # ------------------------------------------------------------------ running
 
-    def _collect(self) -> None:
+    def _collect(self, ready: set[int]) -> None:
         assert self._pool is not None
-        finished, unstarted = self._pool.collect()
+        finished, unstarted = self._pool.collect(ready)
         for key, outcome, data, runtime_s in finished:
             client_id, task_id = key
             self._results.append(p.TaskResult(client_id, task_id, outcome, data, runtime_s))

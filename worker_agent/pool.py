@@ -126,36 +126,45 @@ class WorkerPool:
         with contextlib.suppress(BrokenPipeError, OSError):  # if it died, collect() reports the task lost
             worker.conn.send((key, payload))
 
-    def collect(self) -> tuple[list[Finished], list[tuple[Key, bytes]]]:
+    def collect(self, ready: set[int] | None = None) -> tuple[list[Finished], list[tuple[Key, bytes]]]:
         """Since the last call: finished tasks (results, and WORKER_LOST for the task a dead worker
         was running), and tasks that were waiting in a dead worker's pipe (never started: run them
-        elsewhere)."""
+        elsewhere). ``ready``: the :meth:`fds` a poll found readable (None: look at every worker);
+        one message is read per readable pipe, the next poll reports the rest."""
         done: list[Finished] = []
         unstarted: list[tuple[Key, bytes]] = []
         for i, worker in enumerate(self._workers):
-            dead = False
+            if ready is None:
+                readable, dead = worker.conn.poll(), False
+            else:  # no poll() per pipe here: each builds a selector
+                readable, dead = worker.conn.fileno() in ready, worker.process.sentinel in ready
             try:
-                while worker.conn.poll():
-                    message = worker.conn.recv()
-                    if not worker.ready:
-                        assert message[0] == READY, message
-                        worker.ready = True
-                        self._idle.append(worker)
-                        continue
-                    key, outcome, data, runtime_s = message
-                    done.append((key, Outcome(outcome), data, runtime_s))
-                    worker.tasks.popleft()
-                    worker.started_at = time.monotonic()
-                    if worker.tasks:
-                        self._slots += 1
-                    else:
-                        self._slots -= self.pipeline
-                        self._idle.append(worker)
+                if readable:
+                    self._take(worker, worker.conn.recv(), done)
+                while (dead or ready is None) and worker.conn.poll():  # a dead worker's last words count
+                    self._take(worker, worker.conn.recv(), done)
             except (EOFError, OSError):
                 dead = True
-            if dead or not worker.process.is_alive():
+            if dead or (ready is None and not worker.process.is_alive()):
                 done.extend(self._replace(i, worker, unstarted))
         return done, unstarted
+
+    def _take(self, worker: _Worker, message: tuple[object, ...], done: list[Finished]) -> None:
+        """One message from a worker: its READY, or a result."""
+        if not worker.ready:
+            assert message[0] == READY, message
+            worker.ready = True
+            self._idle.append(worker)
+            return
+        key, outcome, data, runtime_s = message
+        done.append((key, Outcome(outcome), data, runtime_s))  # type: ignore[arg-type]
+        worker.tasks.popleft()
+        worker.started_at = time.monotonic()
+        if worker.tasks:
+            self._slots += 1
+        else:
+            self._slots -= self.pipeline
+            self._idle.append(worker)
 
     def _replace(self, i: int, worker: _Worker, unstarted: list[tuple[Key, bytes]]) -> list[Finished]:
         worker.process.join(timeout=1)

@@ -18,6 +18,7 @@ Rules
 
 from dispatcher.protocol.codec import decode, encode, op_of
 from dispatcher.protocol.messages import (
+    COALESCE_BYTES,
     KNOWN_FLAGS,
     MAX_BATCH,
     MAX_FRAME_BYTES,
@@ -68,10 +69,12 @@ from dispatcher.protocol.messages import (
     Tasks,
     TaskSpec,
     Welcome,
+    coalesce,
     is_node_name,
 )
 
 __all__ = [
+    "COALESCE_BYTES",
     "KNOWN_FLAGS",
     "MAX_BATCH",
     "MAX_FRAME_BYTES",
@@ -122,6 +125,7 @@ __all__ = [
     "TaskSpec",
     "Tasks",
     "Welcome",
+    "coalesce",
     "decode",
     "encode",
     "is_node_name",

@@ -395,3 +395,43 @@ Message = (
     | Error
     | NodeChanged
 )
+
+
+COALESCE_BYTES: Final = 16 * 1024 * 1024
+"""Payload bytes above which :func:`coalesce` starts a new frame (far below MAX_FRAME_BYTES)."""
+
+
+def coalesce(messages: list[Message]) -> list[Message]:
+    """Merge runs of batch messages bound for one peer (TASKS, RESOLVED) into as few frames as
+    the limits allow; order is kept. What the dispatcher sends a peer in one loop turn goes out
+    as one frame per run instead of one per event."""
+    out: list[Message] = []
+    run: list[TaskAssignment] | list[Resolution] = []
+    kind: type | None = None
+    size = 0
+
+    def close_run() -> None:
+        if kind is Tasks:
+            out.append(Tasks(tuple(run)))  # type: ignore[arg-type]
+        elif kind is Resolved:
+            out.append(Resolved(tuple(run)))  # type: ignore[arg-type]
+
+    for message in messages:
+        items: tuple[TaskAssignment, ...] | tuple[Resolution, ...]
+        if type(message) is Tasks:
+            items = message.tasks
+        elif type(message) is Resolved:
+            items = message.results
+        else:
+            close_run()
+            kind, run, size = None, [], 0
+            out.append(message)
+            continue
+        added = sum(len(item.payload) for item in items)
+        if kind is not type(message) or len(run) + len(items) > MAX_BATCH or size + added > COALESCE_BYTES:
+            close_run()
+            kind, run, size = type(message), [], 0
+        run.extend(items)  # type: ignore[arg-type]
+        size += added
+    close_run()
+    return out

@@ -27,3 +27,12 @@ def fail(message: str) -> None:
 
 def crash_worker(code: int) -> None:
     os._exit(code)
+
+
+def crash_worker_after(sleep_s: float, code: int) -> None:
+    time.sleep(sleep_s)
+    os._exit(code)
+
+
+def pid() -> int:
+    return os.getpid()

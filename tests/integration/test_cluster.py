@@ -145,6 +145,17 @@ def test_app_exceptions_reraise_and_a_crashed_worker_fails_only_its_task(logs: P
         assert [f.result(timeout=30) for f in after] == [0, 1, 4, 9, 16]
 
 
+def test_a_task_waiting_in_a_dead_workers_pipe_runs_on_its_replacement(logs: Path) -> None:
+    with LocalCluster(1, workers=1, pipeline=1, log_dir=logs) as cluster, cluster.client() as client:
+        crashed_pid = client.submit(apps.pid).result(timeout=30)
+        crashed = client.submit(apps.crash_worker_after, 0.5, 7)
+        waiting = client.submit(apps.pid)  # written into the busy worker's pipe behind the crash
+        with pytest.raises(WorkerLost, match="exit code 7"):
+            crashed.result(timeout=30)
+        assert waiting.result(timeout=30) != crashed_pid  # it ran, once, on the fresh worker
+        assert client.resolutions_ignored == 0
+
+
 def test_invalid_node_name_is_rejected_with_a_clear_error(logs: Path) -> None:
     with LocalCluster(1, workers=1, log_dir=logs) as cluster, cluster.client() as client:
         future = client.submit(apps.square, 2, node="Not A Node")
@@ -152,8 +163,13 @@ def test_invalid_node_name_is_rejected_with_a_clear_error(logs: Path) -> None:
             future.result(timeout=30)
 
 
-def test_sigterm_drains_an_agent_running_tasks_finish_queued_go_elsewhere(logs: Path) -> None:
-    with LocalCluster(2, workers=1, prefetch=4, log_dir=logs) as cluster, cluster.client() as client:
+@pytest.mark.parametrize(("pipeline", "expected"), [(0, "aabbb"), (1, "aaabb")])
+def test_sigterm_drains_an_agent_running_tasks_finish_queued_go_elsewhere(
+    logs: Path, pipeline: int, expected: str
+) -> None:
+    """Running tasks finish on the draining node; queued ones go elsewhere. A task already written
+    into a busy worker's pipe (``pipeline``) counts as running."""
+    with LocalCluster(2, workers=1, prefetch=4, pipeline=pipeline, log_dir=logs) as cluster, cluster.client() as client:
         a, b = cluster.node_names
         futures = [client.submit(apps.slow_where, i, 0.5, node=a, rank=i) for i in range(5)]
         futures[0].result(timeout=30)  # task 1 started before task 0's result left the agent
@@ -162,7 +178,7 @@ def test_sigterm_drains_an_agent_running_tasks_finish_queued_go_elsewhere(logs: 
         results = [f.result(timeout=30) for f in futures]
         assert client.resolutions_ignored == 0
     assert [x for _, x, _ in results] == list(range(5))
-    assert [node for node, _, _ in results] == [a, a, b, b, b]
+    assert [node for node, _, _ in results] == [{"a": a, "b": b}[c] for c in expected]
 
 
 def test_dispatcher_restart_agents_reregister_and_client_resends(logs: Path) -> None:

@@ -139,3 +139,25 @@ def test_oversized_batch_is_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
 )
 def test_node_names_follow_kubernetes_rules(name: str, valid: bool) -> None:
     assert p.is_node_name(name) is valid
+
+
+def test_coalesce_merges_runs_of_batches_per_peer_and_keeps_order() -> None:
+    t = [p.TaskAssignment("c", i, float(i), b"x") for i in range(4)]
+    r = [p.Resolution(i, p.Outcome.OK, b"", "n", 0.0) for i in range(3)]
+    messages: list[p.Message] = [
+        p.Tasks((t[0],)),
+        p.Tasks((t[1], t[2])),
+        p.CancelTasks((p.TaskRef("c", 9),)),
+        p.Tasks((t[3],)),
+        p.Resolved((r[0],)),
+        p.Resolved((r[1], r[2])),
+    ]
+    assert p.coalesce(messages) == [
+        p.Tasks((t[0], t[1], t[2])),
+        p.CancelTasks((p.TaskRef("c", 9),)),
+        p.Tasks((t[3],)),
+        p.Resolved(tuple(r)),
+    ]
+    big = b"x" * (p.COALESCE_BYTES // 2 + 1)
+    heavy = [p.Tasks((p.TaskAssignment("c", i, 0.0, big),)) for i in range(3)]
+    assert [len(m.tasks) for m in p.coalesce(list(heavy))] == [1, 1, 1]  # type: ignore[union-attr]
