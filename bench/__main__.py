@@ -7,10 +7,11 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
 
-from bench import contenders, parsl_overhead
+from bench import contenders, parsl_overhead, zmq_floor
 
 
 def header(quick: bool) -> str:
@@ -22,11 +23,12 @@ def header(quick: bool) -> str:
     )
 
 
-BENCHMARKS = {
+BENCHMARKS: dict[str, Callable[[parsl_overhead.Sizes], str]] = {
     "throughput": lambda s: parsl_overhead.throughput(s, logging=True),
     "throughput-nolog": lambda s: parsl_overhead.throughput(s, logging=False),
     "roundtrip": parsl_overhead.round_trip,
     "sleep": parsl_overhead.sleep_efficiency,
+    "client": lambda s: zmq_floor.client_vs_pyzmq(s.rounds, s.client_tasks, s.round_trips),
 }
 
 

@@ -33,7 +33,7 @@ def htex(workers: int, *, logging: bool) -> Config:
         max_workers_per_node=workers,
         cores_per_worker=min(1.0, cores / workers),
         address="127.0.0.1",
-        provider=LocalProvider(init_blocks=1, min_blocks=1, max_blocks=1),
+        provider=LocalProvider(init_blocks=1, min_blocks=1, max_blocks=1),  # type: ignore[no-untyped-call]
     )
     return Config(executors=[ex], initialize_logging=logging)
 

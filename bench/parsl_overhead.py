@@ -23,10 +23,11 @@ class Sizes:
     noop_tasks: tuple[int, ...]
     round_trips: int
     sleep_tasks: int
+    client_tasks: int
 
     @classmethod
     def pick(cls, quick: bool) -> Sizes:
-        return cls(1, (500,), 100, 160) if quick else cls(3, (2000, 10000), 1000, 1600)
+        return cls(1, (500,), 100, 160, 2000) if quick else cls(3, (2000, 10000), 1000, 1600, 20000)
 
 
 def _order(round_no: int) -> list[str]:

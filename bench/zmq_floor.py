@@ -1,0 +1,262 @@
+"""Benchmark 4, and the floor under benchmark 2: the standalone Client against bare pyzmq.
+
+Contenders, each in its own processes, interleaved per round:
+
+* ``raw echo``: a DEALER sends tasks to a ROUTER echo in another process (one hop each way),
+  with the least per-task work any task protocol has: msgpack ``[id, payload]`` out, the echo
+  unpacks it and answers ``[id, result]``, the sender unpacks that; unbatched (one task per
+  frame) and batched (100 per frame). The issue's yardstick.
+* ``bare chain``: the same topology as saga-dispatch — client -> dispatcher -> agent -> worker
+  process and back — in bare pyzmq and a multiprocessing pipe, with no protocol, no state and
+  no serialization: what the hops alone cost. Latency only.
+* ``Client``: saga-dispatch's standalone Client on a one-node LocalCluster, running the same
+  no-op Parsl apply message HTEX would (2 workers).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import multiprocessing.connection
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+import psutil
+import zmq
+from parsl.serialize import pack_apply_message
+
+from bench import apps
+from bench.stats import markdown, median, percentile
+from dispatcher.client import Client
+from dispatcher.local import LocalCluster
+
+_BATCH = 100
+
+
+def _payload() -> bytes:
+    return pack_apply_message(apps.noop, (1,), {})
+
+
+# --------------------------------------------------------------------------- bare processes
+
+
+def _echo(url_out: Any) -> None:
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.ROUTER)
+    sock.setsockopt(zmq.SNDHWM, 0)
+    sock.setsockopt(zmq.RCVHWM, 0)
+    port = sock.bind_to_random_port("tcp://127.0.0.1")
+    url_out.send(f"tcp://127.0.0.1:{port}")
+    while True:
+        peer, frame = sock.recv_multipart()
+        if frame == b"stop":
+            return
+        tasks = msgpack.unpackb(frame)
+        sock.send_multipart([peer, msgpack.packb([[task_id, b"r"] for task_id, _ in tasks])])
+
+
+def _worker(conn: multiprocessing.connection.Connection) -> None:
+    while True:
+        data = conn.recv_bytes()
+        if data == b"stop":
+            return
+        conn.send_bytes(data)
+
+
+def _agent(url: str, ready: Any) -> None:
+    """DEALER to the relay, a pipe to one worker process: forwards frames both ways."""
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.connect(url)
+    parent, child = multiprocessing.get_context("spawn").Pipe()
+    worker = multiprocessing.get_context("spawn").Process(target=_worker, args=(child,))
+    worker.start()
+    sock.send(b"hello")
+    ready.send("ok")
+    poller = zmq.Poller()
+    poller.register(sock, zmq.POLLIN)
+    poller.register(parent.fileno(), zmq.POLLIN)
+    while True:
+        events = dict(poller.poll())
+        if sock in events:
+            data = sock.recv()
+            if data == b"stop":
+                parent.send_bytes(b"stop")
+                worker.join(timeout=5)
+                return
+            parent.send_bytes(data)
+        if parent.fileno() in events:
+            sock.send(parent.recv_bytes())
+
+
+def _relay(url_out: Any) -> None:
+    """ROUTER for clients, ROUTER for agents: the dispatcher's two sockets, nothing else."""
+    ctx = zmq.Context()
+    front, back = ctx.socket(zmq.ROUTER), ctx.socket(zmq.ROUTER)
+    fport, bport = front.bind_to_random_port("tcp://127.0.0.1"), back.bind_to_random_port("tcp://127.0.0.1")
+    url_out.send((f"tcp://127.0.0.1:{fport}", f"tcp://127.0.0.1:{bport}"))
+    agent = back.recv_multipart()[0]  # the agent's hello
+    client = b""
+    poller = zmq.Poller()
+    poller.register(front, zmq.POLLIN)
+    poller.register(back, zmq.POLLIN)
+    while True:
+        events = dict(poller.poll())
+        if front in events:
+            client, data = front.recv_multipart()
+            back.send_multipart([agent, data])
+            if data == b"stop":
+                return
+        if back in events:
+            _, data = back.recv_multipart()
+            front.send_multipart([client, data])
+
+
+def _spawn(target: Callable[..., None], *args: Any) -> multiprocessing.process.BaseProcess:
+    proc = multiprocessing.get_context("spawn").Process(target=target, args=args)  # the agent has a child
+    proc.start()
+    return proc
+
+
+def _reap(*procs: multiprocessing.process.BaseProcess) -> None:
+    for proc in procs:
+        proc.join(timeout=5)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+
+
+# --------------------------------------------------------------------------- measurements
+
+
+def _raw_echo(n: int, batch: int) -> tuple[float, list[float]]:
+    """(tasks/s, sequential round trips) through a bare ROUTER echo."""
+    parent, child = multiprocessing.get_context("spawn").Pipe()
+    proc = _spawn(_echo, child)
+    url = parent.recv()
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+    sock: zmq.Socket[bytes] = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.SNDHWM, 0)
+    sock.setsockopt(zmq.RCVHWM, 0)
+    sock.connect(url)
+    payload = _payload()
+    pack, unpack = msgpack.packb, msgpack.unpackb
+    try:
+        sock.send(pack([[0, payload]]))
+        sock.recv()
+        rtts = []
+        for i in range(300):
+            t = time.perf_counter()
+            sock.send(pack([[i, payload]]))
+            unpack(sock.recv())
+            rtts.append(time.perf_counter() - t)
+        messages = n // batch
+        started = time.perf_counter()
+        for m in range(messages):
+            sock.send(pack([[m * batch + k, payload] for k in range(batch)]))
+        for _ in range(messages):
+            unpack(sock.recv())
+        rate = messages * batch / (time.perf_counter() - started)
+        sock.send(b"stop")
+    finally:
+        sock.close(linger=100)
+        _reap(proc)
+    return rate, rtts
+
+
+def _bare_chain(rounds: int = 1000) -> list[float]:
+    """Sequential round trips through client -> relay -> agent -> worker -> back, bare."""
+    parent, child = multiprocessing.get_context("spawn").Pipe()
+    relay = _spawn(_relay, child)
+    front, back = parent.recv()
+    ready_parent, ready_child = multiprocessing.get_context("spawn").Pipe()
+    agent = _spawn(_agent, back, ready_child)
+    ready_parent.recv()
+    sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
+    sock.connect(front)
+    payload = _payload()
+    try:
+        for _ in range(50):
+            sock.send(payload)
+            sock.recv()
+        rtts = []
+        for _ in range(rounds):
+            t = time.perf_counter()
+            sock.send(payload)
+            sock.recv()
+            rtts.append(time.perf_counter() - t)
+        sock.send(b"stop")
+    finally:
+        sock.close(linger=100)
+        _reap(relay, agent)
+    return rtts
+
+
+def _client(n: int, rounds: int = 1000) -> tuple[float, list[float], dict[str, float]]:
+    """(tasks/s, sequential round trips, CPU us per task per process) through saga-dispatch's
+    Client, one node, 2 workers."""
+    with LocalCluster(1, workers=2, log_format="json") as cluster, Client(cluster.client_url) as client:
+        [f.result() for f in [client.submit(apps.noop, i) for i in range(200)]]
+        rtts = []
+        for i in range(rounds):
+            t = time.perf_counter()
+            client.submit(apps.noop, i).result()
+            rtts.append(time.perf_counter() - t)
+        assert cluster.dispatcher is not None
+        agent = psutil.Process(cluster.agents[cluster.node_names[0]].pid)
+        procs = {"client": psutil.Process(), "dispatcher": psutil.Process(cluster.dispatcher.pid), "agent": agent}
+        procs |= {
+            f"worker {i}": w
+            for i, w in enumerate(c for c in agent.children() if "resource_tracker" not in " ".join(c.cmdline()))
+        }
+        before = {name: sum(proc.cpu_times()[:2]) for name, proc in procs.items()}
+        started = time.perf_counter()
+        for f in [client.submit(apps.noop, i) for i in range(n)]:
+            f.result()
+        rate = n / (time.perf_counter() - started)
+        cpu = {name: 1e6 * (sum(proc.cpu_times()[:2]) - before[name]) / n for name, proc in procs.items()}
+        return rate, rtts, cpu
+
+
+def client_vs_pyzmq(rounds: int, n: int, round_trips: int) -> str:
+    rates: dict[str, list[float]] = defaultdict(list)
+    rtt: dict[str, list[float]] = defaultdict(list)
+    p99: dict[str, list[float]] = defaultdict(list)
+    cpu: dict[str, list[float]] = defaultdict(list)
+
+    def note(name: str, times: list[float]) -> None:
+        rtt[name].append(median(times) * 1e3)
+        p99[name].append(percentile(times, 0.99) * 1e3)
+
+    for r in range(rounds):
+        steps = ["raw", "batched", "chain", "client"]
+        for step in steps[r % 4 :] + steps[: r % 4]:
+            if step == "raw":
+                rate, times = _raw_echo(n * 4, 1)
+                rates["raw echo, 1 task/frame"].append(rate)
+                note("raw echo (1 hop each way)", times)
+            elif step == "batched":
+                rate, _ = _raw_echo(n * 20, _BATCH)
+                rates[f"raw echo, {_BATCH} tasks/frame"].append(rate)
+            elif step == "chain":
+                note("bare chain: client-dispatcher-agent-worker", _bare_chain(round_trips))
+            else:
+                rate, times, used = _client(n, round_trips)
+                for name, us in used.items():
+                    cpu[name].append(us)
+                rates["saga-dispatch Client (2 workers)"].append(rate)
+                note("saga-dispatch Client (2 workers)", times)
+    base = median(rates["raw echo, 1 task/frame"])
+    rows = [
+        [name, f"{median(v):,.0f}", f"{median(v) / base:.3f}", ", ".join(f"{x:,.0f}" for x in v)]
+        for name, v in rates.items()
+    ]
+    out = f"### Client throughput vs raw pyzmq ({n:,} no-op tasks for the Client)\n\n"
+    out += markdown(["contender", "tasks/s (median)", "x raw echo", "rounds"], rows)
+    rows = [[name, f"{median(v):.3f}", f"{median(p99[name]):.3f}"] for name, v in rtt.items()]
+    out += "\n\nWhere the Client's time goes: CPU per task in each process (median of rounds; 2 cores in all)\n\n"
+    out += markdown(["process", "CPU us/task"], [[name, f"{median(v):.0f}"] for name, v in cpu.items()])
+    out += "\n\n### Sequential round trip without Parsl: the hops' floor\n\n"
+    return out + markdown(["path", "median ms", "p99 ms"], rows)
