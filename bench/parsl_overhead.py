@@ -24,10 +24,14 @@ class Sizes:
     round_trips: int
     sleep_tasks: int
     client_tasks: int
+    plan_sizes: tuple[int, ...] = (1000, 5000, 20000)
+    overlap_tasks: int = 5000
 
     @classmethod
     def pick(cls, quick: bool) -> Sizes:
-        return cls(1, (500,), 100, 160, 2000) if quick else cls(3, (2000, 10000), 1000, 1600, 20000)
+        if quick:
+            return cls(1, (500,), 100, 160, 2000, (200, 1000), 300)
+        return cls(3, (2000, 10000), 1000, 1600, 20000)
 
 
 def _order(round_no: int) -> list[str]:
