@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 
@@ -11,3 +12,19 @@ def noop(x: int = 0) -> int:
 
 def sleep10ms() -> None:
     time.sleep(0.01)
+
+
+def wf_task(name: str, *_parents: object, cost: float = 0.0) -> tuple[str, str, int, int]:
+    """A workflow task of benchmark 5: (name, node, start ns, end ns) after sleeping cost / speed.
+
+    The speed is NODE_SPEED (saga-dispatch's agents set it); under HTEX, whose blocks play the
+    nodes, it is the block's entry in BENCH_SPEEDS."""
+    started = time.monotonic_ns()
+    speed = os.environ.get("NODE_SPEED")
+    node = os.environ.get("NODE_NAME")
+    if speed is None:
+        block = int(os.environ.get("PARSL_WORKER_BLOCK_ID", "0"))
+        speed = os.environ.get("BENCH_SPEEDS", "1").split(",")[block]
+        node = f"block-{block}"
+    time.sleep(cost / float(speed))
+    return name, node or "?", started, time.monotonic_ns()

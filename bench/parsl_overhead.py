@@ -26,11 +26,13 @@ class Sizes:
     client_tasks: int
     plan_sizes: tuple[int, ...] = (1000, 5000, 20000)
     overlap_tasks: int = 5000
+    wf_tasks: int = 120
+    wf_busy_s: float = 4.0
 
     @classmethod
     def pick(cls, quick: bool) -> Sizes:
         if quick:
-            return cls(1, (500,), 100, 160, 2000, (200, 1000), 300)
+            return cls(1, (500,), 100, 160, 2000, (200, 1000), 300, 60, 1.0)
         return cls(3, (2000, 10000), 1000, 1600, 20000)
 
 
