@@ -28,11 +28,13 @@ class Sizes:
     overlap_tasks: int = 5000
     wf_tasks: int = 120
     wf_busy_s: float = 4.0
+    sim_agents: int = 1000
+    sim_tasks: int = 1_000_000
 
     @classmethod
     def pick(cls, quick: bool) -> Sizes:
         if quick:
-            return cls(1, (500,), 100, 160, 2000, (200, 1000), 300, 60, 1.0)
+            return cls(1, (500,), 100, 160, 2000, (200, 1000), 300, 60, 1.0, 100, 20_000)
         return cls(3, (2000, 10000), 1000, 1600, 20000)
 
 

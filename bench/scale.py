@@ -1,0 +1,198 @@
+"""Benchmark 7: one dispatcher, many simulated agents, a million queued tasks.
+
+The dispatcher is the real one (a subprocess, as ``LocalCluster`` starts it). The agents are
+simulated: plain DEALER sockets speaking the protocol, many per process (``_sim_agents``), that
+register under their own node names, heartbeat, and — once told to serve — grant credit and
+answer every task at once with an empty result: nothing runs, so the dispatcher's own cost is
+what is measured. The client is a bare DEALER speaking the protocol too (the Python Client's
+per-future cost would dominate a million tasks).
+
+Phases: (1) all agents registered and heartbeating, no tasks: the dispatcher's CPU per
+heartbeat; (2) the tasks submitted pinned round-robin to the nodes while no agent grants
+credit: the dispatcher's memory per queued task; (3) agents serve: tasks resolved per second.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import multiprocessing.connection
+import time
+from typing import Any
+
+import psutil
+import zmq
+
+from bench.stats import markdown
+from dispatcher import protocol as p
+from dispatcher.local import LocalCluster
+
+_HEARTBEAT_S = 1.0
+_CAPACITY = 128
+_PAYLOAD = b"x" * 64
+
+
+def _sim_agents(url: str, names: list[str], control: multiprocessing.connection.Connection) -> None:
+    """Run one DEALER per name in this process until told to stop; see the module docstring."""
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    socks: dict[zmq.Socket[bytes], str] = {}
+    poller = zmq.Poller()
+    for name in names:
+        sock: zmq.Socket[bytes] = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.SNDHWM, 0)
+        sock.setsockopt(zmq.RCVHWM, 0)
+        sock.connect(url)
+        sock.send(p.encode(p.Register(name, f"{name}-sim", _CAPACITY // 2, _CAPACITY // 2, 1.0)))
+        socks[sock] = name
+        poller.register(sock, zmq.POLLIN)
+    poller.register(control.fileno(), zmq.POLLIN)
+    registered, serving, answered = 0, False, 0
+    next_beat = time.monotonic() + _HEARTBEAT_S
+    beat = p.encode(p.Heartbeat())
+    while True:
+        for sock_or_fd, _ in poller.poll(50):
+            if sock_or_fd == control.fileno():
+                command = control.recv()
+                if command == "serve":
+                    serving = True
+                    credit = p.encode(p.Credit(_CAPACITY))
+                    for s in socks:
+                        s.send(credit)
+                elif command == "stop":
+                    for s in socks:
+                        s.send(p.encode(p.Bye()))
+                        s.close(linger=200)
+                    control.send(answered)
+                    return
+                continue
+            s = sock_or_fd
+            while True:
+                try:
+                    message = p.decode(s.recv(zmq.NOBLOCK))
+                except zmq.Again:
+                    break
+                if type(message) is p.Registered:
+                    registered += 1
+                    if registered == len(names):
+                        control.send("registered")
+                elif type(message) is p.Tasks and serving:
+                    results = tuple(p.TaskResult(t.client_id, t.task_id, p.Outcome.OK, b"") for t in message.tasks)
+                    s.send(p.encode(p.Results(results)))
+                    s.send(p.encode(p.Credit(len(results))))
+                    answered += len(results)
+        now = time.monotonic()
+        if now >= next_beat:
+            for s in socks:
+                s.send(beat)
+            next_beat = now + _HEARTBEAT_S
+
+
+def _raw_client(url: str) -> zmq.Socket[bytes]:
+    sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.SNDHWM, 0)
+    sock.setsockopt(zmq.RCVHWM, 0)
+    sock.connect(url)
+    sock.send(p.encode(p.Hello("bench-scale")))
+    while type(p.decode(sock.recv())) is not p.Welcome:
+        pass
+    return sock
+
+
+def _status(sock: zmq.Socket[bytes], request_id: int) -> p.Status:
+    sock.send(p.encode(p.StatusQuery(request_id)))
+    while True:
+        message = p.decode(sock.recv())
+        if type(message) is p.Status and message.request_id == request_id:
+            return message
+
+
+def _cpu(proc: psutil.Process) -> float:
+    times = proc.cpu_times()
+    return float(times.user + times.system)
+
+
+def scale(agents: int, tasks: int, processes: int = 4) -> str:
+    ctx = multiprocessing.get_context("spawn")
+    names = [f"sim-{i:04d}" for i in range(agents)]
+    with LocalCluster(
+        1, start_agents=False, heartbeat_interval_s=_HEARTBEAT_S, liveness=10, log_format="json"
+    ) as cluster:
+        assert cluster.dispatcher is not None
+        dispatcher = psutil.Process(cluster.dispatcher.pid)
+        sims: list[tuple[Any, multiprocessing.connection.Connection]] = []
+        started = time.perf_counter()
+        for k in range(processes):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_sim_agents, args=(cluster.agent_url, names[k::processes], child), daemon=True)
+            proc.start()
+            sims.append((proc, parent))
+        for _, conn in sims:
+            if not conn.poll(300) or conn.recv() != "registered":
+                raise RuntimeError("simulated agents did not register")
+        register_s = time.perf_counter() - started
+        client = _raw_client(cluster.client_url)
+
+        # (1) heartbeats only
+        time.sleep(2 * _HEARTBEAT_S)
+        cpu0, t0 = _cpu(dispatcher), time.perf_counter()
+        time.sleep(10 * _HEARTBEAT_S)
+        idle_cpu = (_cpu(dispatcher) - cpu0) / (time.perf_counter() - t0)
+        heartbeat_us = 1e6 * idle_cpu / (agents / _HEARTBEAT_S)
+
+        # (2) a million tasks queued, nobody granting credit
+        rss0 = dispatcher.memory_info().rss
+        batch = 10_000
+        t0 = time.perf_counter()
+        for start in range(0, tasks, batch):
+            specs = tuple(
+                p.TaskSpec(i + 1, names[i % agents], float(i), _PAYLOAD)
+                for i in range(start, min(tasks, start + batch))
+            )
+            client.send(p.encode(p.Submit(specs)))
+        status = _status(client, 1)
+        while status.tasks_submitted < tasks:
+            status = _status(client, 2)
+        queue_s = time.perf_counter() - t0
+        rss1 = dispatcher.memory_info().rss
+        per_task = (rss1 - rss0) / tasks
+
+        # (3) serve: every agent grants credit and answers at once
+        cpu0, t0 = _cpu(dispatcher), time.perf_counter()
+        for _, conn in sims:
+            conn.send("serve")
+        resolved = 0
+        while resolved < tasks:
+            message = p.decode(client.recv())
+            if type(message) is p.Resolved:
+                resolved += len(message.results)
+        drain_s = time.perf_counter() - t0
+        drain_cpu = _cpu(dispatcher) - cpu0
+        answered = 0
+        for proc, conn in sims:
+            conn.send("stop")
+            answered += conn.recv()
+            proc.join(timeout=10)
+        client.close(linger=0)
+    beats = agents / _HEARTBEAT_S
+    rows = [
+        ["agents registered", f"{agents:,} in {register_s:.1f} s ({processes} processes of simulated agents)"],
+        [
+            "heartbeat handling",
+            (
+                f"{100 * idle_cpu:.1f}% of a core for {beats:,.0f} heartbeats/s "
+                f"= {heartbeat_us:.1f} us each (ticks included)"
+            ),
+        ],
+        ["tasks queued", f"{tasks:,} ({len(_PAYLOAD)}-byte payloads) in {queue_s:.1f} s = {tasks / queue_s:,.0f}/s"],
+        ["memory per queued task", f"{per_task:,.0f} bytes (RSS {rss0 / 2**20:,.0f} -> {rss1 / 2**20:,.0f} MiB)"],
+        [
+            "dispatch rate",
+            (
+                f"{tasks / drain_s:,.0f} tasks/s resolved ({drain_s:.1f} s; "
+                f"dispatcher CPU {1e6 * drain_cpu / tasks:.1f} us/task)"
+            ),
+        ],
+        ["all resolved once", f"{resolved:,} resolved, {answered:,} answered by agents"],
+    ]
+    return f"### Scale: one dispatcher, {agents:,} simulated agents, {tasks:,} tasks\n\n" + markdown(
+        ["measure", "value"], rows
+    )
