@@ -114,7 +114,11 @@ class TaskIdResolver:
         if len(tids) == 1:
             return tids[0]
         tasks = self.dfk.tasks
-        launching = [t for t in tids if tasks[t]["task_launch_lock"].locked() and tasks[t]["status"] == States.pending]
+        launching = [  # a record may be dropped meanwhile: its task finished on another thread
+            t
+            for t in tids
+            if (r := tasks.get(t)) is not None and r["task_launch_lock"].locked() and r["status"] == States.pending
+        ]
         if len(launching) == 1:
             return launching[0]
         raise ParslCompatibilityError(

@@ -5,8 +5,10 @@ tasks, start queued tasks on idle workers, send results and credit, keep time (h
 silent dispatcher, registration retries, drain).
 
 Flow control: the agent holds at most ``workers + prefetch`` tasks (running + queued locally).
-It grants the dispatcher exactly the credit that keeps ``granted + held == capacity``; results
-are always sent before the credit they free, so the dispatcher's own cap never clips it.
+It grants the dispatcher the credit that brings ``granted + held`` back to capacity, in steps of
+at least a quarter of the capacity unless fewer than ``workers`` tasks are held or on their way
+(so a busy node asks for tasks in batches, one frame for several, and an idle one at once);
+results are always sent before the credit they free, so the dispatcher's own cap never clips it.
 
 Reconnect: a dispatcher silent for ``interval x liveness`` (or one that says REREGISTER) is
 presumed gone: the agent drops its unstarted tasks (the dispatcher re-queued them, or its
@@ -49,6 +51,7 @@ class Agent:
         self.config = config
         self.agent_id = f"{config.node_name}-{uuid.uuid4().hex[:8]}"
         self.capacity = config.workers + config.prefetch
+        self._credit_step = max(1, self.capacity // 4)
         self.phase = Phase.REGISTERING
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self._sock: zmq.Socket[bytes] | None = None
@@ -274,8 +277,9 @@ class Agent:
             self._send(p.Results(tuple(self._results)), now)
             self._results = []
         if self.phase is Phase.SERVING:
-            want = self.capacity - self._held() - self._granted
-            if want > 0:
+            held = self._held()
+            want = self.capacity - held - self._granted
+            if want > 0 and (want >= self._credit_step or held + self._granted < self.config.workers):
                 self._granted += want
                 self._send(p.Credit(want), now)
 

@@ -257,3 +257,32 @@ def test_a_no_retry_task_on_a_dying_node_fails_node_lost(tmp_path: Path) -> None
         ex.cluster.kill_agent(node)
         with pytest.raises(NodeLost, match=f"node {node} died while running it"):
             future.result(timeout=30)
+
+
+def test_a_lone_task_is_planned_at_once_and_repeated_shapes_come_from_the_plan_cache(tmp_path: Path) -> None:
+    # Windows that would hold a task for a minute: only Nagle's rule (idle executor: plan now)
+    # lets these sequential tasks through within their timeouts.
+    ex = SagaDispatchExecutor(local_nodes=2, local_speeds=[1.0, 4.0], flush_idle_s=60.0, max_delay_s=60.0)
+    with load(ex, tmp_path):
+        app = python_app(workload.task, executors=[ex.label])
+        results = [app(i, parsl_resource_specification={"cost": 0.001}).result(timeout=20) for i in range(20)]
+        plans = list(ex.plans)
+    assert [value for _, value, _ in results] == list(range(20))
+    assert {node for node, _, _ in results} == {"local-1"}  # HEFT: the fast node finishes a lone task first
+    assert len(plans) == 20 and all(p["tasks"] == 1 for p in plans)
+    assert not plans[0]["cached"] and all(p["cached"] for p in plans[1:])
+    assert ex.plan_cache.hits == 19
+
+
+def test_a_stream_is_planned_in_windows_of_at_most_max_plan_tasks(tmp_path: Path) -> None:
+    ex = SagaDispatchExecutor(local_nodes=2, max_plan_tasks=50, workers_per_node=2)
+    with load(ex, tmp_path):
+        app = python_app(workload.task, executors=[ex.label])
+        futures = [app(i) for i in range(1000)]
+        results = [f.result(timeout=120) for f in futures]
+        planned = [ex.planned(f.tid) for f in futures]
+        plans = list(ex.plans)
+    assert [value for _, value, _ in results] == list(range(1000))
+    assert all(p is not None and p.node == node for p, (node, _, _) in zip(planned, results, strict=True))
+    assert sum(p["tasks"] for p in plans) == 1000
+    assert max(p["tasks"] for p in plans) <= 50
