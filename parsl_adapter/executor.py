@@ -53,7 +53,7 @@ from parsl_adapter.dag import Captured, capture
 from parsl_adapter.placement import Edge, Graph, Network, Placed, Plan, PlanningError, Task, make_scheduler
 from parsl_adapter.plancache import PlanCache, canonical, restore
 from parsl_adapter.planner import PlannerProcess
-from parsl_adapter.taskid import ParslCompatibilityError, TaskIdResolver, find_dfk
+from parsl_adapter.taskid import ParslCompatibilityError, TaskIdResolver, find_dfk, new_records
 from parsl_adapter.window import ReleaseOrder, WindowConfig, should_plan
 
 log = get_logger("saga_executor")
@@ -398,7 +398,9 @@ class SagaDispatchExecutor(ParslExecutor):
                 self._speeds[notice.node_name] = notice.speed
             else:
                 self._speeds.pop(notice.node_name, None)
-            self._network = None if not self._speeds else Network(tuple(sorted(self._speeds.items())), self.bandwidth)
+            if self._network is not None:  # else nobody asked the dispatcher yet: the next plan will
+                nodes = tuple(sorted(self._speeds.items()))
+                self._network = Network(nodes, self.bandwidth) if nodes else None
         if notice.state == "alive":
             return
         log.warning("node_lost", node=notice.node_name, state=notice.state, replan=self.replan)
@@ -514,17 +516,15 @@ class SagaDispatchExecutor(ParslExecutor):
         others: list[int] = []
         end = self._plan_cursor
         if self._dfk is not None:
-            tasks, end = self._dfk.tasks, self._dfk.task_count
-            for tid in range(self._plan_cursor, end):
-                record = tasks.get(tid)
-                if (
-                    tid not in launched and tid not in self._plan and record is not None
-                    and record["executor"] == self.label and record["status"] not in FINAL_STATES
-                ):  # fmt: skip
-                    others.append(tid)
+            records, end = new_records(self._dfk, self._plan_cursor)
+            others = [
+                tid for tid, record in records
+                if tid not in launched and tid not in self._plan
+                and record["executor"] == self.label and record["status"] not in FINAL_STATES
+            ]  # fmt: skip
         if cap is not None and len(launched) + len(others) > cap:
             keep = max(0, cap - len(launched))
-            end = others[keep]  # scan again from the first one left for a later window
+            end = min(end, others[keep])  # scan again from the first one left for a later window
             others = others[:keep]
         return sorted([t for t in launched if t not in self._plan] + others), end
 
@@ -533,13 +533,16 @@ class SagaDispatchExecutor(ParslExecutor):
         records = self._dfk.tasks if self._dfk is not None else {}
         captured = capture(records, self.label, tids)
         functions = {launch.tid: launch.function for launch in batch}
+        planning = set(tids)
         tasks, gating = [], set()
         for tid in tids:
             c = captured.get(tid)
             function = c.function if c is not None else functions.get(tid, "?")
             hints = c.hints if c is not None else parse_hints(None)
             tasks.append(Task(str(tid), self.runtimes.cost(function, hints, self.default_cost_s)))
-            if c is not None and c.gating:
+            # A task waiting on a task of ours that no plan holds yet (it will be planned later)
+            # must not hold others back: that later plan's release order could wait on it.
+            if c is not None and c.gating and all(q in planning or q in self._plan for q in c.parents):
                 gating.add(tid)
         edges, fixed, fixed_costs = self._dependencies(tids, captured, records)
         return Graph(tuple(tasks), tuple(edges), fixed, fixed_costs, min_start_s), gating

@@ -62,6 +62,26 @@ def find_dfk(executor: object) -> Any | None:
     return loaded if any(e is executor for e in loaded.executors.values()) else None
 
 
+def new_records(dfk: Any, cursor: int) -> tuple[list[tuple[int, Any]], int]:
+    """Records registered from task id ``cursor`` on, and where the next scan should start.
+
+    The cursor never passes a missing record among the newest ``_IN_FLIGHT_WINDOW`` ids (it may
+    still be being stored: ``dfk.submit`` counts ``task_count`` up first); an older missing
+    record finished and was garbage-collected."""
+    tasks = dfk.tasks
+    end = dfk.task_count
+    stop = end
+    out = []
+    for tid in range(cursor, end):
+        record = tasks.get(tid)
+        if record is None:
+            if tid >= end - _IN_FLIGHT_WINDOW:
+                stop = min(stop, tid)  # maybe still being registered: look again next time
+            continue
+        out.append((tid, record))
+    return out, stop
+
+
 class TaskIdResolver:
     """Maps the ``resource_specification`` passed to ``submit()`` back to its Parsl task id."""
 
@@ -78,17 +98,9 @@ class TaskIdResolver:
                 tids.append(tid)
 
     def _index_new_records(self) -> None:
-        tasks = self.dfk.tasks
-        end = self.dfk.task_count
-        stop = end
-        for tid in range(self._cursor, end):
-            record = tasks.get(tid)
-            if record is None:
-                if tid >= end - _IN_FLIGHT_WINDOW:
-                    stop = min(stop, tid)  # maybe still being registered: look again next time
-                continue
+        records, self._cursor = new_records(self.dfk, self._cursor)
+        for tid, record in records:
             self._index(tid, record)
-        self._cursor = stop
 
     def _matches(self, resource_specification: object) -> list[int]:
         tasks = self.dfk.tasks

@@ -26,7 +26,7 @@ SPEEDS = [1.0, 1.0, 2.0, 4.0]
 
 def load(executor: SagaDispatchExecutor, tmp_path: Path, **config: Any) -> Any:
     return parsl.load(
-        Config(executors=[executor], run_dir=str(tmp_path / "runinfo"), initialize_logging=False, **config)
+        Config(executors=[executor], run_dir=str(tmp_path / "runinfo"), **{"initialize_logging": False, **config})
     )
 
 
@@ -286,3 +286,45 @@ def test_a_stream_is_planned_in_windows_of_at_most_max_plan_tasks(tmp_path: Path
     assert all(p is not None and p.node == node for p, (node, _, _) in zip(planned, results, strict=True))
     assert sum(p["tasks"] for p in plans) == 1000
     assert max(p["tasks"] for p in plans) <= 50
+
+
+def test_a_node_that_joins_before_the_first_plan_does_not_hide_the_others(tmp_path: Path) -> None:
+    # The executor learns the network by asking the dispatcher once, then from NODE_CHANGED
+    # notices. A notice that arrives before that first question must not become the network.
+    with LocalCluster(3, start_agents=False, log_dir=tmp_path / "logs") as cluster:
+        for name in cluster.node_names[:2]:
+            cluster.start_agent(name)
+        cluster.wait_for_nodes(2)
+        ex = SagaDispatchExecutor(address=cluster.client_url)
+        with load(ex, tmp_path):
+            cluster.start_agent(cluster.node_names[2])
+            deadline = time.monotonic() + 30
+            while cluster.node_names[2] not in ex._speeds:  # the notice reached the executor
+                assert time.monotonic() < deadline, "no NODE_CHANGED for the new node"
+                time.sleep(0.01)
+            app = python_app(workload.task, executors=[ex.label])
+            with ex.plan():
+                futures = [app(i, parsl_resource_specification={"cost": 0.01}) for i in range(30)]
+            assert [f.result(timeout=120)[1] for f in futures] == list(range(30))
+            planned = {ex.planned_node(f.tid) for f in futures}
+    assert planned == set(cluster.node_names)
+
+
+def test_a_dag_registered_while_it_runs_is_planned_in_windows_without_deadlock(tmp_path: Path) -> None:
+    # Windows close while Parsl is still registering the DAG: a scan can meet the newest task
+    # before its record is stored, and a child can be planned before its parent. Neither may
+    # stall the per-node release order (this hung before the cursor and gating fixes).
+    dag = workload.dag(2000, seed=2)
+    ex = SagaDispatchExecutor(local_nodes=4, max_plan_tasks=64)
+    with load(ex, tmp_path, initialize_logging=True):  # Parsl's own logging slows registration
+        app = python_app(workload.task, executors=[ex.label])
+        futures: dict[int, Any] = {}
+        for t, parents, cost in dag:
+            futures[t] = app(t, *[futures[p] for p in parents], parsl_resource_specification={"cost": cost})
+        results = {t: f.result(timeout=120) for t, f in futures.items()}
+        planned = {t: ex.planned(f.tid) for t, f in futures.items()}
+        plans = list(ex.plans)
+    expected = workload.expected(dag)
+    assert all(results[t][1] == expected[t] for t in futures)
+    assert all(planned[t] is not None and planned[t].node == results[t][0] for t in futures)  # type: ignore[union-attr]
+    assert len(plans) > 1 and max(p["tasks"] for p in plans) <= 64
