@@ -28,3 +28,10 @@ def wf_task(name: str, *_parents: object, cost: float = 0.0) -> tuple[str, str, 
         node = f"block-{block}"
     time.sleep(cost / float(speed))
     return name, node or "?", started, time.monotonic_ns()
+
+
+def stamped_sleep10ms() -> tuple[int, int, int]:
+    """(worker pid, start ns, end ns) of a 10 ms sleep, for the sleep timeline."""
+    started = time.monotonic_ns()
+    time.sleep(0.01)
+    return os.getpid(), started, time.monotonic_ns()

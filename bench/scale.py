@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import multiprocessing
 import multiprocessing.connection
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -113,9 +115,12 @@ def _cpu(proc: psutil.Process) -> float:
 def scale(agents: int, tasks: int, processes: int = 4) -> str:
     ctx = multiprocessing.get_context("spawn")
     names = [f"sim-{i:04d}" for i in range(agents)]
-    with LocalCluster(
-        1, start_agents=False, heartbeat_interval_s=_HEARTBEAT_S, liveness=10, log_format="json"
-    ) as cluster:
+    with (
+        tempfile.TemporaryDirectory(prefix="saga-bench-") as logs,
+        LocalCluster(
+            1, start_agents=False, heartbeat_interval_s=_HEARTBEAT_S, liveness=10, log_dir=Path(logs)
+        ) as cluster,
+    ):
         assert cluster.dispatcher is not None
         dispatcher = psutil.Process(cluster.dispatcher.pid)
         sims: list[tuple[Any, multiprocessing.connection.Connection]] = []

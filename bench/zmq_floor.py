@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import multiprocessing
 import multiprocessing.connection
+import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -197,7 +199,11 @@ def _bare_chain(rounds: int = 1000) -> list[float]:
 def _client(n: int, rounds: int = 1000) -> tuple[float, list[float], dict[str, float]]:
     """(tasks/s, sequential round trips, CPU us per task per process) through saga-dispatch's
     Client, one node, 2 workers."""
-    with LocalCluster(1, workers=2, log_format="json") as cluster, Client(cluster.client_url) as client:
+    with (
+        tempfile.TemporaryDirectory(prefix="saga-bench-") as logs,
+        LocalCluster(1, workers=2, log_dir=Path(logs)) as cluster,
+        Client(cluster.client_url) as client,
+    ):
         [f.result() for f in [client.submit(apps.noop, i) for i in range(200)]]
         rtts = []
         for i in range(rounds):
