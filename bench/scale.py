@@ -24,7 +24,7 @@ from typing import Any
 import psutil
 import zmq
 
-from bench.stats import markdown
+from bench.stats import cpu_seconds, markdown
 from dispatcher import protocol as p
 from dispatcher.local import LocalCluster
 
@@ -107,11 +107,6 @@ def _status(sock: zmq.Socket[bytes], request_id: int) -> p.Status:
             return message
 
 
-def _cpu(proc: psutil.Process) -> float:
-    times = proc.cpu_times()
-    return float(times.user + times.system)
-
-
 def scale(agents: int, tasks: int, processes: int = 4) -> str:
     ctx = multiprocessing.get_context("spawn")
     names = [f"sim-{i:04d}" for i in range(agents)]
@@ -138,9 +133,9 @@ def scale(agents: int, tasks: int, processes: int = 4) -> str:
 
         # (1) heartbeats only
         time.sleep(2 * _HEARTBEAT_S)
-        cpu0, t0 = _cpu(dispatcher), time.perf_counter()
+        cpu0, t0 = cpu_seconds(dispatcher), time.perf_counter()
         time.sleep(10 * _HEARTBEAT_S)
-        idle_cpu = (_cpu(dispatcher) - cpu0) / (time.perf_counter() - t0)
+        idle_cpu = (cpu_seconds(dispatcher) - cpu0) / (time.perf_counter() - t0)
         heartbeat_us = 1e6 * idle_cpu / (agents / _HEARTBEAT_S)
 
         # (2) a million tasks queued, nobody granting credit
@@ -161,7 +156,7 @@ def scale(agents: int, tasks: int, processes: int = 4) -> str:
         per_task = (rss1 - rss0) / tasks
 
         # (3) serve: every agent grants credit and answers at once
-        cpu0, t0 = _cpu(dispatcher), time.perf_counter()
+        cpu0, t0 = cpu_seconds(dispatcher), time.perf_counter()
         for _, conn in sims:
             conn.send("serve")
         resolved = 0
@@ -170,7 +165,7 @@ def scale(agents: int, tasks: int, processes: int = 4) -> str:
             if type(message) is p.Resolved:
                 resolved += len(message.results)
         drain_s = time.perf_counter() - t0
-        drain_cpu = _cpu(dispatcher) - cpu0
+        drain_cpu = cpu_seconds(dispatcher) - cpu0
         answered = 0
         for proc, conn in sims:
             conn.send("stop")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import statistics
 from collections.abc import Sequence
 
+import psutil
+
 
 def median(values: Sequence[float]) -> float:
     return statistics.median(values)
@@ -13,6 +15,12 @@ def median(values: Sequence[float]) -> float:
 def percentile(values: Sequence[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def cpu_seconds(proc: psutil.Process) -> float:
+    """User plus system CPU time ``proc`` has used so far."""
+    times = proc.cpu_times()
+    return float(times.user + times.system)
 
 
 def markdown(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

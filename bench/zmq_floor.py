@@ -30,7 +30,7 @@ import zmq
 from parsl.serialize import pack_apply_message
 
 from bench import apps
-from bench.stats import markdown, median, percentile
+from bench.stats import cpu_seconds, markdown, median, percentile
 from dispatcher.client import Client
 from dispatcher.local import LocalCluster
 
@@ -217,12 +217,12 @@ def _client(n: int, rounds: int = 1000) -> tuple[float, list[float], dict[str, f
             f"worker {i}": w
             for i, w in enumerate(c for c in agent.children() if "resource_tracker" not in " ".join(c.cmdline()))
         }
-        before = {name: sum(proc.cpu_times()[:2]) for name, proc in procs.items()}
+        before = {name: cpu_seconds(proc) for name, proc in procs.items()}
         started = time.perf_counter()
         for f in [client.submit(apps.noop, i) for i in range(n)]:
             f.result()
         rate = n / (time.perf_counter() - started)
-        cpu = {name: 1e6 * (sum(proc.cpu_times()[:2]) - before[name]) / n for name, proc in procs.items()}
+        cpu = {name: 1e6 * (cpu_seconds(proc) - before[name]) / n for name, proc in procs.items()}
         return rate, rtts, cpu
 
 
