@@ -105,6 +105,7 @@ class SagaDispatchExecutor(ParslExecutor):
         max_delay_s: float = 0.005,
         max_plan_tasks: int = 128,
         plan_cache_size: int = 256,
+        history_size: int = 100_000,
         default_cost_s: float = 1.0,
         default_output_bytes: float = 0.0,
         bandwidth: float = 1e9,
@@ -141,6 +142,11 @@ class SagaDispatchExecutor(ParslExecutor):
             raise ValueError(f"max_held must be >= 1, got {max_held}")
         if max_plan_tasks < 1:
             raise ValueError(f"max_plan_tasks must be >= 1, got {max_plan_tasks}")
+        if history_size < 0:
+            raise ValueError(f"history_size must be >= 0, got {history_size}")
+        self.history_size = history_size
+        """How many finished tasks keep their placement for :meth:`planned_node`, :meth:`ran_on`
+        and a retry (the oldest are forgotten, so a long run's memory stays flat)."""
         self.max_plan_tasks = max_plan_tasks
         """Outside ``plan()``, a window plans at most this many tasks (the oldest first): SAGA's
         list schedulers grow faster than linearly, so big windows would starve the stream."""
@@ -172,6 +178,8 @@ class SagaDispatchExecutor(ParslExecutor):
         self._sent: dict[int, TaskFuture] = {}
         """Released to the dispatcher and not resolved yet (what a re-plan may re-pin)."""
         self._done: set[int] = set()
+        self._finished: deque[int] = deque()
+        """Resolved task ids, oldest first: the history that ``history_size`` bounds."""
         self._node_events: deque[p.NodeChanged] = deque()
         self._rejoin_check_at: float | None = None
         """After a dispatcher restart: when to treat nodes that have not re-registered as lost."""
@@ -290,7 +298,8 @@ class SagaDispatchExecutor(ParslExecutor):
                 self._lock.notify()
 
     def planned_node(self, task_id: int) -> str | None:
-        """Where Parsl task ``task_id`` was planned (also after it finished), or None."""
+        """Where Parsl task ``task_id`` was planned (also after it finished, for the latest
+        ``history_size`` finished tasks), or None."""
         planned = self._plan.get(task_id)
         return planned.node if planned is not None else None
 
@@ -647,13 +656,17 @@ class SagaDispatchExecutor(ParslExecutor):
 
     def _resolved(self, launch: _Launch, sent: Future[Any]) -> None:
         assert isinstance(sent, TaskFuture)
-        if self._sent.get(launch.tid) is sent:
-            del self._sent[launch.tid]
-        self._done.add(launch.tid)
-        if sent.node_name:
-            self._ran_on[launch.tid] = sent.node_name
-            if sent.runtime_s is not None and sent.node_name in self._speeds:
-                self.runtimes.observe(launch.function, sent.runtime_s, self._speeds[sent.node_name])
+        with self._lock:
+            if self._sent.get(launch.tid) is sent:
+                del self._sent[launch.tid]
+            self._done.add(launch.tid)
+            if sent.node_name:
+                self._ran_on[launch.tid] = sent.node_name
+            self._finished.append(launch.tid)
+            while len(self._finished) > self.history_size:
+                self._forget(self._finished.popleft())
+        if sent.node_name and sent.runtime_s is not None and sent.node_name in self._speeds:
+            self.runtimes.observe(launch.function, sent.runtime_s, self._speeds[sent.node_name])
         if launch.future.done():
             self.duplicate_resolutions += 1
             return
@@ -662,6 +675,14 @@ class SagaDispatchExecutor(ParslExecutor):
             launch.future.set_exception(exc)
         else:
             launch.future.set_result(sent.result())
+
+    def _forget(self, tid: int) -> None:
+        """Drop a finished task's placement (unless a retry is under way). Holds the lock."""
+        if tid in self._done:
+            self._done.discard(tid)
+            self._plan.pop(tid, None)
+            self._ran_on.pop(tid, None)
+            self._first_node.pop(tid, None)
 
 
 @functools.lru_cache(maxsize=4096)

@@ -288,6 +288,19 @@ def test_a_stream_is_planned_in_windows_of_at_most_max_plan_tasks(tmp_path: Path
     assert max(p["tasks"] for p in plans) <= 50
 
 
+def test_finished_tasks_are_forgotten_beyond_history_size(tmp_path: Path) -> None:
+    """A long run's per-task state stays bounded: only the latest finished tasks keep theirs."""
+    ex = SagaDispatchExecutor(local_nodes=2, history_size=5)
+    with load(ex, tmp_path):
+        app = python_app(workload.task, executors=[ex.label])
+        futures = [app(i) for i in range(20)]
+        nodes = [f.result(timeout=60)[0] for f in futures]  # each resolves after its history entry
+        remembered = [(ex.planned_node(f.tid), ex.ran_on(f.tid)) for f in futures]
+    assert sum(1 for r in remembered if r != (None, None)) == 5
+    kept = [i for i, r in enumerate(remembered) if r != (None, None)]
+    assert all(remembered[i] == (nodes[i], nodes[i]) for i in kept)
+
+
 def test_a_node_that_joins_before_the_first_plan_does_not_hide_the_others(tmp_path: Path) -> None:
     # The executor learns the network by asking the dispatcher once, then from NODE_CHANGED
     # notices. A notice that arrives before that first question must not become the network.
