@@ -156,6 +156,23 @@ def test_a_task_waiting_in_a_dead_workers_pipe_runs_on_its_replacement(logs: Pat
         assert client.resolutions_ignored == 0
 
 
+def test_a_task_that_cannot_be_unpacked_fails_alone_even_while_waiting_in_a_busy_worker_s_pipe(
+    logs: Path,
+) -> None:
+    """The worker unpacks a task waiting in its pipe before the running one's result goes out:
+    a payload that is not an apply message must fail as that task's error, nothing else."""
+    with LocalCluster(1, workers=1, pipeline=1, log_dir=logs) as cluster, cluster.client() as client:
+        worker = client.submit(apps.pid).result(timeout=30)
+        slow = client.submit(apps.slow_where, 1, 0.5)
+        bad = client.submit_payload(b"not an apply message")  # written behind the slow task
+        after = client.submit(apps.pid)
+        with pytest.raises(ValueError, match="not enough values to unpack"):
+            bad.result(timeout=30)
+        assert slow.result(timeout=30)[1] == 1
+        assert after.result(timeout=30) == worker  # same worker process: nothing crashed
+        assert client.resolutions_ignored == 0
+
+
 def test_invalid_node_name_is_rejected_with_a_clear_error(logs: Path) -> None:
     with LocalCluster(1, workers=1, log_dir=logs) as cluster, cluster.client() as client:
         future = client.submit(apps.square, 2, node="Not A Node")
