@@ -81,8 +81,9 @@ def worker_main(conn: Connection, node_name: str, speed: float) -> None:
         prepared: Call | None = None
         while message is not None:
             key, payload = message
-            started = time.perf_counter()
-            outcome, data = run(prepared if prepared is not None else unpack(payload))
+            call = prepared if prepared is not None else unpack(payload)
+            started = time.perf_counter()  # the function's own time, however it was unpacked
+            outcome, data = run(call)
             runtime_s = time.perf_counter() - started
             prepared = None
             if conn.poll(0):  # the next task waits in the pipe: make it ready first (see above)
