@@ -4,6 +4,11 @@ One background thread owns the DEALER socket (ZeroMQ sockets are not thread-safe
 only serializes the call the way Parsl's HTEX does and hands it to that thread through a deque
 and a wake-up pipe, so it never blocks on the network.
 
+Nagle's rule for frames (:func:`send_now`): a task posted when no result has come back since
+the last frame is held (up to ``coalesce_s``, or until ``COALESCE_TASKS`` are held, or a result
+comes back), so a stream of single submissions leaves in a few frames instead of one frame per
+task. A lone task (nothing in flight: every earlier one came back) leaves at once.
+
 Re-send on reconnect: every unresolved task is kept until it resolves. Whenever the dispatcher
 welcomes us (after the first HELLO, after it restarted, or after it forgot our routing id), all
 of them are sent again; the dispatcher ignores ids it already holds, and the first result wins
@@ -14,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import math
 import os
 import threading
 import time
@@ -35,6 +41,18 @@ log = get_logger("client")
 
 _BATCH_TASKS: Final = 2048
 _BATCH_BYTES: Final = 8 * 1024 * 1024
+COALESCE_TASKS: Final = 256
+"""Held tasks that make a frame worth sending at once."""
+
+
+def send_now(*, held: int, acked: bool, waited_s: float, coalesce_s: float) -> bool:
+    """Nagle's rule for the ``held`` tasks posted and not yet sent: send them now, or hold on.
+
+    Send when a result came back since the last frame (``acked``; also true before the first
+    frame: with nothing in flight there is no stream to batch with, and latency matters), when
+    enough are held for a frame, or when the oldest has waited ``coalesce_s``. Results coming
+    back set the pace of a stream; a task submitted as a result arrives leaves with no delay."""
+    return held == 0 or acked or held >= COALESCE_TASKS or waited_s >= coalesce_s
 
 
 class TaskFuture(Future[Any]):
@@ -87,8 +105,14 @@ class Client:
         client_id: str | None = None,
         connect_timeout_s: float = 10.0,
         heartbeat_interval_s: float = 1.0,
+        coalesce_s: float = 0.001,
     ) -> None:
+        """``coalesce_s``: how long a task posted while others are in flight may wait to share a
+        frame with the next ones (0: every flush sends at once)."""
+        if not coalesce_s >= 0:
+            raise ValueError(f"coalesce_s must be >= 0, got {coalesce_s!r}")
         self.address = address
+        self.coalesce_s = coalesce_s
         self.client_id = client_id or f"client-{uuid.uuid4().hex[:12]}"
         self.heartbeat_interval_s = heartbeat_interval_s
         self._ids = itertools.count(1)
@@ -100,11 +124,19 @@ class Client:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         self._wake_armed = False
+        self._urgent = False
+        """Something other than a task was posted: flush without holding."""
+        # I/O thread only: a result came back since the last frame (or none was sent yet), and
+        # when the oldest held task was first held.
+        self._acked = True
+        self._held_since: float | None = None
         self._closing = threading.Event()
         self._welcomed = threading.Event()
         self.dispatcher_id: str | None = None
         self.resolutions_ignored = 0
         """Resolutions for tasks already resolved (or never submitted): should stay 0."""
+        self.submit_frames = 0
+        """SUBMIT frames sent: tasks sent per frame is how well submissions were batched."""
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self._thread = threading.Thread(target=self._run, name=f"saga-client-{self.client_id}", daemon=True)
         self._thread.start()
@@ -205,10 +237,15 @@ class Client:
     # ------------------------------------------------------------------ caller side
 
     def _post(self, item: p.TaskSpec | p.Cancel | p.Repin | p.NodesQuery | p.StatusQuery) -> None:
-        self._outbox.append(item)
+        if type(item) is not p.TaskSpec:
+            self._urgent = True  # before the append: the I/O thread clears it before draining
+        outbox = self._outbox
+        outbox.append(item)
         if not self._wake_armed:
             self._wake_armed = True
             self._wake()
+        elif self._urgent or len(outbox) == COALESCE_TASKS:
+            self._wake()  # the I/O thread may be holding tasks: this cannot wait
 
     def _wake(self) -> None:
         with contextlib.suppress(OSError):
@@ -243,7 +280,10 @@ class Client:
         last_sent = time.monotonic()
         try:
             while not self._closing.is_set():
-                ready = dict(poller.poll(int(self.heartbeat_interval_s * 1000)))
+                timeout_s = self.heartbeat_interval_s
+                if self._held_since is not None:  # holding tasks: wake when they are due
+                    timeout_s = min(timeout_s, max(self._held_since + self.coalesce_s - time.monotonic(), 0.0))
+                ready = dict(poller.poll(math.ceil(timeout_s * 1000)))
                 if self._wake_r in ready:
                     with contextlib.suppress(BlockingIOError):
                         os.read(self._wake_r, 4096)
@@ -261,26 +301,49 @@ class Client:
             sock.close(linger=0)
 
     def _flush(self, sock: zmq.Socket[bytes]) -> bool:
-        """Send what callers posted: tasks in Submit batches, the rest as they are."""
+        """Send what callers posted — tasks in Submit batches, the rest as they are — unless only
+        tasks are posted and Nagle's rule (:func:`send_now`) says to hold them a little longer."""
+        outbox = self._outbox
+        if not outbox:
+            self._wake_armed = False
+            return False
+        urgent, self._urgent = self._urgent, False
+        if not urgent:
+            now = time.monotonic()
+            if self._held_since is None:
+                self._held_since = now
+            if not send_now(
+                held=len(outbox), acked=self._acked,
+                waited_s=now - self._held_since, coalesce_s=self.coalesce_s,
+            ):  # fmt: skip
+                return False  # posts stay armed (no wake-ups) until then
+        self._held_since = None
         self._wake_armed = False
         sent = False
         batch: list[p.TaskSpec] = []
         size = 0
-        outbox = self._outbox
         while outbox:
             item = outbox.popleft()
             if isinstance(item, p.TaskSpec):
                 batch.append(item)
                 size += len(item.payload)
                 if len(batch) >= _BATCH_TASKS or size >= _BATCH_BYTES:
-                    sock.send(p.encode(p.Submit(tuple(batch))))
+                    self._send_tasks(sock, batch)
                     batch, size = [], 0
             else:
+                if batch:  # keep the order: a Cancel or Repin may name tasks of this batch
+                    self._send_tasks(sock, batch)
+                    batch, size = [], 0
                 sock.send(p.encode(item))
             sent = True
         if batch:
-            sock.send(p.encode(p.Submit(tuple(batch))))
+            self._send_tasks(sock, batch)
         return sent
+
+    def _send_tasks(self, sock: zmq.Socket[bytes], batch: list[p.TaskSpec]) -> None:
+        sock.send(p.encode(p.Submit(tuple(batch))))
+        self._acked = False
+        self.submit_frames += 1
 
     def _receive(self, sock: zmq.Socket[bytes]) -> None:
         while True:
@@ -300,6 +363,7 @@ class Client:
                     if entry is None:
                         self.resolutions_ignored += 1
                     else:
+                        self._acked = True
                         entry[0].node_name = resolution.node_name
                         entry[0].runtime_s = resolution.runtime_s
                         settle(entry[0], resolution)
@@ -324,6 +388,7 @@ class Client:
             # Re-send everything unresolved, ahead of anything newly posted; duplicates are ignored.
             resend = [spec for _, spec in list(self._pending.values())]
             self._outbox.extendleft(reversed(resend))
+            self._urgent = True
             log.info(
                 "client_resending",
                 client_id=self.client_id,

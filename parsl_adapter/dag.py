@@ -6,14 +6,15 @@ the tasks of ours it depends on, so ``A -> getitem -> B`` becomes ``A -> B``. A 
 already done needs no edge: its data exists.
 
 A task is *gating* when all its unfinished dependencies lead only through plain internal tasks
-to tasks of ours. Only gating tasks hold back later-ranked tasks on their node (see
-``window.ReleaseOrder``): a task that waits on a join app, on another executor or on a bare
-Future may wait on work no plan knows about yet, and holding others behind it could deadlock.
+to tasks of ours. Only gating tasks can hold back later-ranked tasks on their node (see
+``window.ReleaseOrder`` and :func:`holds_back`): a task that waits on a join app, on another
+executor or on a bare Future may wait on work no plan knows about yet, and holding others behind
+it could deadlock.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Final
@@ -77,3 +78,16 @@ def _parents(
             gating = False
         stack.extend(record.get("depends", ()))
     return parents, gating
+
+
+def holds_back(task: Captured, planning: Container[int], planned: Container[int]) -> bool:
+    """Whether ``task``, once planned, holds later-ranked tasks of its plan on its node back until
+    it launches (``planning``: the tasks of this plan; ``planned``: those of earlier plans).
+
+    Only a task that still waits on tasks of ours does. One with nothing left to wait on is being
+    launched by Parsl now, and SAGA's order among such tasks (equal costs, no edges) is arbitrary:
+    holding a window's launched tasks behind the one Parsl happens to launch last would idle the
+    node while Parsl launches the rest. A task that waits on one no plan holds yet (it will be
+    planned later) does not either: that later plan's release order could wait on it.
+    """
+    return task.gating and bool(task.parents) and all(q in planning or q in planned for q in task.parents)

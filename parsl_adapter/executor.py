@@ -49,7 +49,7 @@ from dispatcher.errors import DispatchError, DispatcherUnavailable
 from dispatcher.local import LocalCluster
 from dispatcher.logs import get_logger
 from parsl_adapter.costs import RuntimeModel, hints_or_default, parse_hints
-from parsl_adapter.dag import Captured, capture
+from parsl_adapter.dag import Captured, capture, holds_back
 from parsl_adapter.placement import Edge, Graph, Network, Placed, Plan, PlanningError, Task, make_scheduler
 from parsl_adapter.plancache import PlanCache, canonical, restore
 from parsl_adapter.planner import PlannerProcess
@@ -549,9 +549,7 @@ class SagaDispatchExecutor(ParslExecutor):
             function = c.function if c is not None else functions.get(tid, "?")
             hints = c.hints if c is not None else parse_hints(None)
             tasks.append(Task(str(tid), self.runtimes.cost(function, hints, self.default_cost_s)))
-            # A task waiting on a task of ours that no plan holds yet (it will be planned later)
-            # must not hold others back: that later plan's release order could wait on it.
-            if c is not None and c.gating and all(q in planning or q in self._plan for q in c.parents):
+            if c is not None and holds_back(c, planning, self._plan):
                 gating.add(tid)
         edges, fixed, fixed_costs = self._dependencies(tids, captured, records)
         return Graph(tuple(tasks), tuple(edges), fixed, fixed_costs, min_start_s), gating
@@ -576,8 +574,7 @@ class SagaDispatchExecutor(ParslExecutor):
         with self._lock:
             tids, self._plan_cursor = self._unplanned(batch, cap)
             if not tids:  # planned while they waited (a plan was under way): just let them go
-                for launch in batch:
-                    self._release(self._order.ready(launch.tid), {launch.tid: launch})
+                self._release_batch(batch)
                 return
             network = self._network
         if network is None:
@@ -597,8 +594,7 @@ class SagaDispatchExecutor(ParslExecutor):
             plan, saga_s = self._planner.plan(graph, network, self.scheduler)
         with self._lock:
             self._apply(graph, network, plan, gating, saga_s=saga_s, plan_s=time.monotonic() - started, cached=cached)
-            for launch in batch:
-                self._release(self._order.ready(launch.tid), {launch.tid: launch})
+            self._release_batch(batch)
 
     def _apply(
         self,
@@ -631,13 +627,20 @@ class SagaDispatchExecutor(ParslExecutor):
 
     # ------------------------------------------------------------------ release and results
 
+    def _release_batch(self, batch: list[_Launch]) -> None:
+        """Release what a plan lets go of ``batch`` at once, lowest rank first. Holds the lock."""
+        tids = [t for launch in batch for t in self._order.ready(launch.tid)]
+        self._release(tids, {launch.tid: launch for launch in batch})
+
     def _release(self, tids: list[int], fresh: dict[int, _Launch]) -> None:
-        """Send ``tids`` (launched and allowed to leave) to the dispatcher; park the rest. Holds the lock."""
+        """Send ``tids`` (launched and allowed to leave) to the dispatcher, lowest rank first (the
+        client may flush them in more than one frame, and the dispatcher starts what it has);
+        park the rest of ``fresh``. Holds the lock."""
         assert self.client is not None
         for launch in fresh.values():
             if launch.tid not in tids:
                 self._waiting[launch.tid] = launch
-        for tid in tids:
+        for tid in sorted(tids, key=lambda t: self._plan[t].rank) if len(tids) > 1 else tids:
             launch = fresh.get(tid) or self._waiting.pop(tid)
             planned = self._plan[tid]
             sent = self.client.submit_payload(

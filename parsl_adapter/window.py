@@ -55,7 +55,13 @@ class ReleaseOrder:
     Within one plan, a ready task leaves only after every *gating* task ranked before it on the
     same node has left or will never run (it finished without launching: a dependency failed, a
     memoized result). Tasks of different plans never wait for each other, and non-gating tasks
-    never hold others back, so waits only point to earlier ranks of the same plan: no cycles.
+    wait like the others but never hold anyone back, so waits only point to earlier-ranked gating
+    tasks of the same plan, which wait only on their parents: no cycles.
+
+    Gating tasks are those still waiting on planned tasks of ours (``dag.holds_back``). A task
+    with nothing to wait on is being launched by Parsl now, and is not waited for: SAGA's order
+    among such tasks (independent ones of equal cost) is arbitrary, and holding a window's
+    launched tasks behind whichever Parsl happens to launch last would idle the node meanwhile.
     """
 
     def __init__(self) -> None:
@@ -64,16 +70,20 @@ class ReleaseOrder:
         self._where: dict[int, tuple[tuple[int, str], int]] = {}
         self._ready: set[int] = set()
         self._gone: set[int] = set()
+        self._gating: set[int] = set()
         self._waiting: dict[tuple[int, str], int] = {}
         """Ready tasks held back, per queue."""
 
     def add_plan(self, epoch: int, ranked: Iterable[tuple[int, str, float]], gating: set[int]) -> None:
-        """``ranked``: (task id, node, rank) of every task of plan ``epoch``."""
+        """``ranked``: (task id, node, rank) of every task of plan ``epoch``; ``gating``: those
+        that hold later-ranked ones back until they launch."""
         per_node: dict[str, list[tuple[float, int]]] = {}
         for tid, node, rank in ranked:
-            if tid in gating:
-                per_node.setdefault(node, []).append((rank, tid))
+            per_node.setdefault(node, []).append((rank, tid))
         for node, items in per_node.items():
+            if not any(tid in gating for _, tid in items):
+                continue  # nothing to wait for: each leaves when launched
+            self._gating.update(tid for _, tid in items if tid in gating)
             key = (epoch, node)
             order = [tid for _, tid in sorted(items)]
             self._queues[key] = order
@@ -85,7 +95,7 @@ class ReleaseOrder:
         """``tid`` was launched by Parsl; returns the tasks that may leave now, in order."""
         where = self._where.get(tid)
         if where is None or where[1] < self._pos[where[0]]:
-            return [tid]  # not held back by anything (non-gating, or a retry of a released task)
+            return [tid]  # not held back by anything (no gating task ahead, or a retry of a released task)
         self._ready.add(tid)
         self._waiting[where[0]] = self._waiting.get(where[0], 0) + 1
         return self._advance(where[0])
@@ -108,13 +118,14 @@ class ReleaseOrder:
                 out.append(tid)
             elif tid in self._gone:
                 self._gone.discard(tid)
-            else:
-                break
-            pos += 1
+            elif tid in self._gating:
+                break  # not launched yet, and others wait for it
+            pos += 1  # (a task passed before it launched leaves at once when it does)
         self._pos[key] = pos
         if pos == len(order):  # done with this queue: forget it
             for tid in order:
                 self._where.pop(tid, None)
+                self._gating.discard(tid)
             del self._queues[key], self._pos[key]
             self._waiting.pop(key, None)
         return out
@@ -126,6 +137,7 @@ class ReleaseOrder:
             for tid in self._queues.pop(key):
                 self._where.pop(tid, None)
                 self._gone.discard(tid)
+                self._gating.discard(tid)
                 if tid in self._ready:
                     self._ready.discard(tid)
                     released.append(tid)

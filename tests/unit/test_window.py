@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from parsl_adapter.costs import hints_or_default
+from parsl_adapter.dag import Captured, holds_back
 from parsl_adapter.window import ReleaseOrder, WindowConfig, should_plan
 
 pytestmark = pytest.mark.unit
@@ -53,12 +55,13 @@ def test_a_task_that_will_never_launch_stops_holding_others_back() -> None:
     assert order.gone(1) == [2]
 
 
-def test_non_gating_tasks_neither_wait_nor_hold_back() -> None:
+def test_non_gating_tasks_wait_their_turn_but_hold_nobody_back() -> None:
     order = ReleaseOrder()
-    order.add_plan(1, [(1, "a", 0.0), (2, "a", 1.0), (3, "a", 2.0)], gating={1, 3})
-    assert order.ready(2) == [2]
-    assert order.ready(3) == []
-    assert order.ready(1) == [1, 3]
+    order.add_plan(1, [(1, "a", 0.0), (2, "a", 1.0), (3, "a", 2.0), (4, "a", 3.0)], gating={1, 4})
+    assert order.ready(2) == []  # behind 1
+    assert order.ready(1) == [1, 2]
+    assert order.ready(4) == [4]  # 3 (non-gating, not launched yet) is not waited for
+    assert order.ready(3) == [3]
 
 
 def test_plans_do_not_wait_for_each_other_and_retries_leave_at_once() -> None:
@@ -69,3 +72,43 @@ def test_plans_do_not_wait_for_each_other_and_retries_leave_at_once() -> None:
     assert order.ready(1) == [1]
     assert order.ready(1) == [1]  # a retry of a released task
     assert order.ready(99) == [99]  # never planned here
+
+
+def _captured(tid: int, parents: set[int], gating: bool = True) -> Captured:
+    return Captured(tid, "f", hints_or_default(None), frozenset(parents), gating)
+
+
+def test_only_tasks_still_waiting_on_planned_tasks_of_ours_hold_others_back() -> None:
+    planning, planned = {1, 2, 3, 4}, {10}
+    assert holds_back(_captured(2, {1}), planning, planned)  # waits on a task of this plan
+    assert holds_back(_captured(3, {10}), planning, planned)  # on one of an earlier plan
+    # Nothing left to wait on: Parsl launches it now, in whatever order SAGA's ties fall.
+    assert not holds_back(_captured(1, set()), planning, planned)
+    assert not holds_back(_captured(4, {99}), planning, planned)  # its parent is not planned yet
+    assert not holds_back(_captured(4, {1}, gating=False), planning, planned)  # waits on a join app
+
+
+def test_a_launched_independent_task_is_not_held_behind_an_unlaunched_one() -> None:
+    """SAGA ranks independent equal-cost tasks in an arbitrary order (here 2 before 1): the one
+    Parsl launched first leaves at once instead of waiting for the window's last launch; but
+    it still waits behind an earlier-ranked task that waits on its parent (3, rank 0.5)."""
+    planning = {1, 2, 3, 4, 5}
+    tasks = {
+        1: _captured(1, set()),
+        2: _captured(2, set()),
+        3: _captured(3, {9}),
+        4: _captured(4, set()),
+        5: _captured(5, set()),
+    }
+    gating = {t for t, c in tasks.items() if holds_back(c, planning | {9}, set())}
+    assert gating == {3}
+    order = ReleaseOrder()
+    order.add_plan(1, [(2, "a", 0.0), (1, "a", 1.0), (4, "b", 0.0), (5, "b", 1.0)], gating)
+    assert order.ready(1) == [1]
+    assert order.ready(5) == [5]
+    order.add_plan(2, [(2, "a", 0.0), (3, "a", 0.5), (1, "a", 1.0)], gating)
+    assert order.ready(2) == [2]
+    assert order.ready(1) == []  # behind 3, which waits on its parent
+    assert order.blocking() == [3]
+    assert order.ready(3) == [3, 1]
+    assert order.ready(2) == [2]  # a retry leaves at once
