@@ -30,8 +30,8 @@ def wf_task(name: str, *_parents: object, cost: float = 0.0) -> tuple[str, str, 
     return name, node or "?", started, time.monotonic_ns()
 
 
-def stamped_sleep10ms() -> tuple[int, int, int]:
-    """(worker pid, start ns, end ns) of a 10 ms sleep, for the sleep timeline."""
+def stamped_sleep10ms(i: int = 0) -> tuple[int, int, int, int]:
+    """(worker pid, start ns, end ns, i) of a 10 ms sleep, for the sleep timeline."""
     started = time.monotonic_ns()
     time.sleep(0.01)
-    return os.getpid(), started, time.monotonic_ns()
+    return os.getpid(), started, time.monotonic_ns(), i
