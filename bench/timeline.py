@@ -50,9 +50,11 @@ class _Stamps:
         assert client is not None
         submit, submit_payload, send_tasks = ex.submit, client.submit_payload, client._send_tasks
 
-        def on_submit(func: Callable[..., Any], spec: dict[str, Any], *args: Any, **kwargs: Any) -> Future[Any]:
+        def on_submit(
+            func: Callable[..., Any], resource_specification: dict[str, Any], *args: Any, **kwargs: Any
+        ) -> Future[Any]:
             self.launched[args[0]] = time.monotonic_ns()
-            return submit(func, spec, *args, **kwargs)
+            return submit(func, resource_specification, *args, **kwargs)
 
         def on_release(payload: bytes, **kwargs: Any) -> TaskFuture:
             now = time.monotonic_ns()
