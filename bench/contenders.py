@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from collections.abc import Iterator
@@ -57,7 +58,13 @@ def selected() -> list[str]:
 
 @contextmanager
 def loaded(config: Config) -> Iterator[Any]:
-    """A DFK for one round, in a scratch run_dir; always cleaned up."""
+    """A DFK for one round, in a scratch run_dir; always cleaned up.
+
+    The ``parsl`` logger's level is put back afterwards: Parsl's logging set-up sets it to DEBUG
+    and its clean-up removes only the file handler, so every later round with
+    ``initialize_logging=False`` would still build a LogRecord for each of Parsl's debug calls."""
+    parsl_logger = logging.getLogger("parsl")
+    level = parsl_logger.level
     with tempfile.TemporaryDirectory(prefix="saga-bench-") as run_dir:
         config.run_dir = run_dir
         dfk = parsl.load(config)
@@ -66,3 +73,4 @@ def loaded(config: Config) -> Iterator[Any]:
         finally:
             dfk.cleanup()
             parsl.clear()
+            parsl_logger.setLevel(level)
