@@ -32,7 +32,7 @@ import inspect
 import itertools
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -178,8 +178,9 @@ class SagaDispatchExecutor(ParslExecutor):
         self._sent: dict[int, TaskFuture] = {}
         """Released to the dispatcher and not resolved yet (what a re-plan may re-pin)."""
         self._done: set[int] = set()
-        self._finished: deque[int] = deque()
-        """Resolved task ids, oldest first: the history that ``history_size`` bounds."""
+        self._finished: OrderedDict[int, None] = OrderedDict()
+        """Resolved task ids, oldest last run first (a retry moves to the end): the history that
+        ``history_size`` bounds."""
         self._node_events: deque[p.NodeChanged] = deque()
         self._rejoin_check_at: float | None = None
         """After a dispatcher restart: when to treat nodes that have not re-registered as lost."""
@@ -662,9 +663,10 @@ class SagaDispatchExecutor(ParslExecutor):
             self._done.add(launch.tid)
             if sent.node_name:
                 self._ran_on[launch.tid] = sent.node_name
-            self._finished.append(launch.tid)
+            self._finished[launch.tid] = None
+            self._finished.move_to_end(launch.tid)
             while len(self._finished) > self.history_size:
-                self._forget(self._finished.popleft())
+                self._forget(self._finished.popitem(last=False)[0])
         if sent.node_name and sent.runtime_s is not None and sent.node_name in self._speeds:
             self.runtimes.observe(launch.function, sent.runtime_s, self._speeds[sent.node_name])
         if launch.future.done():

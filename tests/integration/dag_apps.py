@@ -9,3 +9,14 @@ def add(a: int, b: int) -> int:
 
 def boom(message: str) -> None:
     raise ArithmeticError(message)
+
+
+def fail_once(marker: str) -> str:
+    """Fail the first time (creating ``marker``), succeed on a retry: returns the node."""
+    import os
+    from pathlib import Path
+
+    if not Path(marker).exists():
+        Path(marker).touch()
+        raise RuntimeError("first try fails")
+    return os.environ["NODE_NAME"]

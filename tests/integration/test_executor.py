@@ -301,6 +301,21 @@ def test_finished_tasks_are_forgotten_beyond_history_size(tmp_path: Path) -> Non
     assert all(remembered[i] == (nodes[i], nodes[i]) for i in kept)
 
 
+def test_a_retried_task_counts_once_in_the_history(tmp_path: Path) -> None:
+    """A task that finishes twice (failed, then retried by Parsl) keeps its place in the history
+    until ``history_size`` other tasks have finished after its last run."""
+    ex = SagaDispatchExecutor(local_nodes=2, history_size=3)
+    with load(ex, tmp_path, retries=1):
+        retried = python_app(dag_apps.fail_once, executors=[ex.label])(str(tmp_path / "marker"))
+        node = retried.result(timeout=60)
+        app = python_app(workload.task, executors=[ex.label])
+        for i in range(2):  # two more: three distinct tasks in the history, four resolutions
+            app(i).result(timeout=60)
+        assert ex.ran_on(retried.tid) == node
+        app(2).result(timeout=60)  # now three others finished after it: forgotten
+        assert ex.ran_on(retried.tid) is None
+
+
 def test_a_node_that_joins_before_the_first_plan_does_not_hide_the_others(tmp_path: Path) -> None:
     # The executor learns the network by asking the dispatcher once, then from NODE_CHANGED
     # notices. A notice that arrives before that first question must not become the network.
