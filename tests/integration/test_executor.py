@@ -6,6 +6,7 @@ import re
 import threading
 import time
 from collections import defaultdict
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -68,10 +69,12 @@ def test_the_dag_is_planned_whole_before_deep_tasks_can_run(tmp_path: Path) -> N
     ex = SagaDispatchExecutor(local_nodes=2, local_speeds=[1.0, 2.0])
     with load(ex, tmp_path):
         app = python_app(workload.task, executors=[ex.label])
-        first = app(0, parsl_resource_specification={"cost": 0.5})
+        gate: Future[tuple[str, int, int]] = Future()  # the chain is registered before it launches
+        first = app(0, gate, parsl_resource_specification={"cost": 0.5})
         chain = [first]
         for i in range(1, 10):
             chain.append(app(i, chain[-1], parsl_resource_specification={"cost": 0.01}))
+        gate.set_result(("gate", 0, 0))
         deadline = time.monotonic() + 30
         while ex.planned(chain[-1].tid) is None:
             assert time.monotonic() < deadline, "the deep task was never planned"
