@@ -107,8 +107,8 @@ class Client:
         heartbeat_interval_s: float = 1.0,
         coalesce_s: float = 0.001,
     ) -> None:
-        """``coalesce_s``: how long a task posted while others are in flight may wait to share a
-        frame with the next ones (0: every flush sends at once)."""
+        """``coalesce_s``: how long a task posted when no result has come back since the last
+        frame may wait to share a frame with the next ones (:func:`send_now`; 0: never)."""
         if not coalesce_s >= 0:
             raise ValueError(f"coalesce_s must be >= 0, got {coalesce_s!r}")
         self.address = address
