@@ -638,8 +638,9 @@ class SagaDispatchExecutor(ParslExecutor):
         client may flush them in more than one frame, and the dispatcher starts what it has);
         park the rest of ``fresh``. Holds the lock."""
         assert self.client is not None
+        leaving = set(tids)  # a whole plan's batch can be thousands: no list scans per task
         for launch in fresh.values():
-            if launch.tid not in tids:
+            if launch.tid not in leaving:
                 self._waiting[launch.tid] = launch
         for tid in sorted(tids, key=lambda t: self._plan[t].rank) if len(tids) > 1 else tids:
             launch = fresh.get(tid) or self._waiting.pop(tid)
