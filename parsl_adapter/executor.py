@@ -252,7 +252,7 @@ class SagaDispatchExecutor(ParslExecutor):
         with self._lock:
             now = self._last_activity = time.monotonic()
             if tid in self._plan:
-                self._release(self._order.ready(tid), {tid: launch})
+                self._release_batch([launch])
             elif self._held or self._busy() or self._holding or not self._plan_from_cache(launch):
                 if not self._held:
                     self._oldest_held = now
@@ -568,7 +568,7 @@ class SagaDispatchExecutor(ParslExecutor):
             return False
         self._plan_cursor = cursor
         self._apply(graph, network, plan, gating, saga_s=0.0, plan_s=0.0, cached=True)
-        self._release(self._order.ready(launch.tid), {launch.tid: launch})
+        self._release_batch([launch])
         return True
 
     def _plan_and_release(self, batch: list[_Launch], cap: int | None = None) -> None:
@@ -629,7 +629,8 @@ class SagaDispatchExecutor(ParslExecutor):
     # ------------------------------------------------------------------ release and results
 
     def _release_batch(self, batch: list[_Launch]) -> None:
-        """Release what a plan lets go of ``batch`` at once, lowest rank first. Holds the lock."""
+        """Release what ``batch`` (just launched, or just planned) lets go of, lowest rank first;
+        park the rest. Holds the lock."""
         tids = [t for launch in batch for t in self._order.ready(launch.tid)]
         self._release(tids, {launch.tid: launch for launch in batch})
 

@@ -85,7 +85,7 @@ def worker_main(conn: Connection, node_name: str, speed: float) -> None:
         while message is not None:
             key, payload = message
             call = prepared if prepared is not None else unpack(payload)
-            started = time.perf_counter()  # the function's own time, however it was unpacked
+            started = time.perf_counter()  # the call and its result's serialization, not the unpacking
             outcome, data = run(call)
             runtime_s = time.perf_counter() - started
             prepared = None
