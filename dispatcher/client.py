@@ -36,6 +36,7 @@ from parsl.serialize import deserialize, pack_apply_message
 from dispatcher import protocol as p
 from dispatcher.errors import DispatcherUnavailable, failure
 from dispatcher.logs import get_logger
+from dispatcher.sockets import has_more
 
 log = get_logger("client")
 
@@ -346,11 +347,13 @@ class Client:
         self.submit_frames += 1
 
     def _receive(self, sock: zmq.Socket[bytes]) -> None:
-        while True:
+        more = True
+        while more:
             try:
                 frame = sock.recv(zmq.NOBLOCK)
-            except zmq.Again:
+            except zmq.Again:  # the poller may report a socket that has nothing after all
                 return
+            more = has_more(sock)
             try:
                 message = p.decode(frame)
             except p.ProtocolError as exc:
