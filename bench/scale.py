@@ -78,8 +78,7 @@ def _sim_agents(url: str, names: list[str], control: multiprocessing.connection.
                         control.send("registered")
                 elif type(message) is p.Tasks and serving:
                     results = tuple(p.TaskResult(t.client_id, t.task_id, p.Outcome.OK, b"") for t in message.tasks)
-                    s.send(p.encode(p.Results(results)))
-                    s.send(p.encode(p.Credit(len(results))))
+                    s.send(p.encode(p.Results(results, len(results))))
                     answered += len(results)
         now = time.monotonic()
         if now >= next_beat:

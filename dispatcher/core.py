@@ -255,6 +255,9 @@ class DispatcherCore:
             self._pump(node)
         elif type(message) is p.Results:
             self._handle_results(node, message)
+            if message.credit:  # the slots these results freed: after them, as version 1's CREDIT was
+                node.grant(message.credit)
+                self._pump(node)
         elif type(message) is p.Drain:
             self._handle_drain(node, message)
         elif type(message) is p.StealReply:

@@ -30,6 +30,7 @@ import zmq
 
 from dispatcher import protocol as p
 from dispatcher.logs import get_logger
+from dispatcher.sockets import has_more
 from worker_agent.config import AgentConfig
 from worker_agent.pool import WorkerPool
 
@@ -170,39 +171,47 @@ class Agent:
 
     def _read(self, now: float) -> None:
         assert self._sock is not None
+        sock = self._sock
         while True:
             try:
-                frame = self._sock.recv(zmq.NOBLOCK)
-            except zmq.Again:
+                frame = sock.recv(zmq.NOBLOCK)
+            except zmq.Again:  # the poller may report a socket that has nothing after all
                 return
-            try:
-                message = p.decode(frame)
-            except p.ProtocolError as exc:
-                log.warning("bad_frame", reason=str(exc))
-                continue
-            self._last_heard = now
-            if type(message) is p.Tasks:
-                self._granted = max(0, self._granted - len(message.tasks))
-                if self.phase is Phase.SERVING:
-                    self._queued.extend(message.tasks)
-                else:  # raced with our drain: hand them straight back
-                    self._send(p.Drain(tuple(p.TaskRef(t.client_id, t.task_id) for t in message.tasks)), now)
-            elif type(message) is p.Registered:
-                self._registered(message)
-            elif type(message) is p.CancelTasks:
-                self._cancel(message)
-            elif type(message) is p.StealRequest:
-                self._give_back(message, now)
-            elif type(message) is p.Reregister:
-                if self.phase is not Phase.REGISTERING:
-                    self._lost_dispatcher(now, "dispatcher asked us to register again")
-            elif type(message) is p.Refused:
-                log.error(
-                    "registration_refused",
-                    node=self.config.node_name,
-                    reason=message.reason,
-                    retry_in_s=round(self._retry_at - now, 2),
-                )
+            more = has_more(sock)
+            self._handle(frame, now)
+            if not more or self._sock is not sock:  # handling may reconnect
+                return
+
+    def _handle(self, frame: bytes, now: float) -> None:
+        """One frame from the dispatcher."""
+        try:
+            message = p.decode(frame)
+        except p.ProtocolError as exc:
+            log.warning("bad_frame", reason=str(exc))
+            return
+        self._last_heard = now
+        if type(message) is p.Tasks:
+            self._granted = max(0, self._granted - len(message.tasks))
+            if self.phase is Phase.SERVING:
+                self._queued.extend(message.tasks)
+            else:  # raced with our drain: hand them straight back
+                self._send(p.Drain(tuple(p.TaskRef(t.client_id, t.task_id) for t in message.tasks)), now)
+        elif type(message) is p.Registered:
+            self._registered(message)
+        elif type(message) is p.CancelTasks:
+            self._cancel(message)
+        elif type(message) is p.StealRequest:
+            self._give_back(message, now)
+        elif type(message) is p.Reregister:
+            if self.phase is not Phase.REGISTERING:
+                self._lost_dispatcher(now, "dispatcher asked us to register again")
+        elif type(message) is p.Refused:
+            log.error(
+                "registration_refused",
+                node=self.config.node_name,
+                reason=message.reason,
+                retry_in_s=round(self._retry_at - now, 2),
+            )
 
     def _registered(self, message: p.Registered) -> None:
         if self.phase is not Phase.REGISTERING:
@@ -273,15 +282,19 @@ class Agent:
     def _send_results_and_credit(self, now: float) -> None:
         if self.phase is Phase.REGISTERING:
             return  # results wait until we are registered again
-        if self._results:
-            self._send(p.Results(tuple(self._results)), now)
-            self._results = []
+        want = 0
         if self.phase is Phase.SERVING:
             held = self._held()
             want = self.capacity - held - self._granted
             if want > 0 and (want >= self._credit_step or held + self._granted < self.config.workers):
                 self._granted += want
-                self._send(p.Credit(want), now)
+            else:
+                want = 0
+        if self._results:  # the credit rides with the results whose slots it frees
+            self._send(p.Results(tuple(self._results), want), now)
+            self._results = []
+        elif want:
+            self._send(p.Credit(want), now)
 
     # ------------------------------------------------------------------ time
 

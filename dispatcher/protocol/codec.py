@@ -152,7 +152,8 @@ def _results(f: list[Any]) -> Results:
         tuple(
             TaskResult(_str(c, "client_id", MAX_ID), _int(t, "task_id"), _outcome(o), _bytes(p, "payload"), _runtime(r))
             for c, t, o, p, r in _items(f[0], "results", 5)
-        )
+        ),
+        _int(f[1], "credit", 0, MAX_SLOTS * 2),
     )
 
 
@@ -242,7 +243,7 @@ def _error(f: list[Any]) -> Error:
 _DECODERS: Final[dict[Op, tuple[int, Any]]] = {
     Op.REGISTER: (7, _register),
     Op.CREDIT: (1, lambda f: Credit(_int(f[0], "credit", 1, MAX_SLOTS * 2))),
-    Op.RESULTS: (1, _results),
+    Op.RESULTS: (2, _results),
     Op.DRAIN: (1, lambda f: Drain(_refs(f[0], "returned"))),
     Op.BYE: (0, lambda _: Bye()),
     Op.REGISTERED: (

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Final, NamedTuple
 
-PROTOCOL_VERSION: Final = 1
+PROTOCOL_VERSION: Final = 2
+"""2: RESULTS carries the credit its results free (one frame where version 1 sent two)."""
 
 MAX_FRAME_BYTES: Final = 256 * 1024 * 1024
 """Largest frame decode() accepts; the sockets enforce the same limit with ZMQ_MAXMSGSIZE."""
@@ -201,9 +202,12 @@ class Credit:
 
 @dataclass(frozen=True, slots=True)
 class Results:
-    """Agent -> dispatcher: these tasks finished."""
+    """Agent -> dispatcher: these tasks finished; send me up to ``credit`` more tasks (the
+    slots they free; 0: none). One frame, so credit never arrives ahead of the results that
+    free its slots."""
 
     results: tuple[TaskResult, ...]
+    credit: int = 0
 
 
 @dataclass(frozen=True, slots=True)

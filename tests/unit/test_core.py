@@ -114,6 +114,27 @@ def test_credit_never_exceeds_slots_plus_prefetch(t: Transcript) -> None:
     assert sent_tasks(t.agent(b"node-a", p.Credit(1)), b"node-a") == [3]
 
 
+def test_results_carry_the_credit_they_free_and_it_is_used_after_them(t: Transcript) -> None:
+    t.register("node-a", slots=1, credit=0)
+    t.submit((1, "node-a", 0.0), (2, "node-a", 1.0), (3, "node-a", 2.0))
+    assert sent_tasks(t.agent(b"node-a", p.Credit(1)), b"node-a") == [1]
+    freed = p.Results((p.TaskResult(CLIENT_ID, 1, p.Outcome.OK, b"r"),), credit=5)
+    out = t.agent(b"node-a", freed)
+    assert [r.task_id for r in resolved(out)] == [1]
+    assert sent_tasks(out, b"node-a") == [2]  # one slot: the credit is capped like a CREDIT's
+    assert sent_tasks(t.agent(b"node-a", p.Results((), credit=1)), b"node-a") == []  # still busy with 2
+
+
+def test_an_unknown_peers_results_count_but_its_credit_does_not(t: Transcript) -> None:
+    t.register("node-a", slots=1, credit=0)
+    t.submit((1, "node-a", 0.0), (2, "node-a", 1.0))
+    assert sent_tasks(t.agent(b"node-a", p.Credit(1)), b"node-a") == [1]
+    out = t.agent(b"stranger", p.Results((p.TaskResult(CLIENT_ID, 1, p.Outcome.OK, b"r"),), credit=1))
+    assert [r.task_id for r in resolved(out)] == [1]
+    assert (b"stranger", p.Reregister()) in to_agents(out)
+    assert sent_tasks(out, b"stranger") == [] and sent_tasks(out, b"node-a") == []
+
+
 def test_pinned_tasks_go_only_to_their_node(t: Transcript) -> None:
     t.register("node-a", slots=4)
     t.register("node-b", slots=4)

@@ -16,8 +16,10 @@ EXAMPLES: list[p.Message] = [
     p.Register("node-a", "agent-1", 4, 2, 1.5, running=(p.TaskRef("c1", 3),)),
     p.Credit(3),
     p.Results(
-        (p.TaskResult("c1", 7, p.Outcome.OK, b"\x80value", 0.5), p.TaskResult("c1", 8, p.Outcome.APP_ERROR, b""))
+        (p.TaskResult("c1", 7, p.Outcome.OK, b"\x80value", 0.5), p.TaskResult("c1", 8, p.Outcome.APP_ERROR, b"")),
+        credit=2,
     ),
+    p.Results(()),
     p.Drain((p.TaskRef("c1", 9),)),
     p.Bye(),
     p.Registered("node-a", 2, "d1", 0.5, 3),
@@ -55,7 +57,7 @@ def test_round_trip(message: p.Message) -> None:
 
 
 def test_decoded_batches_are_typed_tuples() -> None:
-    [results] = [m for m in EXAMPLES if isinstance(m, p.Results)]
+    results = next(m for m in EXAMPLES if isinstance(m, p.Results))
     decoded = p.decode(p.encode(results))
     assert isinstance(decoded, p.Results)
     assert isinstance(decoded.results, tuple)
@@ -92,10 +94,13 @@ BAD_FRAMES = {
     "float task id": raw(p.PROTOCOL_VERSION, p.Op.CANCEL, [1.0]),
     "short batch item": raw(p.PROTOCOL_VERSION, p.Op.SUBMIT, [[1, None, 0.0, b""]]),
     "batch not a list": raw(p.PROTOCOL_VERSION, p.Op.SUBMIT, b"tasks"),
-    "item not a list": raw(p.PROTOCOL_VERSION, p.Op.RESULTS, [b"x"]),
-    "unknown outcome": raw(p.PROTOCOL_VERSION, p.Op.RESULTS, [["c", 1, 99, b"", 0.0]]),
-    "negative runtime": raw(p.PROTOCOL_VERSION, p.Op.RESULTS, [["c", 1, 0, b"", -1.0]]),
-    "result without runtime": raw(p.PROTOCOL_VERSION, p.Op.RESULTS, [["c", 1, 0, b""]]),
+    "item not a list": raw(p.PROTOCOL_VERSION, p.Op.RESULTS, [b"x"], 0),
+    "unknown outcome": raw(p.PROTOCOL_VERSION, p.Op.RESULTS, [["c", 1, 99, b"", 0.0]], 0),
+    "negative runtime": raw(p.PROTOCOL_VERSION, p.Op.RESULTS, [["c", 1, 0, b"", -1.0]], 0),
+    "result without runtime": raw(p.PROTOCOL_VERSION, p.Op.RESULTS, [["c", 1, 0, b""]], 0),
+    "results without credit (version 1's shape)": raw(p.PROTOCOL_VERSION, p.Op.RESULTS, [["c", 1, 0, b"", 0.0]]),
+    "negative credit in results": raw(p.PROTOCOL_VERSION, p.Op.RESULTS, [], -1),
+    "credit in results as float": raw(p.PROTOCOL_VERSION, p.Op.RESULTS, [], 1.0),
     "unknown error code": raw(p.PROTOCOL_VERSION, p.Op.ERROR, 99, "x"),
     "map inside": raw(p.PROTOCOL_VERSION, p.Op.SUBMIT, [{"a": 1}]),
     "repin to a number": raw(p.PROTOCOL_VERSION, p.Op.REPIN, [[1, 5, 0.0]]),
