@@ -26,7 +26,8 @@ def header(quick: bool) -> str:
 BENCHMARKS: dict[str, Callable[[parsl_overhead.Sizes], str]] = {
     "throughput": lambda s: parsl_overhead.throughput(s, logging=True),
     "throughput-nolog": lambda s: parsl_overhead.throughput(s, logging=False),
-    "roundtrip": parsl_overhead.round_trip,
+    "roundtrip": lambda s: parsl_overhead.round_trip(s, logging=True),
+    "roundtrip-nolog": lambda s: parsl_overhead.round_trip(s, logging=False),
     "sleep": parsl_overhead.sleep_efficiency,
     "client": lambda s: zmq_floor.client_vs_pyzmq(s.rounds, s.client_tasks, s.round_trips),
     "makespan": lambda s: makespan.makespans(("montage", "epigenomics"), s.wf_tasks, s.wf_busy_s, s.rounds),

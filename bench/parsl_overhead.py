@@ -67,12 +67,12 @@ def throughput(sizes: Sizes, logging: bool, workers: int = 2) -> str:
     return f"### {title}\n\n" + markdown(["tasks", "executor", "tasks/s (median)", "x threadpool", "rounds"], rows)
 
 
-def round_trip(sizes: Sizes, workers: int = 2) -> str:
+def round_trip(sizes: Sizes, logging: bool, workers: int = 2) -> str:
     results: dict[str, list[float]] = defaultdict(list)
     p99s: dict[str, list[float]] = defaultdict(list)
     for r in range(sizes.rounds):
         for name in _order(r):
-            with loaded(CONTENDERS[name](workers, logging=True)):
+            with loaded(CONTENDERS[name](workers, logging=logging)):
                 app = python_app(apps.noop, executors=["bench"])
                 for i in range(20):
                     app(i).result()
@@ -83,8 +83,14 @@ def round_trip(sizes: Sizes, workers: int = 2) -> str:
                     times.append(time.perf_counter() - started)
                 results[name].append(median(times) * 1e3)
                 p99s[name].append(percentile(times, 0.99) * 1e3)
-    rows = [[name, f"{median(results[name]):.3f}", f"{median(p99s[name]):.3f}"] for name in contenders.selected()]
-    return "### Sequential round trip (submit, wait, repeat)\n\n" + markdown(["executor", "median ms", "p99 ms"], rows)
+    base = median(results["threadpool"]) if results["threadpool"] else float("nan")
+    rows = [
+        [name, f"{median(results[name]):.3f}", f"{median(results[name]) - base:+.3f}", f"{median(p99s[name]):.3f}"]
+        for name in contenders.selected()
+    ]
+    title = f"Sequential round trip (submit, wait, repeat; Parsl logging {'on (DEBUG)' if logging else 'off'})"
+    headers = ["executor", "median ms", "over threadpool ms", "p99 ms"]
+    return f"### {title}\n\n" + markdown(headers, rows)
 
 
 def sleep_efficiency(sizes: Sizes, workers: int = 8) -> str:

@@ -9,6 +9,10 @@ Contenders, each in its own processes, interleaved per round:
 * ``bare chain``: the same topology as saga-dispatch — client -> dispatcher -> agent -> worker
   process and back — in bare pyzmq and a multiprocessing pipe, with no protocol, no state and
   no serialization: what the hops alone cost. Latency only.
+* ``bare chain + task work``: the same, plus what any Parsl executor does per task whatever its
+  transport: the client packs the apply message and deserializes the result, the worker
+  unpacks the message, calls the function and serializes its value. The floor under benchmark 2
+  for an executor that runs tasks in worker processes behind a dispatcher.
 * ``Client``: saga-dispatch's standalone Client on a one-node LocalCluster, running the same
   no-op Parsl apply message HTEX would (2 workers).
 """
@@ -27,7 +31,7 @@ from typing import Any
 import msgpack
 import psutil
 import zmq
-from parsl.serialize import pack_apply_message
+from parsl.serialize import deserialize, pack_apply_message, serialize, unpack_apply_message
 
 from bench import apps
 from bench.stats import cpu_seconds, markdown, median, percentile
@@ -59,21 +63,24 @@ def _echo(url_out: Any) -> None:
         sock.send_multipart([peer, msgpack.packb([[task_id, b"r"] for task_id, _ in tasks])])
 
 
-def _worker(conn: multiprocessing.connection.Connection) -> None:
+def _worker(conn: multiprocessing.connection.Connection, work: bool) -> None:
     while True:
         data = conn.recv_bytes()
         if data == b"stop":
             return
+        if work:
+            fn, args, kwargs = unpack_apply_message(data)
+            data = serialize(fn(*args, **kwargs))
         conn.send_bytes(data)
 
 
-def _agent(url: str, ready: Any) -> None:
+def _agent(url: str, ready: Any, work: bool) -> None:
     """DEALER to the relay, a pipe to one worker process: forwards frames both ways."""
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.connect(url)
     parent, child = multiprocessing.get_context("spawn").Pipe()
-    worker = multiprocessing.get_context("spawn").Process(target=_worker, args=(child,))
+    worker = multiprocessing.get_context("spawn").Process(target=_worker, args=(child, work))
     worker.start()
     sock.send(b"hello")
     ready.send("ok")
@@ -168,26 +175,34 @@ def _raw_echo(n: int, batch: int) -> tuple[float, list[float]]:
     return rate, rtts
 
 
-def _bare_chain(rounds: int = 1000) -> list[float]:
-    """Sequential round trips through client -> relay -> agent -> worker -> back, bare."""
+def _bare_chain(rounds: int, work: bool) -> list[float]:
+    """Sequential round trips through client -> relay -> agent -> worker -> back, bare; with
+    ``work``, the task's serialization and call at both ends too."""
     parent, child = multiprocessing.get_context("spawn").Pipe()
     relay = _spawn(_relay, child)
     front, back = parent.recv()
     ready_parent, ready_child = multiprocessing.get_context("spawn").Pipe()
-    agent = _spawn(_agent, back, ready_child)
+    agent = _spawn(_agent, back, ready_child, work)
     ready_parent.recv()
     sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
     sock.connect(front)
     payload = _payload()
+
+    def round_trip(i: int) -> None:
+        if work:
+            sock.send(pack_apply_message(apps.noop, (i,), {}))
+            deserialize(sock.recv())
+        else:
+            sock.send(payload)
+            sock.recv()
+
     try:
-        for _ in range(50):
-            sock.send(payload)
-            sock.recv()
+        for i in range(50):
+            round_trip(i)
         rtts = []
-        for _ in range(rounds):
+        for i in range(rounds):
             t = time.perf_counter()
-            sock.send(payload)
-            sock.recv()
+            round_trip(i)
             rtts.append(time.perf_counter() - t)
         sock.send(b"stop")
     finally:
@@ -237,8 +252,8 @@ def client_vs_pyzmq(rounds: int, n: int, round_trips: int) -> str:
         p99[name].append(percentile(times, 0.99) * 1e3)
 
     for r in range(rounds):
-        steps = ["raw", "batched", "chain", "client"]
-        for step in steps[r % 4 :] + steps[: r % 4]:
+        steps = ["raw", "batched", "chain", "chain+work", "client"]
+        for step in steps[r % len(steps) :] + steps[: r % len(steps)]:
             if step == "raw":
                 rate, times = _raw_echo(n * 4, 1)
                 rates["raw echo, 1 task/frame"].append(rate)
@@ -247,7 +262,9 @@ def client_vs_pyzmq(rounds: int, n: int, round_trips: int) -> str:
                 rate, _ = _raw_echo(n * 20, _BATCH)
                 rates[f"raw echo, {_BATCH} tasks/frame"].append(rate)
             elif step == "chain":
-                note("bare chain: client-dispatcher-agent-worker", _bare_chain(round_trips))
+                note("bare chain: client-dispatcher-agent-worker", _bare_chain(round_trips, work=False))
+            elif step == "chain+work":
+                note("bare chain + task work (pack, unpack, call, serialize)", _bare_chain(round_trips, work=True))
             else:
                 rate, times, used = _client(n, round_trips)
                 for name, us in used.items():
