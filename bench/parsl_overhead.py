@@ -110,7 +110,7 @@ def sleep_efficiency(sizes: Sizes, workers: int = 8) -> str:
                 if learned is not None and learned.estimate("sleep10ms") is not None:
                     runtimes.append(learned.estimate("sleep10ms"))  # what the workers measured
     rows = [
-        [name, f"{100 * median(effs[name]):.0f}%", ", ".join(f"{100 * e:.0f}%" for e in effs[name])]
+        [name, f"{100 * median(effs[name]):.1f}%", ", ".join(f"{100 * e:.1f}%" for e in effs[name])]
         for name in contenders.selected()
     ]
     title = f"10 ms sleep tasks, {workers} workers: efficiency vs ideal ({sizes.sleep_tasks} tasks)"
