@@ -36,7 +36,7 @@ from parsl.serialize import deserialize, pack_apply_message
 from dispatcher import protocol as p
 from dispatcher.errors import DispatcherUnavailable, failure
 from dispatcher.logs import get_logger
-from dispatcher.sockets import has_more
+from dispatcher.sockets import drain
 
 log = get_logger("client")
 
@@ -347,13 +347,7 @@ class Client:
         self.submit_frames += 1
 
     def _receive(self, sock: zmq.Socket[bytes]) -> None:
-        more = True
-        while more:
-            try:
-                frame = sock.recv(zmq.NOBLOCK)
-            except zmq.Again:  # the poller may report a socket that has nothing after all
-                return
-            more = has_more(sock)
+        for frame in drain(sock, sock.recv):
             try:
                 message = p.decode(frame)
             except p.ProtocolError as exc:

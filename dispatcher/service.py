@@ -38,7 +38,7 @@ from dispatcher.events import (
     Ticked,
 )
 from dispatcher.logs import get_logger
-from dispatcher.sockets import has_more
+from dispatcher.sockets import drain
 
 log = get_logger("dispatcher")
 
@@ -174,18 +174,9 @@ class DispatcherService:
             self.close()
 
     def _read(self, sock: zmq.Socket[bytes], side: Side) -> None:
-        """Read up to a burst of frames from one socket and feed them to the core.
-
-        ``EVENTS`` says whether another message waits, so draining the socket costs no ``Again``
-        exception (one per wake-up, a few microseconds each)."""
-        for _ in range(_READ_BURST):
-            try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:  # the poller may report a socket that has nothing after all
-                return
+        """Read up to a burst of frames from one socket and feed them to the core."""
+        for frames in itertools.islice(drain(sock, sock.recv_multipart), _READ_BURST):
             self._step(self._event(side, frames, self._clock(), f"{side}-{next(self._stimuli)}"))
-            if not has_more(sock):
-                return
 
     @staticmethod
     def _event(side: Side, frames: list[bytes], now: float, stimulus_id: str) -> Event:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 import zmq
 
 
-def has_more(sock: zmq.Socket[bytes]) -> bool:
+def _has_more(sock: zmq.Socket[bytes]) -> bool:
     """Whether another message waits on ``sock``, without a ``recv`` that raises ``zmq.Again``.
 
     Reading ``EVENTS`` also processes the socket's pending commands, as a ``recv`` would, so a
@@ -14,3 +16,21 @@ def has_more(sock: zmq.Socket[bytes]) -> bool:
     events = sock.getsockopt(zmq.EVENTS)
     assert isinstance(events, int)
     return bool(events & zmq.POLLIN)
+
+
+def drain[T](sock: zmq.Socket[bytes], recv: Callable[[int], T]) -> Iterator[T]:
+    """The messages waiting on ``sock``, read with ``recv`` (``sock.recv`` or
+    ``sock.recv_multipart``), until it is empty.
+
+    Asks ``EVENTS`` after each message rather than ending on a ``zmq.Again`` exception (one per
+    wake-up, a few microseconds each); the caller may stop early (a burst limit, a reconnect).
+    """
+    while True:
+        try:
+            message = recv(zmq.NOBLOCK)
+        except zmq.Again:  # the poller may report a socket that has nothing after all
+            return
+        more = _has_more(sock)
+        yield message
+        if not more:
+            return

@@ -30,7 +30,7 @@ import zmq
 
 from dispatcher import protocol as p
 from dispatcher.logs import get_logger
-from dispatcher.sockets import has_more
+from dispatcher.sockets import drain
 from worker_agent.config import AgentConfig
 from worker_agent.pool import WorkerPool
 
@@ -172,14 +172,9 @@ class Agent:
     def _read(self, now: float) -> None:
         assert self._sock is not None
         sock = self._sock
-        while True:
-            try:
-                frame = sock.recv(zmq.NOBLOCK)
-            except zmq.Again:  # the poller may report a socket that has nothing after all
-                return
-            more = has_more(sock)
+        for frame in drain(sock, sock.recv):
             self._handle(frame, now)
-            if not more or self._sock is not sock:  # handling may reconnect
+            if self._sock is not sock:  # handling may reconnect
                 return
 
     def _handle(self, frame: bytes, now: float) -> None:
@@ -285,11 +280,10 @@ class Agent:
         want = 0
         if self.phase is Phase.SERVING:
             held = self._held()
-            want = self.capacity - held - self._granted
-            if want > 0 and (want >= self._credit_step or held + self._granted < self.config.workers):
+            free = self.capacity - held - self._granted
+            if free > 0 and (free >= self._credit_step or held + self._granted < self.config.workers):
+                want = free
                 self._granted += want
-            else:
-                want = 0
         if self._results:  # the credit rides with the results whose slots it frees
             self._send(p.Results(tuple(self._results), want), now)
             self._results = []
