@@ -29,7 +29,7 @@ from bench import apps
 from bench.contenders import loaded, saga
 from bench.stats import markdown, median, percentile
 from dispatcher import protocol as p
-from dispatcher.client import Client, TaskFuture
+from dispatcher.client.client import Client, TaskFuture
 from parsl_adapter import SagaDispatchExecutor
 
 STALL_NS = 2_000_000

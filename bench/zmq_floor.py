@@ -35,7 +35,7 @@ from parsl.serialize import deserialize, pack_apply_message, serialize, unpack_a
 
 from bench import apps
 from bench.stats import cpu_seconds, markdown, median, percentile
-from dispatcher.client import Client
+from dispatcher.client.client import Client
 from dispatcher.local import LocalCluster
 
 _BATCH = 100

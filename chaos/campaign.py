@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from chaos.netlab import NetLab, available
-from dispatcher.lifeline import ENV as PARENT_ENV
-from dispatcher.report import table
+from dispatcher.runtime.lifeline import ENV as PARENT_ENV
+from dispatcher.runtime.report import table
 
 SPEEDS = (1.0, 1.0, 2.0, 4.0)
 
@@ -116,3 +116,28 @@ def report(results: list[dict[str, Any]]) -> str:
         ("run time median (s)", f"{statistics.median(r['elapsed_s'] for r in done):.1f}" if done else "-"),
     ]
     return table(["", "value"], [[str(a), str(b)] for a, b in rows])
+
+
+def main(argv: list[str]) -> int:
+    """``saga-dispatch chaos``: seeds in, a table out; exit 1 if any seed lost or doubled a task."""
+    import signal
+
+    from dispatcher.runtime.args import role_parser
+
+    parser = role_parser("chaos", "run seeded fault-injection runs in network namespaces")
+    parser.add_argument("--seeds", type=int, default=10, help="how many seeds (default 10)")
+    parser.add_argument("--first-seed", type=int, default=0)
+    parser.add_argument("--tasks", type=int, default=2000, help="DAG size per run (default 2000)")
+    parser.add_argument("--json", type=Path, default=None, help="also write every run's result here")
+    args = parser.parse_args(argv)
+    # SIGTERM becomes SystemExit, so the lab's namespaces are always torn down.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    results = run_seeds(seeds, tasks=args.tasks)
+    if args.json is not None:
+        args.json.write_text(json.dumps(results, indent=1))
+    print(report(results))
+    bad = failures(results)
+    for r in bad:
+        print(f"seed {r['seed']} failed: {json.dumps({k: v for k, v in r.items() if k != 'recoveries'})[:800]}")
+    return 1 if bad else 0

@@ -24,8 +24,8 @@ from typing import IO, Any
 
 from chaos import workload
 from chaos.faults import Fault, plan_faults
-from dispatcher.lifeline import ENV as PARENT_ENV
-from dispatcher.lifeline import die_with_parent
+from dispatcher.runtime.lifeline import ENV as PARENT_ENV
+from dispatcher.runtime.lifeline import die_with_parent
 
 CLIENT_PORT, AGENT_PORT = 5560, 5561
 

@@ -15,18 +15,22 @@ import selectors
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any, Self
 
-from dispatcher.client import Client
-from dispatcher.lifeline import ENV as PARENT_ENV
+from dispatcher.client.client import Client
+from dispatcher.runtime.errors import DispatchError
+from dispatcher.runtime.lifeline import ENV as PARENT_ENV
 
 NODE_PREFIX = "local-"
+LOCAL_WORKERS = 1
+"""Workers per simulated node: the nodes share one machine, so one each by default."""
 
 
-class LocalClusterError(RuntimeError):
+class LocalClusterError(DispatchError):
     """A local dispatcher or agent did not start."""
 
 
@@ -36,12 +40,12 @@ class LocalCluster:
         nodes: int = 4,
         *,
         speeds: Sequence[float] | None = None,
-        workers: int = 1,
+        workers: int = LOCAL_WORKERS,
         prefetch: int | None = None,
-        pipeline: int = 1,
-        heartbeat_interval_s: float = 0.5,
-        liveness: int = 3,
-        pending_grace_s: float = 30.0,
+        pipeline: int | None = None,
+        heartbeat_interval_s: float | None = None,
+        liveness: int | None = None,
+        pending_grace_s: float | None = None,
         start_agents: bool = True,
         log_dir: Path | None = None,
         log_format: str = "json",
@@ -57,7 +61,8 @@ class LocalCluster:
         self.node_names = [f"{NODE_PREFIX}{i}" for i in range(nodes)]
         self.speeds = dict(zip(self.node_names, speeds, strict=True))
         self.workers = workers
-        self.prefetch = workers if prefetch is None else prefetch
+        self.prefetch = prefetch
+        """None: the agent's default (and likewise for the settings below: the dispatcher's)."""
         self.pipeline = pipeline
         self.heartbeat_interval_s = heartbeat_interval_s
         self.liveness = liveness
@@ -96,9 +101,9 @@ class LocalCluster:
         """Start the dispatcher (again, after a kill: pass the old ports to keep its address)."""
         argv = [
             "dispatcher", "--host", "127.0.0.1",
-            "--client-port", str(client_port), "--agent-port", str(agent_port),
-            "--heartbeat-interval", repr(self.heartbeat_interval_s), "--liveness", str(self.liveness),
-            "--pending-grace", repr(self.pending_grace_s), "--announce",
+            "--client-port", str(client_port), "--agent-port", str(agent_port), "--announce",
+            *_given("--heartbeat-interval", self.heartbeat_interval_s), *_given("--liveness", self.liveness),
+            *_given("--pending-grace", self.pending_grace_s),
         ]  # fmt: skip
         proc = self._spawn("dispatcher", argv, stdout=subprocess.PIPE)
         self.dispatcher = proc
@@ -116,8 +121,8 @@ class LocalCluster:
             raise LocalClusterError(f"agent {name} is already running (pid {old.pid})")
         argv = [
             "agent", "--dispatcher", self.agent_url, "--node-name", name,
-            "--workers", str(self.workers), "--prefetch", str(self.prefetch), "--pipeline", str(self.pipeline),
-            "--speed", repr(self.speeds[name]),
+            "--workers", str(self.workers), "--speed", repr(self.speeds[name]),
+            *_given("--prefetch", self.prefetch), *_given("--pipeline", self.pipeline),
         ]  # fmt: skip
         proc = self._spawn(name, argv)
         self.agents[name] = proc
@@ -197,6 +202,11 @@ class LocalCluster:
         self._logs.clear()
 
 
+def _given(flag: str, value: float | None) -> list[str]:
+    """``[flag, value]``, or nothing for None (then the child's own default holds)."""
+    return [] if value is None else [flag, repr(value)]
+
+
 def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, sig)  # start_new_session: the group id is the child's pid
@@ -218,3 +228,24 @@ def _read_line(proc: subprocess.Popen[bytes], timeout_s: float) -> str | None:
             return None
     line = proc.stdout.readline()
     return line.decode().strip() or None
+
+
+def main(argv: list[str]) -> int:
+    """``saga-dispatch local``: a dispatcher and N agents until Ctrl-C."""
+    from dispatcher.runtime.args import role_parser
+
+    parser = role_parser("local", "run a dispatcher and N agents locally until Ctrl-C")
+    parser.add_argument("--nodes", type=int, default=4)
+    parser.add_argument("--speeds", default=None, help="comma-separated node speeds, e.g. 1,1,2,4")
+    parser.add_argument("--workers", type=int, default=LOCAL_WORKERS, help="workers per node")
+    args = parser.parse_args(argv)
+    speeds = [float(s) for s in args.speeds.split(",")] if args.speeds else None
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    with LocalCluster(args.nodes, speeds=speeds, workers=args.workers, log_format=args.log_format) as cluster:
+        print(f"dispatcher client URL: {cluster.client_url}", flush=True)
+        print(f"dispatcher agent URL:  {cluster.agent_url}", flush=True)
+        print(f"nodes: {', '.join(cluster.node_names)}  (Ctrl-C to stop)", flush=True)
+        stop.wait()
+    return 0

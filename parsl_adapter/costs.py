@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from dispatcher.runtime.smoothing import ALPHA, ema
+
 COST: Final = "cost"
 OUTPUT_SIZE: Final = "output_size"
 RETRY_ON_NODE_LOSS: Final = "retry_on_node_loss"
@@ -59,7 +61,7 @@ def hints_or_default(spec: Mapping[str, Any] | None) -> Hints:
 class RuntimeModel:
     """Per-function cost estimates from observed runtimes (EMA). Thread-safe."""
 
-    def __init__(self, alpha: float = 0.3) -> None:
+    def __init__(self, alpha: float = ALPHA) -> None:
         if not 0 < alpha <= 1:
             raise ValueError(f"alpha must be in (0, 1], got {alpha}")
         self.alpha = alpha
@@ -72,7 +74,7 @@ class RuntimeModel:
         cost = runtime_s * node_speed
         with self._lock:
             old = self._estimates.get(function)
-            self._estimates[function] = cost if old is None else old + self.alpha * (cost - old)
+            self._estimates[function] = ema(old, cost, self.alpha)
 
     def estimate(self, function: str) -> float | None:
         return self._estimates.get(function)

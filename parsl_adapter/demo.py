@@ -16,7 +16,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-from dispatcher.report import table
+from dispatcher.runtime.report import table
 
 SPEEDS = (1.0, 1.0, 2.0, 4.0)
 RECIPES = ("montage", "epigenomics")
@@ -132,3 +132,16 @@ def _report(
     ratio = actual / planned_makespan
     print(f"makespan: planned {planned_makespan:.2f} s, actual {actual:.2f} s (actual/planned {ratio:.2f})")
     return 0 if fidelity == len(done) else 1
+
+
+def main(argv: list[str]) -> int:
+    """``saga-dispatch demo``."""
+    from dispatcher.runtime.args import role_parser
+
+    parser = role_parser("demo", "run a WfCommons workflow through Parsl with SAGA placement on 4 local nodes")
+    parser.add_argument("--recipe", choices=("montage", "epigenomics"), default="montage")
+    parser.add_argument("--tasks", type=int, default=120, help="approximate number of workflow tasks")
+    parser.add_argument("--scheduler", default="HEFT", help="a SAGA scheduler name (default HEFT)")
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args(argv)
+    return run_demo(recipe=args.recipe, tasks=args.tasks, seed=args.seed, scheduler=args.scheduler)

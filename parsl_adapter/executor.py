@@ -44,10 +44,11 @@ from parsl.executors.base import ParslExecutor
 from parsl.serialize import pack_apply_message
 
 from dispatcher import protocol as p
-from dispatcher.client import Client, TaskFuture
-from dispatcher.errors import DispatchError, DispatcherUnavailable
+from dispatcher.client.client import Client, TaskFuture
+from dispatcher.client.errors import DispatcherUnavailable
 from dispatcher.local import LocalCluster
-from dispatcher.logs import get_logger
+from dispatcher.runtime.errors import DispatchError
+from dispatcher.runtime.logs import get_logger
 from parsl_adapter.costs import RuntimeModel, hints_or_default, parse_hints
 from parsl_adapter.dag import Captured, capture, holds_back
 from parsl_adapter.placement import Edge, Graph, Network, Placed, Plan, PlanningError, Task, make_scheduler

@@ -17,7 +17,7 @@ import threading
 from multiprocessing.connection import Connection
 from typing import Any
 
-from dispatcher.lifeline import ENV as PARENT_ENV
+from dispatcher.runtime.lifeline import ENV as PARENT_ENV
 from parsl_adapter.placement import Graph, Network, Placed, Plan, PlanningError
 
 HASH_SEED = "0"

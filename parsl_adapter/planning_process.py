@@ -11,7 +11,7 @@ import time
 from multiprocessing.connection import Connection
 from typing import Any
 
-from dispatcher.lifeline import die_with_parent
+from dispatcher.runtime.lifeline import die_with_parent
 from parsl_adapter.placement import PlanningError, plan
 from parsl_adapter.planner import READY
 

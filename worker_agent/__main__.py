@@ -1,6 +1,8 @@
 """``python -m worker_agent`` is ``saga-dispatch agent``."""
 
+import sys
+
 from dispatcher.cli import main
 
 if __name__ == "__main__":
-    raise SystemExit(main(["agent", *__import__("sys").argv[1:]]))
+    raise SystemExit(main(["agent", *sys.argv[1:]]))

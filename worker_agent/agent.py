@@ -29,15 +29,14 @@ from typing import Final
 import zmq
 
 from dispatcher import protocol as p
-from dispatcher.logs import get_logger
-from dispatcher.sockets import drain
+from dispatcher.runtime.logs import get_logger
+from dispatcher.runtime.sockets import drain
 from worker_agent.config import AgentConfig
 from worker_agent.pool import WorkerPool
 
 log = get_logger("agent")
 
 _MAX_POLL_S: Final = 0.1
-TaskKey = tuple[str, int]
 
 
 class Phase(Enum):
@@ -51,7 +50,7 @@ class Agent:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
         self.agent_id = f"{config.node_name}-{uuid.uuid4().hex[:8]}"
-        self.capacity = config.workers + config.prefetch
+        self.capacity = config.workers + config.prefetch_tasks
         self._credit_step = max(1, self.capacity // 4)
         self.phase = Phase.REGISTERING
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
@@ -145,7 +144,7 @@ class Agent:
         self._granted = 0
         running = tuple(p.TaskRef(c, t) for c, t in self._pool.running) if self._pool is not None else ()
         cfg = self.config
-        register = p.Register(cfg.node_name, self.agent_id, cfg.workers, cfg.prefetch, cfg.speed, running=running)
+        register = p.Register(cfg.node_name, self.agent_id, cfg.workers, cfg.prefetch_tasks, cfg.speed, running=running)
         self._send(register, now)
         self._retry_at = now + self._backoff_s * random.uniform(1.0, 1.5)
         self._backoff_s = min(self._backoff_s * 2, self.config.reconnect_max_s)

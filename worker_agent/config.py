@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from dispatcher.protocol import is_node_name
 
@@ -18,9 +18,11 @@ NODE_SPEED_ENV = "NODE_SPEED"
 class AgentConfig:
     dispatcher_url: str
     node_name: str
-    workers: int = 2
-    prefetch: int = 2
-    """Tasks held beyond the worker count, so a worker never waits for a round trip."""
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    """Worker processes (default: the machine's cores, as HTEX's ``max_workers_per_node``)."""
+    prefetch: int | None = None
+    """Tasks held beyond the worker count, so a worker never waits for a round trip (default:
+    as many as there are workers)."""
     pipeline: int = 1
     """Tasks written ahead into a busy worker's pipe when every worker is busy (0: none)."""
     speed: float = 1.0
@@ -33,16 +35,24 @@ class AgentConfig:
     """How long SIGTERM waits for running tasks (keep below terminationGracePeriodSeconds)."""
 
     def __post_init__(self) -> None:
+        if self.prefetch is None:
+            object.__setattr__(self, "prefetch", self.workers)
         if not is_node_name(self.node_name):
             raise ValueError(f"{self.node_name!r} is not a valid Kubernetes node name (RFC 1123 subdomain)")
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
-        if self.prefetch < 0:
+        if self.prefetch_tasks < 0:
             raise ValueError(f"prefetch must be >= 0, got {self.prefetch}")
         if self.pipeline < 0:
             raise ValueError(f"pipeline must be >= 0, got {self.pipeline}")
         if not self.speed > 0:
             raise ValueError(f"speed must be > 0, got {self.speed}")
+
+    @property
+    def prefetch_tasks(self) -> int:
+        """``prefetch``, resolved (never None after construction)."""
+        assert self.prefetch is not None
+        return self.prefetch
 
 
 def resolve_node_name(cli_value: str | None, env: Mapping[str, str] = os.environ) -> str:

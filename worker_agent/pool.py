@@ -23,15 +23,14 @@ from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
 from typing import Self
 
-from dispatcher.logs import get_logger
-from dispatcher.protocol import Outcome
-from worker_agent.worker import READY, worker_main
+from dispatcher.protocol import Outcome, TaskKey
+from dispatcher.runtime.logs import get_logger
+from worker_agent.pipe import READY, start_worker
 
 log = get_logger("worker_pool")
 
-Key = tuple[str, int]
-"""(client_id, task_id)"""
-Finished = tuple[Key, Outcome, bytes, float]
+
+Finished = tuple[TaskKey, Outcome, bytes, float]
 """(key, outcome, payload, runtime_s)"""
 
 
@@ -40,7 +39,7 @@ class _Worker:
     index: int
     process: BaseProcess
     conn: multiprocessing.connection.Connection
-    tasks: deque[tuple[Key, bytes]] = field(default_factory=deque)
+    tasks: deque[tuple[TaskKey, bytes]] = field(default_factory=deque)
     """Handed over and not finished: the first is running, the rest wait in its pipe."""
     started_at: float = 0.0
     ready: bool = False
@@ -75,7 +74,7 @@ class WorkerPool:
     def _spawn(self, index: int) -> _Worker:
         parent_end, child_end = self._ctx.Pipe()
         process = self._ctx.Process(
-            target=worker_main,
+            target=start_worker,
             args=(child_end, self._node_name, self._speed),
             name=f"saga-worker-{index}",
             daemon=True,
@@ -96,7 +95,7 @@ class WorkerPool:
         return len(self._idle) + self._slots
 
     @property
-    def running(self) -> list[Key]:
+    def running(self) -> list[TaskKey]:
         """Tasks handed to workers and not finished (running, or next in a worker's pipe)."""
         return [key for w in self._workers for key, _ in w.tasks]
 
@@ -110,7 +109,7 @@ class WorkerPool:
 
     # ------------------------------------------------------------------ work
 
-    def start(self, key: Key, payload: bytes) -> None:
+    def start(self, key: TaskKey, payload: bytes) -> None:
         """Hand a task to an idle worker, else queue it in a busy one's pipe; :attr:`idle` must be > 0."""
         if self._idle:
             worker = self._idle.pop()
@@ -126,13 +125,13 @@ class WorkerPool:
         with contextlib.suppress(BrokenPipeError, OSError):  # if it died, collect() reports the task lost
             worker.conn.send((key, payload))
 
-    def collect(self, ready: set[int] | None = None) -> tuple[list[Finished], list[tuple[Key, bytes]]]:
+    def collect(self, ready: set[int] | None = None) -> tuple[list[Finished], list[tuple[TaskKey, bytes]]]:
         """Since the last call: finished tasks (results, and WORKER_LOST for the task a dead worker
         was running), and tasks that were waiting in a dead worker's pipe (never started: run them
         elsewhere). ``ready``: the :meth:`fds` a poll found readable (None: look at every worker);
         one message is read per readable pipe, the next poll reports the rest."""
         done: list[Finished] = []
-        unstarted: list[tuple[Key, bytes]] = []
+        unstarted: list[tuple[TaskKey, bytes]] = []
         for i, worker in enumerate(self._workers):
             if ready is None:
                 readable, dead = worker.conn.poll(), False
@@ -166,7 +165,7 @@ class WorkerPool:
             self._slots -= self.pipeline
             self._idle.append(worker)
 
-    def _replace(self, i: int, worker: _Worker, unstarted: list[tuple[Key, bytes]]) -> list[Finished]:
+    def _replace(self, i: int, worker: _Worker, unstarted: list[tuple[TaskKey, bytes]]) -> list[Finished]:
         worker.process.join(timeout=1)
         code = worker.process.exitcode
         lost: list[Finished] = []

@@ -26,13 +26,10 @@ from typing import Any
 from parsl.app.errors import RemoteExceptionWrapper
 from parsl.serialize import serialize, unpack_apply_message
 
-from dispatcher.lifeline import die_with_parent_thread
 from dispatcher.protocol import Outcome
+from dispatcher.runtime.lifeline import die_with_parent_thread
 from worker_agent.config import NODE_NAME_ENV, NODE_SPEED_ENV
-
-READY = "ready"
-"""First message of a worker on its pipe: imports done, ready for tasks."""
-
+from worker_agent.pipe import READY
 
 PREPARE_MAX_BYTES = 64 * 1024
 """A waiting task is unpacked before the previous result is sent only up to this size: a large

@@ -155,6 +155,10 @@ class Resolution(NamedTuple):
     runtime_s: float = 0.0
 
 
+TaskKey = tuple[str, int]
+"""(client_id, task_id): a task's identity, unique across clients, stable across dispatcher restarts."""
+
+
 class TaskRef(NamedTuple):
     """A task named by its owner and id (cancellation, drain hand-back)."""
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dispatcher import protocol as p
-from dispatcher.node import NodeState
+from dispatcher.server.node import NodeState
 
 from .transcript import CLIENT_ID, Transcript, logs, resolved, result, sent_tasks, to_agents, to_client
 

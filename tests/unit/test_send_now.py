@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dispatcher.client import COALESCE_TASKS, send_now
+from dispatcher.client.client import COALESCE_TASKS, send_now
 
 
 @pytest.mark.parametrize(

@@ -7,8 +7,8 @@ from typing import get_args
 import pytest
 
 from dispatcher import protocol as p
-from dispatcher.events import AgentMessageReceived, ClientMessageReceived, FrameRejected
-from dispatcher.service import DispatcherService
+from dispatcher.server.events import AgentMessageReceived, ClientMessageReceived, FrameRejected
+from dispatcher.server.service import DispatcherService
 
 from .test_protocol import EXAMPLES
 

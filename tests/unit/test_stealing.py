@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dispatcher.stealing import Move, ThiefView, VictimView, gain_s, plan_steals
+from dispatcher.server.stealing import Move, ThiefView, VictimView, gain_s, plan_steals
 
 pytestmark = pytest.mark.unit
 

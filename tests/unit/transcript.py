@@ -9,8 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from dispatcher import protocol as p
-from dispatcher.core import CoreConfig, DispatcherCore
-from dispatcher.events import (
+from dispatcher.server.core import CoreConfig, DispatcherCore
+from dispatcher.server.events import (
     AgentMessageReceived,
     ClientMessageReceived,
     Command,

@@ -1,10 +1,8 @@
-"""Plain-text tables for the ``status`` and ``demo`` commands."""
+"""Plain-text tables for the ``status``, ``demo`` and ``chaos`` commands."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-
-from dispatcher.protocol import Status
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -22,16 +20,3 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 
 def _fmt(value: object) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def status_table(status: Status) -> str:
-    nodes = table(
-        ["node", "state", "speed", "slots", "incarnation", "queued", "in flight", "done"],
-        [list(n) for n in status.nodes],
-    )
-    totals = (
-        f"dispatcher {status.dispatcher_id}: {status.tasks_submitted} submitted, "
-        f"{status.tasks_resolved} resolved, {status.pool_queued} queued in the shared pool, "
-        f"{status.duplicates_dropped} duplicate results dropped, {status.bad_frames} bad frames"
-    )
-    return f"{nodes}\n\n{totals}"

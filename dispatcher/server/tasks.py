@@ -12,8 +12,10 @@ import heapq
 from itertools import count
 from typing import Final
 
-TaskKey = tuple[str, int]
-"""(client_id, task_id): unique across clients, stable across dispatcher restarts."""
+from dispatcher.protocol import TaskKey
+
+POOL: Final = "__pool__"
+"""The name of the shared pool's queue (tasks any node may take)."""
 
 _COMPACT_MIN: Final = 1024
 

@@ -19,14 +19,16 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Final, Literal, get_args
 
 import zmq
 
 from dispatcher import protocol as p
-from dispatcher.core import CoreConfig, DispatcherCore
-from dispatcher.events import (
+from dispatcher.runtime.logs import get_logger
+from dispatcher.runtime.sockets import drain
+from dispatcher.server.config import DispatcherConfig
+from dispatcher.server.core import DispatcherCore
+from dispatcher.server.events import (
     AgentMessageReceived,
     ClientMessageReceived,
     Command,
@@ -37,8 +39,6 @@ from dispatcher.events import (
     SendToClient,
     Ticked,
 )
-from dispatcher.logs import get_logger
-from dispatcher.sockets import drain
 
 log = get_logger("dispatcher")
 
@@ -49,18 +49,6 @@ _CLIENT_TYPES: Final = get_args(p.ClientMessage)
 Side = Literal["agent", "client"]
 _READ_BURST: Final = 256
 """Frames read from one socket before looking at the other and at the clock (fairness)."""
-
-
-@dataclass(frozen=True, slots=True)
-class DispatcherConfig:
-    host: str = "0.0.0.0"
-    client_port: int = 5560
-    """0 picks a free port (reported by :meth:`DispatcherService.bind`)."""
-    agent_port: int = 5561
-    core: CoreConfig = field(default_factory=CoreConfig)
-    """Liveness, grace and stealing settings; ``dispatcher_id`` is set at start."""
-    tick_s: float = 0.05
-    max_frame_bytes: int = p.MAX_FRAME_BYTES
 
 
 class DispatcherService:

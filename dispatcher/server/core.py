@@ -30,10 +30,12 @@ Rules (the invariants ``validate_state()`` checks after every step in tests):
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
 
 from dispatcher import protocol as p
-from dispatcher.events import (
+from dispatcher.protocol import TaskKey
+from dispatcher.runtime.smoothing import ema
+from dispatcher.server.config import CoreConfig
+from dispatcher.server.events import (
     AgentMessageReceived,
     ClientMessageReceived,
     Command,
@@ -45,33 +47,9 @@ from dispatcher.events import (
     SendToClient,
     Ticked,
 )
-from dispatcher.node import ACCEPTS_PINS, CONNECTED, NodeActor, NodeState
-from dispatcher.stealing import ThiefView, plan_steals, victim_view
-from dispatcher.tasks import TaskKey, TaskQueue, TaskRecord
-
-POOL = "__pool__"
-
-
-@dataclass(frozen=True, slots=True)
-class CoreConfig:
-    dispatcher_id: str = ""
-    """Changes every time the dispatcher starts; clients use it to notice a restart."""
-    heartbeat_interval_s: float = 0.5
-    liveness: int = 3
-    """Missed heartbeat intervals before a node is declared dead."""
-    pending_grace_s: float = 30.0
-    """How long tasks wait for a node that was named but never registered."""
-    max_nodes: int = 100_000
-    steal_penalty_s: float = 0.01
-    """What moving a task to another node costs (transfer, latency), in the stealing policy."""
-    default_runtime_s: float = 0.1
-    """Runtime assumed for a node that has not reported one yet."""
-    bad_frame_log_every: int = 1000
-    """Log the 1st bad frame and then every n-th, so garbage cannot flood the log."""
-
-    @property
-    def expiry_s(self) -> float:
-        return self.heartbeat_interval_s * self.liveness
+from dispatcher.server.node import ACCEPTS_PINS, CONNECTED, NodeActor, NodeState
+from dispatcher.server.stealing import ThiefView, plan_steals, victim_view
+from dispatcher.server.tasks import POOL, TaskQueue, TaskRecord
 
 
 class DispatcherCore:
@@ -351,8 +329,7 @@ class DispatcherCore:
                 cancels[record.holder].append(p.TaskRef(*record.key))
             self._forget(record)
             if node is not None and result.outcome is p.Outcome.OK:
-                old = node.runtime_s
-                node.runtime_s = result.runtime_s if old is None else old + 0.3 * (result.runtime_s - old)
+                node.runtime_s = ema(node.runtime_s, result.runtime_s)
             resolution = p.Resolution(result.task_id, result.outcome, result.payload, ran_on, result.runtime_s)
             by_client[result.client_id].append(resolution)
         if node is not None:
@@ -628,6 +605,6 @@ class DispatcherCore:
 
     def validate_state(self) -> None:
         """Assert the rules at the top of this module (see ``invariants.py``). For tests; O(tasks)."""
-        from dispatcher.invariants import check
+        from dispatcher.server.invariants import check
 
         check(self)

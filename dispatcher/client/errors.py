@@ -6,10 +6,7 @@ Every task ends in a result or one of these, so Parsl's retry logic always has s
 from __future__ import annotations
 
 from dispatcher.protocol import Outcome
-
-
-class DispatchError(Exception):
-    """Base class of saga-dispatch errors."""
+from dispatcher.runtime.errors import DispatchError
 
 
 class DispatcherUnavailable(DispatchError):

@@ -6,13 +6,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from dispatcher import protocol as p
-from dispatcher.node import ACCEPTS_PINS, CONNECTED, NodeState
-from dispatcher.tasks import TaskKey
+from dispatcher.protocol import TaskKey
+from dispatcher.server.node import ACCEPTS_PINS, CONNECTED, NodeState
+from dispatcher.server.tasks import POOL
 
 if TYPE_CHECKING:
-    from dispatcher.core import DispatcherCore
-
-POOL = "__pool__"
+    from dispatcher.server.core import DispatcherCore
 
 
 def check(core: DispatcherCore) -> None:

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from dispatcher.tasks import TaskKey, TaskQueue, TaskRecord
+from dispatcher.protocol import TaskKey
+from dispatcher.server.tasks import TaskQueue, TaskRecord
 
 
 class NodeState(StrEnum):

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from dispatcher import protocol as p
-from dispatcher.node import NodeActor
-from dispatcher.tasks import TaskKey
+from dispatcher.protocol import TaskKey
+from dispatcher.server.node import NodeActor
 
 Where = Literal["queued", "prefetched"]
 

@@ -30,13 +30,11 @@ from concurrent.futures import Future
 from typing import Any, Final, Self
 
 import zmq
-from parsl.app.errors import RemoteExceptionWrapper
-from parsl.serialize import deserialize, pack_apply_message
 
 from dispatcher import protocol as p
-from dispatcher.errors import DispatcherUnavailable, failure
-from dispatcher.logs import get_logger
-from dispatcher.sockets import drain
+from dispatcher.client.errors import DispatcherUnavailable, failure
+from dispatcher.runtime.logs import get_logger
+from dispatcher.runtime.sockets import drain
 
 log = get_logger("client")
 
@@ -71,6 +69,9 @@ def settle(future: Future[Any], resolution: p.Resolution) -> None:
     """Resolve ``future`` from a dispatcher resolution: the value, the app's exception, or a failure."""
     if future.done():
         return
+    from parsl.app.errors import RemoteExceptionWrapper  # Parsl only where results are unpacked
+    from parsl.serialize import deserialize
+
     outcome = resolution.outcome
     try:
         if outcome is p.Outcome.OK:
@@ -150,6 +151,8 @@ class Client:
     def submit(
         self, fn: Callable[..., Any], *args: Any, node: str | None = None, rank: float = 0.0, **kwargs: Any
     ) -> TaskFuture:
+        from parsl.serialize import pack_apply_message  # Parsl only where calls are packed
+
         return self.submit_payload(pack_apply_message(fn, args, kwargs), node=node, rank=rank)
 
     def submit_payload(

@@ -1,0 +1,31 @@
+"""``saga-dispatch status``: a dispatcher's nodes, queues and counters, as a table."""
+
+from __future__ import annotations
+
+from dispatcher.client.client import Client
+from dispatcher.protocol import Status
+from dispatcher.runtime.args import env, role_parser
+from dispatcher.runtime.report import table
+
+
+def status_table(status: Status) -> str:
+    nodes = table(
+        ["node", "state", "speed", "slots", "incarnation", "queued", "in flight", "done"],
+        [list(n) for n in status.nodes],
+    )
+    totals = (
+        f"dispatcher {status.dispatcher_id}: {status.tasks_submitted} submitted, "
+        f"{status.tasks_resolved} resolved, {status.pool_queued} queued in the shared pool, "
+        f"{status.duplicates_dropped} duplicate results dropped, {status.bad_frames} bad frames"
+    )
+    return f"{nodes}\n\n{totals}"
+
+
+def main(argv: list[str]) -> int:
+    parser = role_parser("status", "print a dispatcher's nodes, queues and counters")
+    parser.add_argument("--dispatcher", default=env("SAGA_DISPATCHER_CLIENT", "tcp://127.0.0.1:5560"), metavar="URL")
+    parser.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS")
+    args = parser.parse_args(argv)
+    with Client(args.dispatcher, connect_timeout_s=args.timeout) as client:
+        print(status_table(client.status(timeout_s=args.timeout)))
+    return 0

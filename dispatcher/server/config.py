@@ -1,0 +1,48 @@
+"""The dispatcher's configuration: one frozen dataclass per part, and every default written once.
+
+The CLI (``server/main.py``) reads its flag defaults from here; the local cluster passes only
+what it sets, so the dispatcher's defaults are these and nothing else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from dispatcher import protocol as p
+
+CLIENT_PORT = 5560
+AGENT_PORT = 5561
+
+
+@dataclass(frozen=True, slots=True)
+class CoreConfig:
+    dispatcher_id: str = ""
+    """Changes every time the dispatcher starts; clients use it to notice a restart."""
+    heartbeat_interval_s: float = 0.5
+    liveness: int = 3
+    """Missed heartbeat intervals before a node is declared dead."""
+    pending_grace_s: float = 30.0
+    """How long tasks wait for a node that was named but never registered."""
+    max_nodes: int = 100_000
+    steal_penalty_s: float = 0.01
+    """What moving a task to another node costs (transfer, latency), in the stealing policy."""
+    default_runtime_s: float = 0.1
+    """Runtime assumed for a node that has not reported one yet."""
+    bad_frame_log_every: int = 1000
+    """Log the 1st bad frame and then every n-th, so garbage cannot flood the log."""
+
+    @property
+    def expiry_s(self) -> float:
+        return self.heartbeat_interval_s * self.liveness
+
+
+@dataclass(frozen=True, slots=True)
+class DispatcherConfig:
+    host: str = "0.0.0.0"
+    client_port: int = CLIENT_PORT
+    """0 picks a free port (reported by :meth:`DispatcherService.bind`)."""
+    agent_port: int = AGENT_PORT
+    core: CoreConfig = field(default_factory=CoreConfig)
+    """Liveness, grace and stealing settings; ``dispatcher_id`` is set at start."""
+    tick_s: float = 0.05
+    max_frame_bytes: int = p.MAX_FRAME_BYTES

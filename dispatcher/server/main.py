@@ -1,0 +1,44 @@
+"""``saga-dispatch dispatcher``: flags and environment -> :class:`DispatcherConfig` -> the service."""
+
+from __future__ import annotations
+
+from dispatcher.runtime.args import env, role_parser
+from dispatcher.runtime.lifeline import die_with_parent
+from dispatcher.server.config import AGENT_PORT, CLIENT_PORT, CoreConfig, DispatcherConfig
+from dispatcher.server.service import DispatcherService
+
+
+def main(argv: list[str]) -> int:
+    defaults, core = DispatcherConfig(), CoreConfig()
+    parser = role_parser("dispatcher", "run the dispatcher service")
+    parser.add_argument("--host", default=env("SAGA_HOST", defaults.host), help="address to bind (env SAGA_HOST)")
+    parser.add_argument("--client-port", type=int, default=int(env("SAGA_CLIENT_PORT", str(CLIENT_PORT))))
+    parser.add_argument("--agent-port", type=int, default=int(env("SAGA_AGENT_PORT", str(AGENT_PORT))))
+    parser.add_argument("--heartbeat-interval", type=float, default=core.heartbeat_interval_s, metavar="SECONDS")
+    parser.add_argument("--liveness", type=int, default=core.liveness, help="missed intervals before a node is dead")
+    parser.add_argument(
+        "--pending-grace",
+        type=float,
+        default=core.pending_grace_s,
+        metavar="SECONDS",
+        help="how long tasks wait for a named node that never registers",
+    )
+    parser.add_argument("--announce", action="store_true", help="print the bound URLs as one JSON line on stdout")
+    args = parser.parse_args(argv)
+
+    die_with_parent()
+    config = DispatcherConfig(
+        host=args.host,
+        client_port=args.client_port,
+        agent_port=args.agent_port,
+        core=CoreConfig(
+            heartbeat_interval_s=args.heartbeat_interval, liveness=args.liveness, pending_grace_s=args.pending_grace
+        ),
+    )
+    service = DispatcherService(config)
+    service.install_signal_handlers()
+    service.bind()
+    if args.announce:
+        print(service.announcement(), flush=True)
+    service.run()
+    return 0

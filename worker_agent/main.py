@@ -1,0 +1,60 @@
+"""``saga-dispatch agent``: flags and environment -> :class:`AgentConfig` -> the agent."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import structlog
+
+from dispatcher.runtime.args import env, role_parser
+from dispatcher.runtime.lifeline import die_with_parent
+from worker_agent.agent import Agent
+from worker_agent.config import AgentConfig, resolve_node_name
+
+
+def main(argv: list[str]) -> int:
+    defaults = {f.name: f.default for f in dataclasses.fields(AgentConfig)}
+    parser = role_parser("agent", "run a node agent")
+    parser.add_argument(
+        "--dispatcher",
+        default=os.environ.get("SAGA_DISPATCHER"),
+        required="SAGA_DISPATCHER" not in os.environ,
+        metavar="URL",
+        help="the dispatcher's agent URL, e.g. tcp://saga-dispatcher:5561 (env SAGA_DISPATCHER)",
+    )
+    parser.add_argument(
+        "--node-name",
+        default=None,
+        help="node name if NODE_NAME (Downward API spec.nodeName) is unset; else the hostname",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=env("SAGA_WORKERS", "") or None, help="worker processes (default: the cores)"
+    )
+    parser.add_argument("--prefetch", type=int, default=None, help="tasks held beyond the workers (default: workers)")
+    parser.add_argument(
+        "--pipeline",
+        type=int,
+        default=defaults["pipeline"],
+        help="tasks written ahead into a busy worker's pipe when all are busy",
+    )
+    parser.add_argument("--speed", type=float, default=float(env("SAGA_NODE_SPEED", str(defaults["speed"]))))
+    parser.add_argument("--drain-timeout", type=float, default=defaults["drain_timeout_s"], metavar="SECONDS")
+    args = parser.parse_args(argv)
+
+    die_with_parent()
+    given = {"workers": int(args.workers)} if args.workers is not None else {}
+    config = AgentConfig(
+        dispatcher_url=args.dispatcher,
+        node_name=resolve_node_name(args.node_name),
+        prefetch=args.prefetch,
+        pipeline=args.pipeline,
+        speed=args.speed,
+        drain_timeout_s=args.drain_timeout,
+        **given,
+    )
+    structlog.contextvars.bind_contextvars(node=config.node_name)
+    agent = Agent(config)
+    agent.install_signal_handlers()
+    agent.run()
+    return 0
