@@ -48,7 +48,7 @@ class _Stamps:
     def watch(self, ex: SagaDispatchExecutor) -> None:
         client = ex.client
         assert client is not None
-        submit, submit_payload, send_tasks = ex.submit, client.submit_payload, client._send_tasks
+        submit, submit_payload, send_submit = ex.submit, client.submit_payload, client._send_submit
 
         def on_submit(
             func: Callable[..., Any], resource_specification: dict[str, Any], *args: Any, **kwargs: Any
@@ -64,14 +64,14 @@ class _Stamps:
             return future
 
         def on_send(sock: Any, batch: list[p.TaskSpec]) -> None:
-            send_tasks(sock, batch)
+            send_submit(sock, batch)
             now = time.monotonic_ns()
             for spec in batch:
                 self.sent.setdefault(spec.task_id, now)
 
         ex.submit = on_submit  # type: ignore[method-assign]
         client.submit_payload = on_release  # type: ignore[method-assign]
-        client._send_tasks = on_send  # type: ignore[method-assign]
+        client._send_submit = on_send  # type: ignore[method-assign]
 
     def waits(self, started: dict[int, int]) -> list[list[str]]:
         """Rows: each leg's median and p99 over the tasks, in ms."""

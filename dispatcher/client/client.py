@@ -1,8 +1,14 @@
 """The standalone client: submit Python functions to a dispatcher and get futures back.
 
-One background thread owns the DEALER socket (ZeroMQ sockets are not thread-safe); ``submit()``
-only serializes the call the way Parsl's HTEX does and hands it to that thread through a deque
-and a wake-up pipe, so it never blocks on the network.
+One background thread, the I/O thread, owns the DEALER socket (ZeroMQ sockets are not
+thread-safe) and the task table: which tasks are unresolved, with the spec to re-send and the
+future to settle. Callers never touch either. ``submit()`` only serializes the call the way
+Parsl's HTEX does and posts it to the :class:`~dispatcher.client.outbox.Outbox` (one lock, one
+wake-up rule), so it never blocks on the network; ``repin()`` and ``cancel()`` are posts too, so
+a re-plan can never put a task that just resolved back into the table.
+
+If the I/O thread dies, every unresolved future fails with DispatcherUnavailable naming why,
+and ``submit()`` raises from then on: nothing waits for a thread that is gone.
 
 Nagle's rule for frames (:func:`send_now`): a task posted when no result has come back since
 the last frame is held (up to ``coalesce_s``, or until ``COALESCE_TASKS`` are held, or a result
@@ -24,15 +30,15 @@ import os
 import threading
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
-from typing import Any, Final, Self
+from concurrent.futures import Future, InvalidStateError
+from typing import Any, Final, NamedTuple, Self
 
 import zmq
 
 from dispatcher import protocol as p
-from dispatcher.client.errors import DispatcherUnavailable, failure
+from dispatcher.client.errors import DispatcherUnavailable, TaskCancelled, failure
+from dispatcher.client.outbox import Outbox
 from dispatcher.runtime.logs import get_logger
 from dispatcher.runtime.sockets import drain
 
@@ -92,6 +98,32 @@ def settle(future: Future[Any], resolution: p.Resolution) -> None:
         future.set_exception(exc)
 
 
+class _Entry:
+    """One unresolved task in the I/O thread's table: what to settle, what to re-send."""
+
+    __slots__ = ("cancelled", "future", "spec")
+
+    def __init__(self, future: TaskFuture, spec: p.TaskSpec) -> None:
+        self.future = future
+        self.spec = spec
+        self.cancelled = False
+        """A cancel was asked for: after a dispatcher restart it is not re-sent but cancelled here."""
+
+
+class _Task(NamedTuple):
+    spec: p.TaskSpec
+    future: TaskFuture
+
+
+class _Query(NamedTuple):
+    message: p.NodesQuery | p.StatusQuery
+    reply: Future[p.Message]
+
+
+_Posted = _Task | p.Cancel | p.Repin | _Query
+"""What callers post to the I/O thread."""
+
+
 class Client:
     """A connection to a dispatcher's client port.
 
@@ -118,20 +150,20 @@ class Client:
         self.client_id = client_id or f"client-{uuid.uuid4().hex[:12]}"
         self.heartbeat_interval_s = heartbeat_interval_s
         self._ids = itertools.count(1)
-        self._pending: dict[int, tuple[TaskFuture, p.TaskSpec]] = {}
-        self._outbox: deque[p.TaskSpec | p.Cancel | p.Repin | p.NodesQuery | p.StatusQuery] = deque()
-        self._node_listeners: list[Callable[[p.NodeChanged], None]] = []
-        self._restart_listeners: list[Callable[[str], None]] = []
-        self._replies: dict[int, Future[p.Message]] = {}
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
-        self._wake_armed = False
-        self._urgent = False
-        """Something other than a task was posted: flush without holding."""
-        # I/O thread only: a result came back since the last frame (or none was sent yet), and
-        # when the oldest held task was first held.
+        self._outbox: Outbox[_Posted] = Outbox(self._wake, COALESCE_TASKS)
+        self._node_listeners: tuple[Callable[[p.NodeChanged], None], ...] = ()
+        self._restart_listeners: tuple[Callable[[str], None], ...] = ()
+        self._finished = 0
+        """Tasks resolved (by the I/O thread): ``outstanding`` is the difference."""
+        # The I/O thread's own state: nothing else reads or writes these.
+        self._tasks: dict[int, _Entry] = {}
+        self._replies: dict[int, Future[p.Message]] = {}
         self._acked = True
+        """A result came back since the last SUBMIT frame (or none was sent yet)."""
         self._held_since: float | None = None
+        """When Nagle's rule first held the tasks now waiting in the outbox."""
         self._closing = threading.Event()
         self._welcomed = threading.Event()
         self.dispatcher_id: str | None = None
@@ -142,9 +174,10 @@ class Client:
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self._thread = threading.Thread(target=self._run, name=f"saga-client-{self.client_id}", daemon=True)
         self._thread.start()
-        if not self._welcomed.wait(connect_timeout_s):
+        if not self._welcomed.wait(connect_timeout_s) or self._outbox.closed:
+            why = self._outbox.closed or f"no dispatcher answered at {address} within {connect_timeout_s:g} s"
             self.close()
-            raise DispatcherUnavailable(f"no dispatcher answered at {address} within {connect_timeout_s:g} s")
+            raise DispatcherUnavailable(why)
 
     # ------------------------------------------------------------------ public API
 
@@ -168,38 +201,33 @@ class Client:
 
         ``retry_on_node_loss=False``: if the node dies while running it, fail with NodeLost
         instead of running it again elsewhere. ``soft_affinity=True``: an idle node may take it
-        from its busy node when that finishes it sooner."""
-        if self._closing.is_set():
-            raise DispatcherUnavailable("client is closed")
+        from its busy node when that finishes it sooner. Raises DispatcherUnavailable once the
+        client is closed or its I/O thread has failed."""
         task_id = next(self._ids)
         future = TaskFuture(task_id)
         flags = (0 if retry_on_node_loss else p.NO_RETRY_ON_NODE_LOSS) | (p.SOFT_AFFINITY if soft_affinity else 0)
-        spec = p.TaskSpec(task_id, node, float(rank), payload, flags)
-        self._pending[task_id] = (future, spec)
-        self._post(spec)
+        self._outbox.put(_Task(p.TaskSpec(task_id, node, float(rank), payload, flags), future))
         return future
 
     def cancel(self, future: TaskFuture) -> None:
         """Ask the dispatcher to drop the task if it has not started (it then fails TaskCancelled)."""
-        self._post(p.Cancel((future.task_id,)))
+        self._outbox.put(p.Cancel((future.task_id,)), urgent=True)
 
     def repin(self, placements: Sequence[tuple[TaskFuture, str | None, float]]) -> None:
-        """Move tasks that are still queued to a new node and rank (after a re-plan)."""
+        """Move tasks that are still queued to a new node and rank (after a re-plan). The I/O
+        thread also records the new placement for a re-send after a restart, for the tasks still
+        unresolved when it gets there."""
         moves = tuple(p.Placement(f.task_id, node, float(rank)) for f, node, rank in placements)
-        for future, node, rank in placements:
-            entry = self._pending.get(future.task_id)
-            if entry is not None:  # a re-send after a restart must carry the new placement
-                self._pending[future.task_id] = (entry[0], entry[1]._replace(node_name=node, rank=float(rank)))
         if moves:
-            self._post(p.Repin(moves))
+            self._outbox.put(p.Repin(moves), urgent=True)
 
     def on_node_change(self, listener: Callable[[p.NodeChanged], None]) -> None:
         """Call ``listener`` (on the client's I/O thread; keep it short) whenever a node changes state."""
-        self._node_listeners.append(listener)
+        self._node_listeners = (*self._node_listeners, listener)
 
     def on_dispatcher_restart(self, listener: Callable[[str], None]) -> None:
         """Call ``listener(new_dispatcher_id)`` (on the I/O thread) when the dispatcher comes back empty."""
-        self._restart_listeners.append(listener)
+        self._restart_listeners = (*self._restart_listeners, listener)
 
     def nodes(self, timeout_s: float = 10.0) -> tuple[p.NodeInfo, ...]:
         reply = self._ask(p.NodesQuery, timeout_s)
@@ -214,7 +242,7 @@ class Client:
     @property
     def outstanding(self) -> int:
         """Tasks submitted and not yet resolved."""
-        return len(self._pending)
+        return self._outbox.posted_tasks - self._finished
 
     def close(self) -> None:
         """Stop the I/O thread; futures still pending fail with DispatcherUnavailable."""
@@ -224,13 +252,11 @@ class Client:
         self._wake()
         if self._thread is not threading.current_thread():
             self._thread.join(timeout=10)
-        for task_id, (future, _) in list(self._pending.items()):
-            if not future.done():
-                future.set_exception(DispatcherUnavailable(f"client closed before task {task_id} resolved"))
-        self._pending.clear()
-        for fd in (self._wake_r, self._wake_w):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+            if self._thread.is_alive():  # stuck (a listener that never returns): fail what we can see
+                log.error("client_io_stuck", client_id=self.client_id)
+                self._fail_all(DispatcherUnavailable("client closed; its I/O thread did not stop"))
+        with contextlib.suppress(OSError):
+            os.close(self._wake_w)
 
     def __enter__(self) -> Self:
         return self
@@ -240,111 +266,146 @@ class Client:
 
     # ------------------------------------------------------------------ caller side
 
-    def _post(self, item: p.TaskSpec | p.Cancel | p.Repin | p.NodesQuery | p.StatusQuery) -> None:
-        if type(item) is not p.TaskSpec:
-            self._urgent = True  # before the append: the I/O thread clears it before draining
-        outbox = self._outbox
-        outbox.append(item)
-        if not self._wake_armed:
-            self._wake_armed = True
-            self._wake()
-        elif self._urgent or len(outbox) == COALESCE_TASKS:
-            self._wake()  # the I/O thread may be holding tasks: this cannot wait
-
     def _wake(self) -> None:
         with contextlib.suppress(OSError):
             os.write(self._wake_w, b"x")
 
     def _ask(self, query: type[p.NodesQuery | p.StatusQuery], timeout_s: float) -> p.Message:
-        request_id = next(self._ids)
         reply: Future[p.Message] = Future()
-        self._replies[request_id] = reply
-        self._post(query(request_id))
+        self._outbox.put(_Query(query(next(self._ids)), reply), urgent=True)
         try:
             return reply.result(timeout=timeout_s)
         except TimeoutError as exc:
+            reply.cancel()  # the I/O thread drops it
             raise DispatcherUnavailable(f"dispatcher at {self.address} did not answer in {timeout_s:g} s") from exc
-        finally:
-            self._replies.pop(request_id, None)
 
     # ------------------------------------------------------------------ I/O thread
 
     def _run(self) -> None:
+        reason = f"client {self.client_id} closed before the task resolved"
+        try:
+            self._serve()
+        except BaseException as exc:
+            log.exception("client_io_failed", client_id=self.client_id)
+            reason = f"client {self.client_id}'s I/O thread failed: {exc!r}"
+            self._fail_all(DispatcherUnavailable(reason), cause=exc)
+        else:
+            self._fail_all(DispatcherUnavailable(reason))
+        finally:
+            self._welcomed.set()  # a constructor still waiting sees the closed outbox
+            with contextlib.suppress(OSError):
+                os.close(self._wake_r)
+
+    def _fail_all(self, error: DispatcherUnavailable, cause: BaseException | None = None) -> None:
+        """Refuse every later post; fail every unresolved future, posted or in the table."""
+        error.__cause__ = cause
+        left = self._outbox.close(str(error))
+        tasks = [item.future for item in left if isinstance(item, _Task)]
+        tasks += [entry.future for entry in list(self._tasks.values())]
+        self._finished += len(tasks)  # they are no longer outstanding: they failed
+        futures: list[Future[Any]] = [*tasks, *(item.reply for item in left if isinstance(item, _Query))]
+        futures += list(self._replies.values())
+        self._tasks.clear()
+        self._replies.clear()
+        for future in futures:
+            if not future.done():
+                with contextlib.suppress(InvalidStateError):  # resolved or cancelled meanwhile
+                    future.set_exception(error)
+
+    def _serve(self) -> None:
         sock: zmq.Socket[bytes] = self._ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SNDHWM, 0)
-        sock.setsockopt(zmq.RCVHWM, 0)
-        sock.setsockopt(zmq.MAXMSGSIZE, p.MAX_FRAME_BYTES)
-        sock.connect(self.address)
+        try:
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.SNDHWM, 0)
+            sock.setsockopt(zmq.RCVHWM, 0)
+            sock.setsockopt(zmq.MAXMSGSIZE, p.MAX_FRAME_BYTES)
+            sock.connect(self.address)
+            self._loop(sock)
+        finally:
+            sock.close(linger=0)
+
+    def _loop(self, sock: zmq.Socket[bytes]) -> None:
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
         hello = p.encode(p.Hello(self.client_id))
         sock.send(hello)
         last_sent = time.monotonic()
-        try:
-            while not self._closing.is_set():
-                timeout_s = self.heartbeat_interval_s
-                if self._held_since is not None:  # holding tasks: wake when they are due
-                    timeout_s = min(timeout_s, max(self._held_since + self.coalesce_s - time.monotonic(), 0.0))
-                ready = dict(poller.poll(math.ceil(timeout_s * 1000)))
-                if self._wake_r in ready:
-                    with contextlib.suppress(BlockingIOError):
-                        os.read(self._wake_r, 4096)
-                if sock in ready:
-                    self._receive(sock)
-                if self._welcomed.is_set() and self._flush(sock):
-                    last_sent = time.monotonic()
-                if time.monotonic() - last_sent >= self.heartbeat_interval_s:
-                    # Before the welcome, repeat HELLO (the dispatcher may not be up yet).
-                    sock.send(p.encode(p.Heartbeat()) if self._welcomed.is_set() else hello)
-                    last_sent = time.monotonic()
-        except Exception:
-            log.exception("client_io_failed", client_id=self.client_id)
-        finally:
-            sock.close(linger=0)
+        while not self._closing.is_set():
+            timeout_s = self.heartbeat_interval_s
+            if self._held_since is not None:  # holding tasks: wake when they are due
+                timeout_s = min(timeout_s, max(self._held_since + self.coalesce_s - time.monotonic(), 0.0))
+            ready = dict(poller.poll(math.ceil(timeout_s * 1000)))
+            if self._wake_r in ready:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self._wake_r, 4096)
+            if sock in ready:
+                self._receive(sock)
+            if self._welcomed.is_set() and self._flush(sock):
+                last_sent = time.monotonic()
+            if time.monotonic() - last_sent >= self.heartbeat_interval_s:
+                # Before the welcome, repeat HELLO (the dispatcher may not be up yet).
+                sock.send(p.encode(p.Heartbeat()) if self._welcomed.is_set() else hello)
+                last_sent = time.monotonic()
+                self._replies = {i: r for i, r in self._replies.items() if not r.done()}  # timed-out queries
+
+    def _hold(self, held: int) -> bool:
+        """Nagle's rule (:func:`send_now`) for ``held`` posted tasks; called by ``Outbox.take``."""
+        now = time.monotonic()
+        if self._held_since is None:
+            self._held_since = now
+        return not send_now(held=held, acked=self._acked, waited_s=now - self._held_since, coalesce_s=self.coalesce_s)
 
     def _flush(self, sock: zmq.Socket[bytes]) -> bool:
-        """Send what callers posted — tasks in Submit batches, the rest as they are — unless only
-        tasks are posted and Nagle's rule (:func:`send_now`) says to hold them a little longer."""
-        outbox = self._outbox
-        if not outbox:
-            self._wake_armed = False
-            return False
-        urgent, self._urgent = self._urgent, False
-        if not urgent:
-            now = time.monotonic()
-            if self._held_since is None:
-                self._held_since = now
-            if not send_now(
-                held=len(outbox), acked=self._acked,
-                waited_s=now - self._held_since, coalesce_s=self.coalesce_s,
-            ):  # fmt: skip
-                return False  # posts stay armed (no wake-ups) until then
+        """Send what callers posted — tasks in Submit batches, the rest as they are, in order —
+        unless only tasks are posted and Nagle's rule says to hold them a little longer."""
+        items = self._outbox.take(self._hold)
+        if items is None:
+            return False  # held: the poll timeout wakes us when they are due
         self._held_since = None
-        self._wake_armed = False
-        sent = False
+        if not items:
+            return False
+        tasks = self._tasks
+        batch: list[p.TaskSpec] = []
+        for item in items:
+            if isinstance(item, _Task):
+                tasks[item.spec.task_id] = _Entry(item.future, item.spec)
+                batch.append(item.spec)
+                continue
+            self._send_tasks(sock, batch)  # keep the order: a Cancel or Repin may name these tasks
+            batch = []
+            if isinstance(item, _Query):
+                self._replies[item.message.request_id] = item.reply
+                sock.send(p.encode(item.message))
+                continue
+            if isinstance(item, p.Repin):
+                for move in item.tasks:  # a re-send after a restart must carry the new placement
+                    entry = tasks.get(move.task_id)
+                    if entry is not None:
+                        entry.spec = entry.spec._replace(node_name=move.node_name, rank=move.rank)
+            elif isinstance(item, p.Cancel):
+                for task_id in item.task_ids:
+                    entry = tasks.get(task_id)
+                    if entry is not None:
+                        entry.cancelled = True
+            sock.send(p.encode(item))
+        self._send_tasks(sock, batch)
+        return True
+
+    def _send_tasks(self, sock: zmq.Socket[bytes], specs: Sequence[p.TaskSpec]) -> None:
+        """SUBMIT frames for ``specs``, within the batch limits."""
         batch: list[p.TaskSpec] = []
         size = 0
-        while outbox:
-            item = outbox.popleft()
-            if isinstance(item, p.TaskSpec):
-                batch.append(item)
-                size += len(item.payload)
-                if len(batch) >= _BATCH_TASKS or size >= _BATCH_BYTES:
-                    self._send_tasks(sock, batch)
-                    batch, size = [], 0
-            else:
-                if batch:  # keep the order: a Cancel or Repin may name tasks of this batch
-                    self._send_tasks(sock, batch)
-                    batch, size = [], 0
-                sock.send(p.encode(item))
-            sent = True
+        for spec in specs:
+            batch.append(spec)
+            size += len(spec.payload)
+            if len(batch) >= _BATCH_TASKS or size >= _BATCH_BYTES:
+                self._send_submit(sock, batch)
+                batch, size = [], 0
         if batch:
-            self._send_tasks(sock, batch)
-        return sent
+            self._send_submit(sock, batch)
 
-    def _send_tasks(self, sock: zmq.Socket[bytes], batch: list[p.TaskSpec]) -> None:
+    def _send_submit(self, sock: zmq.Socket[bytes], batch: list[p.TaskSpec]) -> None:
         sock.send(p.encode(p.Submit(tuple(batch))))
         self._acked = False
         self.submit_frames += 1
@@ -356,46 +417,46 @@ class Client:
             except p.ProtocolError as exc:
                 log.warning("bad_frame", client_id=self.client_id, reason=str(exc))
                 continue
-            if type(message) is p.Resolved:
-                pending = self._pending
-                for resolution in message.results:
-                    entry = pending.pop(resolution.task_id, None)
-                    if entry is None:
-                        self.resolutions_ignored += 1
-                    else:
-                        self._acked = True
-                        entry[0].node_name = resolution.node_name
-                        entry[0].runtime_s = resolution.runtime_s
-                        settle(entry[0], resolution)
-            elif type(message) is p.Welcome:
-                self._welcome(message)
-            elif type(message) is p.Error:
-                self._error(sock, message)
-            elif type(message) is p.NodeChanged:
-                for listener in self._node_listeners:
-                    try:
-                        listener(message)
-                    except Exception:
-                        log.exception("node_listener_failed", node=message.node_name)
-            elif isinstance(message, p.Nodes | p.Status):
-                reply = self._replies.get(message.request_id)
-                if reply is not None and not reply.done():
-                    reply.set_result(message)
+            self._handle(sock, message)
 
-    def _welcome(self, message: p.Welcome) -> None:
-        again = self._welcomed.is_set()
-        if again or self.dispatcher_id is not None:
-            # Re-send everything unresolved, ahead of anything newly posted; duplicates are ignored.
-            resend = [spec for _, spec in list(self._pending.values())]
-            self._outbox.extendleft(reversed(resend))
-            self._urgent = True
-            log.info(
-                "client_resending",
-                client_id=self.client_id,
-                tasks=len(resend),
-                restarted=message.dispatcher_id != self.dispatcher_id,
-            )
+    def _handle(self, sock: zmq.Socket[bytes], message: p.Message) -> None:
+        if type(message) is p.Resolved:
+            tasks = self._tasks
+            for resolution in message.results:
+                entry = tasks.pop(resolution.task_id, None)
+                if entry is None:
+                    self.resolutions_ignored += 1
+                    continue
+                self._acked = True
+                self._finished += 1
+                future = entry.future
+                future.node_name = resolution.node_name
+                future.runtime_s = resolution.runtime_s
+                settle(future, resolution)
+        elif type(message) is p.Welcome:
+            self._welcome(sock, message)
+        elif type(message) is p.Error:
+            self._error(sock, message)
+        elif type(message) is p.NodeChanged:
+            for listener in self._node_listeners:
+                try:
+                    listener(message)
+                except Exception:
+                    log.exception("node_listener_failed", node=message.node_name)
+        elif isinstance(message, p.Nodes | p.Status):
+            reply = self._replies.pop(message.request_id, None)
+            if reply is not None and not reply.done():
+                with contextlib.suppress(InvalidStateError):  # the caller gave up meanwhile
+                    reply.set_result(message)
+        elif type(message) is not p.Heartbeat:
+            log.warning("unexpected_message", client_id=self.client_id, op=p.op_of(message).name)
+
+    def _welcome(self, sock: zmq.Socket[bytes], message: p.Welcome) -> None:
         restarted = self.dispatcher_id is not None and message.dispatcher_id != self.dispatcher_id
+        if self.dispatcher_id is not None:
+            # Re-send everything unresolved, ahead of anything posted since (still in the
+            # outbox); the dispatcher ignores the ids it holds.
+            self._resend(sock, restarted=restarted)
         self.dispatcher_id = message.dispatcher_id
         self._welcomed.set()
         if restarted:
@@ -404,6 +465,32 @@ class Client:
                     listener(message.dispatcher_id)
                 except Exception:
                     log.exception("restart_listener_failed")
+
+    def _resend(self, sock: zmq.Socket[bytes], *, restarted: bool) -> None:
+        """After a welcome: the unresolved tasks again, and what to do with the cancelled ones.
+        A restarted dispatcher never heard of them (an agent drops what it had not started), so
+        they end here as cancelled; one that only forgot our routing id may have dropped the
+        Cancel with the rest of what we sent it, so that goes again."""
+        entries = list(self._tasks.values())
+        cancelled = [e for e in entries if e.cancelled]
+        self._send_tasks(sock, [e.spec for e in entries if not e.cancelled])
+        if cancelled and restarted:
+            for entry in cancelled:
+                del self._tasks[entry.spec.task_id]
+                self._finished += 1
+                if not entry.future.done():
+                    entry.future.set_exception(
+                        TaskCancelled(entry.spec.task_id, "cancelled; the dispatcher restarted before it said so")
+                    )
+        elif cancelled:
+            sock.send(p.encode(p.Cancel(tuple(e.spec.task_id for e in cancelled))))
+        log.info(
+            "client_resending",
+            client_id=self.client_id,
+            tasks=len(entries),
+            cancelled=len(cancelled),
+            restarted=restarted,
+        )
 
     def _error(self, sock: zmq.Socket[bytes], message: p.Error) -> None:
         if message.code is p.ErrorCode.UNKNOWN_CLIENT:
