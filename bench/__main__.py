@@ -11,7 +11,7 @@ from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
 
-from bench import contenders, makespan, parsl_overhead, planning, scale, zmq_floor
+from bench import contenders, makespan, parsl_overhead, planning, scale, startup, zmq_floor
 
 
 def header(quick: bool) -> str:
@@ -32,6 +32,7 @@ BENCHMARKS: dict[str, Callable[[parsl_overhead.Sizes], str]] = {
     "client": lambda s: zmq_floor.client_vs_pyzmq(s.rounds, s.client_tasks, s.round_trips),
     "makespan": lambda s: makespan.makespans(("montage", "epigenomics"), s.wf_tasks, s.wf_busy_s, s.rounds),
     "scale": lambda s: scale.scale(s.sim_agents, s.sim_tasks),
+    "startup": lambda s: startup.startup(s.rounds),
     "planning": lambda s: (
         planning.saga_scaling(s.plan_sizes, s.rounds) + "\n\n" + planning.overlap(s.overlap_tasks, s.rounds)
     ),

@@ -152,3 +152,8 @@ class ReleaseOrder:
     @property
     def waiting(self) -> int:
         return len(self._ready)
+
+    @property
+    def held_back(self) -> frozenset[int]:
+        """Launched tasks this order holds back."""
+        return frozenset(self._ready)

@@ -330,7 +330,7 @@ def test_a_node_that_joins_before_the_first_plan_does_not_hide_the_others(tmp_pa
         with load(ex, tmp_path):
             cluster.start_agent(cluster.node_names[2])
             deadline = time.monotonic() + 30
-            while cluster.node_names[2] not in ex._speeds:  # the notice reached the executor
+            while cluster.node_names[2] not in ex.state.speeds:  # the notice reached the executor
                 assert time.monotonic() < deadline, "no NODE_CHANGED for the new node"
                 time.sleep(0.01)
             app = python_app(workload.task, executors=[ex.label])
