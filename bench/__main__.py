@@ -1,10 +1,14 @@
-"""``python -m bench [--quick] [--only NAME ...] [--out FILE]``: run the benchmarks, print tables."""
+"""``python -m bench [--quick] [--only NAME ...] [--out FILE] [--baseline DIR]``: run the
+benchmarks, print tables. ``--baseline DIR`` (a checkout of an earlier commit, e.g. a ``git
+worktree``) runs each benchmark of that checkout right after this one's, in the same run, so
+the two can be compared side by side on the same machine state."""
 
 from __future__ import annotations
 
 import argparse
 import os
 import platform
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -32,14 +36,31 @@ BENCHMARKS: dict[str, Callable[[parsl_overhead.Sizes], str]] = {
     "client": lambda s: zmq_floor.client_vs_pyzmq(s.rounds, s.client_tasks, s.round_trips),
     "makespan": lambda s: makespan.makespans(("montage", "epigenomics"), s.wf_tasks, s.wf_busy_s, s.rounds),
     "scale": lambda s: scale.scale(s.sim_agents, s.sim_tasks),
-    "startup": lambda s: startup.startup(s.rounds),
+    "startup": lambda s: startup.startup(s.rounds, _baseline),
     "planning": lambda s: (
         planning.saga_scaling(s.plan_sizes, s.rounds) + "\n\n" + planning.overlap(s.overlap_tasks, s.rounds)
     ),
 }
 
 
+_baseline: Path | None = None
+
+
+def _run_baseline(name: str, quick: bool) -> str:
+    """Benchmark ``name`` as the baseline checkout has it (its own code, this environment)."""
+    assert _baseline is not None
+    if not (_baseline / "bench").is_dir():
+        return f"(baseline {_baseline}: no bench/ there)"
+    argv = [sys.executable, "-m", "bench", "--only", name, *(["--quick"] if quick else [])]
+    out = subprocess.run(argv, cwd=_baseline, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        return f"(baseline {_baseline}: `{name}` failed: {out.stderr.strip().splitlines()[-1:]})"
+    body = out.stdout.split("\n", 1)[1] if out.stdout.startswith("Machine:") else out.stdout
+    return f"#### baseline ({_baseline}, `{name}`)\n\n{body.strip()}"
+
+
 def main() -> int:
+    global _baseline
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("--quick", action="store_true", help="small sizes, one round (CI)")
     parser.add_argument("--only", nargs="*", choices=sorted(BENCHMARKS), help="run only these")
@@ -47,7 +68,9 @@ def main() -> int:
     parser.add_argument(
         "--contenders", nargs="*", choices=sorted(contenders.CONTENDERS), help="run only these (ratios need threadpool)"
     )
+    parser.add_argument("--baseline", type=Path, default=None, help="also run an earlier checkout's benchmarks")
     args = parser.parse_args()
+    _baseline = args.baseline
     contenders.select(args.contenders)
     sizes = parsl_overhead.Sizes.pick(args.quick)
     parts = [header(args.quick)]
@@ -55,6 +78,9 @@ def main() -> int:
         started = time.monotonic()
         parts.append(BENCHMARKS[name](sizes))
         print(parts[-1], f"\n({name}: {time.monotonic() - started:.0f} s)\n", flush=True)
+        if _baseline is not None and name != "startup":  # startup runs the baseline's example itself
+            parts.append(_run_baseline(name, args.quick))
+            print(parts[-1], "\n", flush=True)
     if args.out:
         Path(args.out).write_text("\n\n".join(parts) + "\n")
     return 0

@@ -69,13 +69,15 @@ def _reap_orphans(timeout_s: float) -> None:
             time.sleep(0.05)
 
 
-def run_once(name: str, scratch: Path) -> dict[str, float]:
+def run_once(name: str, scratch: Path, tree: Path | None = None) -> dict[str, float]:
+    """One run of the example for ``name``, with this checkout's code or ``tree``'s."""
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
     out = subprocess.run(
         [sys.executable, "-c", _EXAMPLE.format(setup=SETUPS[name]), str(scratch)],
-        capture_output=True, text=True, check=True, timeout=300,
+        capture_output=True, text=True, check=True, timeout=300, cwd=tree,
+        env={**os.environ, "PYTHONPATH": str(tree)} if tree is not None else None,
     )  # fmt: skip
     wall_s = time.monotonic() - started
     _reap_orphans(30.0)
@@ -84,25 +86,28 @@ def run_once(name: str, scratch: Path) -> dict[str, float]:
     return {**json.loads(out.stdout.strip().splitlines()[-1]), "process_s": wall_s, "cpu_s": cpu_s}
 
 
-def startup(rounds: int) -> str:
+def startup(rounds: int, baseline: Path | None = None) -> str:
+    """``baseline``: also the example with an earlier checkout's saga-dispatch, interleaved."""
     import tempfile
 
-    runs: dict[str, list[dict[str, float]]] = {name: [] for name in SETUPS}
+    contenders: list[tuple[str, str, Path | None]] = [(name, name, None) for name in SETUPS]
+    if baseline is not None:
+        contenders.append((f"saga-dispatch @ {baseline.name}", "saga-dispatch", baseline))
+    runs: dict[str, list[dict[str, float]]] = {label: [] for label, _, _ in contenders}
     for _ in range(rounds):
-        for name in SETUPS:  # interleaved, so a slow moment of the machine hits both
+        for label, name, tree in contenders:  # interleaved, so a slow moment of the machine hits all
             with tempfile.TemporaryDirectory(prefix="saga-startup-") as scratch:
-                runs[name].append(run_once(name, Path(scratch)))
-    rows = []
-    for name, results in runs.items():
-        med = {key: median([r[key] for r in results]) for key in results[0]}
-        rows.append([name, med["first_s"], med["end_s"], med["process_s"], med["cpu_s"]])
-    saga, htex = rows[0], rows[1]
+                runs[label].append(run_once(name, Path(scratch), tree))
+    meds = {name: {key: median([r[key] for r in results]) for key in results[0]} for name, results in runs.items()}
+    keys = ("first_s", "end_s", "process_s", "cpu_s")
     table = markdown(
         ["executor", "load -> first result, s", "load -> end, s", "whole process, s", "CPU of all processes, s"],
-        rows,
+        [[name, *(med[k] for k in keys)] for name, med in meds.items()],
     )
+    saga, htex = meds["saga-dispatch"], meds["htex"]
     return (
         f"### The README's Parsl example, start to end ({rounds} rounds, medians)\n\n{table}\n\n"
-        f"saga-dispatch / HTEX: load -> end {saga[2] / htex[2]:.2f}x, whole process {saga[3] / htex[3]:.2f}x, "
-        f"CPU {saga[4] / htex[4]:.2f}x (targets: end to end <= 1x, CPU <= 7.5 s)"
+        f"saga-dispatch / HTEX: load -> end {saga['end_s'] / htex['end_s']:.2f}x, "
+        f"whole process {saga['process_s'] / htex['process_s']:.2f}x, CPU {saga['cpu_s'] / htex['cpu_s']:.2f}x "
+        "(targets: end to end <= 1x; CPU of all processes <= 7.5 s)"
     )

@@ -95,6 +95,11 @@ class WorkerPool:
         return len(self._idle) + self._slots
 
     @property
+    def busy(self) -> int:
+        """Workers running a task."""
+        return sum(1 for w in self._workers if w.tasks)
+
+    @property
     def running(self) -> list[TaskKey]:
         """Tasks handed to workers and not finished (running, or next in a worker's pipe)."""
         return [key for w in self._workers for key, _ in w.tasks]

@@ -10,13 +10,14 @@ from dispatcher.runtime.report import table
 
 def status_table(status: Status) -> str:
     nodes = table(
-        ["node", "state", "speed", "slots", "incarnation", "queued", "in flight", "done"],
+        ["node", "state", "speed", "slots", "incarnation", "queued", "in flight", "done", "worker respawns"],
         [list(n) for n in status.nodes],
     )
     totals = (
         f"dispatcher {status.dispatcher_id}: {status.tasks_submitted} submitted, "
         f"{status.tasks_resolved} resolved, {status.pool_queued} queued in the shared pool, "
-        f"{status.duplicates_dropped} duplicate results dropped, {status.bad_frames} bad frames"
+        f"{status.tasks_stolen} stolen, {status.duplicates_dropped} duplicate results dropped, "
+        f"{status.bad_frames} bad frames"
     )
     return f"{nodes}\n\n{totals}"
 

@@ -5,7 +5,9 @@ of the dispatcher. The human-readable spec is ``docs/protocol.md``; keep the two
 
 Rules
 -----
-* A message is one ZeroMQ frame: a msgpack array ``[version, op, *fields]``. ROUTER sockets add
+* A message is one ZeroMQ frame: a msgpack array ``[version, op, *fields]``. The dispatcher
+  speaks ``SUPPORTED_VERSIONS`` (this version and the previous one), answering each peer in
+  the version it speaks; a frame in any other version is refused with a reason. ROUTER sockets add
   the peer's routing id in front; nothing else travels in the envelope.
 * ``decode()`` validates the version, the op, the number of fields and the type and size of every
   field, and raises :class:`ProtocolError` otherwise. Nothing untyped gets past it: the result is
@@ -16,7 +18,7 @@ Rules
   ``rank`` is the planned start time (lower runs first).
 """
 
-from dispatcher.protocol.codec import decode, encode, op_of
+from dispatcher.protocol.codec import decode, decode_versioned, encode, op_of
 from dispatcher.protocol.messages import (
     COALESCE_BYTES,
     KNOWN_FLAGS,
@@ -30,7 +32,9 @@ from dispatcher.protocol.messages import (
     NO_RETRY_ON_NODE_LOSS,
     PROTOCOL_VERSION,
     SOFT_AFFINITY,
+    SUPPORTED_VERSIONS,
     AgentMessage,
+    AgentStatus,
     Bye,
     Cancel,
     CancelTasks,
@@ -69,6 +73,7 @@ from dispatcher.protocol.messages import (
     TaskResult,
     Tasks,
     TaskSpec,
+    VersionError,
     Welcome,
     coalesce,
     is_node_name,
@@ -87,7 +92,9 @@ __all__ = [
     "NO_RETRY_ON_NODE_LOSS",
     "PROTOCOL_VERSION",
     "SOFT_AFFINITY",
+    "SUPPORTED_VERSIONS",
     "AgentMessage",
+    "AgentStatus",
     "Bye",
     "Cancel",
     "CancelTasks",
@@ -126,9 +133,11 @@ __all__ = [
     "TaskResult",
     "TaskSpec",
     "Tasks",
+    "VersionError",
     "Welcome",
     "coalesce",
     "decode",
+    "decode_versioned",
     "encode",
     "is_node_name",
     "op_of",

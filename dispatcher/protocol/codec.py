@@ -1,4 +1,10 @@
-"""encode() and decode(): frames <-> messages, validating every field on the way in."""
+"""encode() and decode(): frames <-> messages, validating every field on the way in.
+
+One table (``_DECODERS``) says, per message class, its field count and how to build it from
+the wire; the op code is the class's own ``op``. Older versions differ only where
+``_CHANGED_IN`` says, in both directions: a frame in version N-1 decodes to the same message,
+and a message encodes for a peer of version N-1 without the fields that version lacks.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +21,8 @@ from dispatcher.protocol.messages import (
     MAX_TEXT,
     MAX_U64,
     PROTOCOL_VERSION,
+    SUPPORTED_VERSIONS,
+    AgentStatus,
     Bye,
     Cancel,
     CancelTasks,
@@ -51,6 +59,7 @@ from dispatcher.protocol.messages import (
     TaskResult,
     Tasks,
     TaskSpec,
+    VersionError,
     Welcome,
 )
 
@@ -114,19 +123,21 @@ def _outcome(value: Any) -> Outcome:
         raise _fail("outcome", value) from exc
 
 
-def _nodes(value: Any) -> tuple[NodeInfo, ...]:
+def _nodes(value: Any, width: int = len(NodeInfo._fields)) -> tuple[NodeInfo, ...]:
+    """NodeInfo rows: 9 fields since version 3, 8 before (no worker_respawns)."""
     return tuple(
         NodeInfo(
-            _str(n, "node_name", MAX_NAME),
-            _str(s, "node state", MAX_ID),
-            _float(sp, "speed"),
-            _int(sl, "slots"),
-            _int(inc, "incarnation"),
-            _int(q, "queued"),
-            _int(f, "in_flight"),
-            _int(d, "done"),
+            _str(row[0], "node_name", MAX_NAME),
+            _str(row[1], "node state", MAX_ID),
+            _float(row[2], "speed"),
+            _int(row[3], "slots"),
+            _int(row[4], "incarnation"),
+            _int(row[5], "queued"),
+            _int(row[6], "in_flight"),
+            _int(row[7], "done"),
+            *(_int(r, "worker_respawns") for r in row[8:]),
         )
-        for n, s, sp, sl, inc, q, f, d in _items(value, "nodes", 8)
+        for row in _items(value, "nodes", width)
     )
 
 
@@ -219,16 +230,17 @@ def _cancel(f: list[Any]) -> Cancel:
     return Cancel(tuple(_int(t, "task_id") for t in ids))
 
 
-def _status(f: list[Any]) -> Status:
+def _status(f: list[Any], width: int = len(NodeInfo._fields)) -> Status:
     return Status(
         request_id=_int(f[0], "request_id"),
         dispatcher_id=_str(f[1], "dispatcher_id", MAX_ID),
-        nodes=_nodes(f[2]),
+        nodes=_nodes(f[2], width),
         pool_queued=_int(f[3], "pool_queued"),
         tasks_submitted=_int(f[4], "tasks_submitted"),
         tasks_resolved=_int(f[5], "tasks_resolved"),
         duplicates_dropped=_int(f[6], "duplicates_dropped"),
         bad_frames=_int(f[7], "bad_frames"),
+        tasks_stolen=_int(f[8], "tasks_stolen") if len(f) > 8 else 0,
     )
 
 
@@ -240,13 +252,14 @@ def _error(f: list[Any]) -> Error:
     return Error(code, _str(f[1], "message", MAX_TEXT, 0))
 
 
-_DECODERS: Final[dict[Op, tuple[int, Any]]] = {
-    Op.REGISTER: (7, _register),
-    Op.CREDIT: (1, lambda f: Credit(_int(f[0], "credit", 1, MAX_SLOTS * 2))),
-    Op.RESULTS: (2, _results),
-    Op.DRAIN: (1, lambda f: Drain(_refs(f[0], "returned"))),
-    Op.BYE: (0, lambda _: Bye()),
-    Op.REGISTERED: (
+_DECODERS: Final[dict[type[Any], tuple[int, Any]]] = {
+    AgentStatus: (2, lambda f: AgentStatus(_int(f[0], "worker_respawns"), _int(f[1], "busy_workers", 0, MAX_SLOTS))),
+    Register: (7, _register),
+    Credit: (1, lambda f: Credit(_int(f[0], "credit", 1, MAX_SLOTS * 2))),
+    Results: (2, _results),
+    Drain: (1, lambda f: Drain(_refs(f[0], "returned"))),
+    Bye: (0, lambda _: Bye()),
+    Registered: (
         5,
         lambda f: Registered(
             _str(f[0], "node_name", MAX_NAME),
@@ -256,28 +269,28 @@ _DECODERS: Final[dict[Op, tuple[int, Any]]] = {
             _int(f[4], "liveness", 1, 1000),
         ),
     ),
-    Op.TASKS: (1, _tasks),
-    Op.CANCEL_TASKS: (1, lambda f: CancelTasks(_refs(f[0], "tasks"))),
-    Op.REREGISTER: (0, lambda _: Reregister()),
-    Op.REFUSED: (1, lambda f: Refused(_str(f[0], "reason", MAX_TEXT, 0))),
-    Op.HEARTBEAT: (0, lambda _: Heartbeat()),
-    Op.HELLO: (2, lambda f: Hello(_str(f[0], "client_id", MAX_ID), _int(f[1], "protocol_version"))),
-    Op.SUBMIT: (1, _submit),
-    Op.CANCEL: (1, _cancel),
-    Op.NODES_QUERY: (1, lambda f: NodesQuery(_int(f[0], "request_id"))),
-    Op.STATUS_QUERY: (1, lambda f: StatusQuery(_int(f[0], "request_id"))),
-    Op.WELCOME: (
+    Tasks: (1, _tasks),
+    CancelTasks: (1, lambda f: CancelTasks(_refs(f[0], "tasks"))),
+    Reregister: (0, lambda _: Reregister()),
+    Refused: (1, lambda f: Refused(_str(f[0], "reason", MAX_TEXT, 0))),
+    Heartbeat: (0, lambda _: Heartbeat()),
+    Hello: (2, lambda f: Hello(_str(f[0], "client_id", MAX_ID), _int(f[1], "protocol_version"))),
+    Submit: (1, _submit),
+    Cancel: (1, _cancel),
+    NodesQuery: (1, lambda f: NodesQuery(_int(f[0], "request_id"))),
+    StatusQuery: (1, lambda f: StatusQuery(_int(f[0], "request_id"))),
+    Welcome: (
         2,
         lambda f: Welcome(_str(f[0], "dispatcher_id", MAX_ID), _float(f[1], "heartbeat_interval_s", positive=True)),
     ),
-    Op.RESOLVED: (1, _resolved),
-    Op.NODES: (2, lambda f: Nodes(_int(f[0], "request_id"), _nodes(f[1]))),
-    Op.STATUS: (8, _status),
-    Op.ERROR: (2, _error),
-    Op.REPIN: (1, _repin),
-    Op.STEAL_REQUEST: (2, lambda f: StealRequest(_int(f[0], "request_id"), _refs(f[1], "tasks"))),
-    Op.STEAL_REPLY: (2, lambda f: StealReply(_int(f[0], "request_id"), _refs(f[1], "confirmed"))),
-    Op.NODE_CHANGED: (
+    Resolved: (1, _resolved),
+    Nodes: (2, lambda f: Nodes(_int(f[0], "request_id"), _nodes(f[1]))),
+    Status: (9, _status),
+    Error: (2, _error),
+    Repin: (1, _repin),
+    StealRequest: (2, lambda f: StealRequest(_int(f[0], "request_id"), _refs(f[1], "tasks"))),
+    StealReply: (2, lambda f: StealReply(_int(f[0], "request_id"), _refs(f[1], "confirmed"))),
+    NodeChanged: (
         4,
         lambda f: NodeChanged(
             _str(f[0], "node_name", MAX_NAME),
@@ -287,50 +300,61 @@ _DECODERS: Final[dict[Op, tuple[int, Any]]] = {
         ),
     ),
 }
+"""Message class -> (field count, fields -> message), for the current version."""
 
-_OPS: Final[dict[type[Any], Op]] = {
-    Register: Op.REGISTER,
-    Credit: Op.CREDIT,
-    Results: Op.RESULTS,
-    Drain: Op.DRAIN,
-    Bye: Op.BYE,
-    Registered: Op.REGISTERED,
-    Tasks: Op.TASKS,
-    CancelTasks: Op.CANCEL_TASKS,
-    Reregister: Op.REREGISTER,
-    Refused: Op.REFUSED,
-    Heartbeat: Op.HEARTBEAT,
-    Hello: Op.HELLO,
-    Submit: Op.SUBMIT,
-    Cancel: Op.CANCEL,
-    NodesQuery: Op.NODES_QUERY,
-    StatusQuery: Op.STATUS_QUERY,
-    Welcome: Op.WELCOME,
-    Resolved: Op.RESOLVED,
-    Nodes: Op.NODES,
-    Status: Op.STATUS,
-    Error: Op.ERROR,
-    Repin: Op.REPIN,
-    StealRequest: Op.STEAL_REQUEST,
-    StealReply: Op.STEAL_REPLY,
-    NodeChanged: Op.NODE_CHANGED,
+_BY_OP: Final[dict[Op, tuple[type[Any], int, Any]]] = {cls.op: (cls, n, build) for cls, (n, build) in _DECODERS.items()}
+_NODE_WIDTH_V2: Final = len(NodeInfo._fields) - 1
+
+_CHANGED_IN: Final[dict[int, dict[type[Any], tuple[int, Any] | None]]] = {
+    PROTOCOL_VERSION - 1: {
+        AgentStatus: None,  # not in version 2
+        Nodes: (2, lambda f: Nodes(_int(f[0], "request_id"), _nodes(f[1], _NODE_WIDTH_V2))),
+        Status: (8, lambda f: _status(f, _NODE_WIDTH_V2)),
+    },
 }
+"""Per older supported version: the messages that differ from the current version there (None:
+the message does not exist in that version)."""
+
+
+def _older_fields(message: Message, fields: list[Any], version: int) -> list[Any]:
+    """``fields`` of ``message`` as a peer of ``version`` expects them."""
+    changed = _CHANGED_IN[version]
+    if type(message) not in changed:
+        return fields
+    if changed[type(message)] is None:
+        raise ValueError(f"{message.op.name} does not exist in protocol version {version}")
+    if isinstance(message, Nodes):
+        return [message.request_id, [list(n)[:_NODE_WIDTH_V2] for n in message.nodes]]
+    assert isinstance(message, Status)
+    return [*fields[:2], [list(n)[:_NODE_WIDTH_V2] for n in message.nodes], *fields[3:8]]
 
 
 def op_of(message: Message) -> Op:
     """The op code of a message."""
-    return _OPS[type(message)]
+    return message.op
 
 
-def encode(message: Message) -> bytes:
-    """One frame for ``message``. Batches are sequences of NamedTuples (packed as arrays)."""
+def encode(message: Message, version: int = PROTOCOL_VERSION) -> bytes:
+    """One frame for ``message``, for a peer that speaks ``version`` (one of SUPPORTED_VERSIONS).
+    Batches are sequences of NamedTuples (packed as arrays)."""
     fields = [getattr(message, name) for name in message.__slots__]
-    frame: bytes = msgpack.packb([PROTOCOL_VERSION, _OPS[type(message)], *fields], use_bin_type=True)
+    if version != PROTOCOL_VERSION:
+        if version not in SUPPORTED_VERSIONS:
+            raise ValueError(f"cannot encode for protocol version {version}")
+        fields = _older_fields(message, fields, version)
+    frame: bytes = msgpack.packb([version, message.op, *fields], use_bin_type=True)
     return frame
 
 
 def decode(frame: bytes | memoryview) -> Message:
     """The message in ``frame``; raises :class:`ProtocolError` for anything that is not one."""
+    return decode_versioned(frame)[1]
+
+
+def decode_versioned(frame: bytes | memoryview) -> tuple[int, Message]:
+    """The protocol version ``frame`` was written in, and its message. A frame in a version not
+    in SUPPORTED_VERSIONS raises :class:`VersionError` (a ProtocolError), so the receiver can say
+    which versions it speaks."""
     if len(frame) > m.MAX_FRAME_BYTES:
         raise ProtocolError(f"frame of {len(frame)} bytes exceeds {m.MAX_FRAME_BYTES}")
     try:
@@ -346,15 +370,20 @@ def decode(frame: bytes | memoryview) -> Message:
     if type(parts) is not list or len(parts) < 2:
         raise _fail("frame header", parts)
     version, raw_op, fields = parts[0], parts[1], parts[2:]
-    if version != PROTOCOL_VERSION:
-        raise ProtocolError(f"protocol version {version!r}, expected {PROTOCOL_VERSION}")
+    if type(version) is not int or version not in SUPPORTED_VERSIONS:
+        raise VersionError(version)
     if type(raw_op) is not int:
         raise _fail("op", raw_op)
     try:
-        op = Op(raw_op)
-    except ValueError as exc:
+        cls, arity, build = _BY_OP[Op(raw_op)]
+    except (ValueError, KeyError) as exc:
         raise _fail("op", raw_op) from exc
-    arity, build = _DECODERS[op]
+    op = cls.op
+    if version != PROTOCOL_VERSION and cls in _CHANGED_IN[version]:
+        older = _CHANGED_IN[version][cls]
+        if older is None:
+            raise ProtocolError(f"{op.name} does not exist in protocol version {version}")
+        arity, build = older
     if len(fields) != arity:
         raise ProtocolError(f"{op.name} takes {arity} fields, got {len(fields)}")
     try:
@@ -363,4 +392,4 @@ def decode(frame: bytes | memoryview) -> Message:
         raise
     except (TypeError, ValueError) as exc:  # e.g. unpacking a batch item of the wrong shape
         raise ProtocolError(f"malformed {op.name}: {exc}") from exc
-    return message
+    return version, message

@@ -8,10 +8,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Final, NamedTuple
+from typing import ClassVar, Final, NamedTuple
 
-PROTOCOL_VERSION: Final = 2
-"""2: RESULTS carries the credit its results free (one frame where version 1 sent two)."""
+PROTOCOL_VERSION: Final = 3
+"""3: AGENT_STATUS (an agent's own counters); NODES and STATUS report worker respawns and steals.
+2: RESULTS carries the credit its results free (one frame where version 1 sent two)."""
+SUPPORTED_VERSIONS: Final = (PROTOCOL_VERSION - 1, PROTOCOL_VERSION)
+"""What the dispatcher decodes and answers in (each peer in its own version): this one and the
+previous one, so a rolling upgrade of the agents or the clients never strands a node."""
 
 MAX_FRAME_BYTES: Final = 256 * 1024 * 1024
 """Largest frame decode() accepts; the sockets enforce the same limit with ZMQ_MAXMSGSIZE."""
@@ -39,6 +43,14 @@ class ProtocolError(ValueError):
     """A frame that does not follow this contract. Raised by decode(); never fatal to a loop."""
 
 
+class VersionError(ProtocolError):
+    """A frame in a protocol version this side does not speak (its header is readable)."""
+
+    def __init__(self, version: object) -> None:
+        super().__init__(f"protocol version {version!r}; this side speaks {', '.join(map(str, SUPPORTED_VERSIONS))}")
+        self.version = version
+
+
 class Op(IntEnum):
     """Operation codes. Values are part of the wire format: never renumber, only add."""
 
@@ -49,6 +61,8 @@ class Op(IntEnum):
     DRAIN = 4
     BYE = 5
     STEAL_REPLY = 6
+    AGENT_STATUS = 7
+    """Since version 3."""
     # dispatcher -> agent
     REGISTERED = 10
     TASKS = 11
@@ -95,7 +109,8 @@ class ErrorCode(IntEnum):
     UNKNOWN_CLIENT = 1
     """The dispatcher does not know this peer (it restarted, or HELLO was never sent): say HELLO again."""
     VERSION_MISMATCH = 2
-    BAD_REQUEST = 3
+    """The client speaks a protocol version the dispatcher does not (the message says which it does)."""
+    # 3 was BAD_REQUEST, never sent: retired, never to be reused.
 
 
 # --------------------------------------------------------------------------- batch items
@@ -177,6 +192,8 @@ class NodeInfo(NamedTuple):
     queued: int
     in_flight: int
     done: int
+    worker_respawns: int = 0
+    """Worker processes its agent started again after one died (since version 3)."""
 
 
 # --------------------------------------------------------------------------- messages
@@ -185,6 +202,8 @@ class NodeInfo(NamedTuple):
 @dataclass(frozen=True, slots=True)
 class Register:
     """Agent -> dispatcher: I am ``node_name`` (agent process ``agent_id``), with these slots."""
+
+    op: ClassVar[Op] = Op.REGISTER
 
     node_name: str
     agent_id: str
@@ -201,6 +220,8 @@ class Register:
 class Credit:
     """Agent -> dispatcher: send me up to ``n`` more tasks."""
 
+    op: ClassVar[Op] = Op.CREDIT
+
     n: int
 
 
@@ -210,6 +231,8 @@ class Results:
     slots they free; 0: none). One frame, so credit never arrives ahead of the results that
     free its slots."""
 
+    op: ClassVar[Op] = Op.RESULTS
+
     results: tuple[TaskResult, ...]
     credit: int = 0
 
@@ -217,6 +240,8 @@ class Results:
 @dataclass(frozen=True, slots=True)
 class Drain:
     """Agent -> dispatcher: I am stopping; these unstarted tasks go back, running ones will finish."""
+
+    op: ClassVar[Op] = Op.DRAIN
 
     returned: tuple[TaskRef, ...]
 
@@ -226,6 +251,8 @@ class StealReply:
     """Agent -> dispatcher: of the tasks asked for in ``request_id``, these were not started and
     are dropped here (confirmed); the others are running or done and stay."""
 
+    op: ClassVar[Op] = Op.STEAL_REPLY
+
     request_id: int
     confirmed: tuple[TaskRef, ...]
 
@@ -234,10 +261,26 @@ class StealReply:
 class Bye:
     """Agent -> dispatcher: I am gone; nothing of mine is running any more."""
 
+    op: ClassVar[Op] = Op.BYE
+
+
+@dataclass(frozen=True, slots=True)
+class AgentStatus:
+    """Agent -> dispatcher (since version 3): what only the agent sees. Sent when it changes
+    (at most once per heartbeat interval, in place of a heartbeat)."""
+
+    op: ClassVar[Op] = Op.AGENT_STATUS
+
+    worker_respawns: int
+    """Worker processes started again after one died, since the agent started."""
+    busy_workers: int
+
 
 @dataclass(frozen=True, slots=True)
 class Registered:
     """Dispatcher -> agent: welcome; heartbeat every ``heartbeat_interval_s``."""
+
+    op: ClassVar[Op] = Op.REGISTERED
 
     node_name: str
     incarnation: int
@@ -250,6 +293,8 @@ class Registered:
 class Tasks:
     """Dispatcher -> agent: run these, in this order."""
 
+    op: ClassVar[Op] = Op.TASKS
+
     tasks: tuple[TaskAssignment, ...]
 
 
@@ -257,12 +302,16 @@ class Tasks:
 class CancelTasks:
     """Dispatcher -> agent: drop these if they have not started."""
 
+    op: ClassVar[Op] = Op.CANCEL_TASKS
+
     tasks: tuple[TaskRef, ...]
 
 
 @dataclass(frozen=True, slots=True)
 class StealRequest:
     """Dispatcher -> agent: give back these tasks if they have not started (answer STEAL_REPLY)."""
+
+    op: ClassVar[Op] = Op.STEAL_REQUEST
 
     request_id: int
     tasks: tuple[TaskRef, ...]
@@ -272,10 +321,14 @@ class StealRequest:
 class Reregister:
     """Dispatcher -> agent: I do not know you (I restarted, or declared you dead): register again."""
 
+    op: ClassVar[Op] = Op.REREGISTER
+
 
 @dataclass(frozen=True, slots=True)
 class Refused:
     """Dispatcher -> agent: your registration is refused."""
+
+    op: ClassVar[Op] = Op.REFUSED
 
     reason: str
 
@@ -284,10 +337,14 @@ class Refused:
 class Heartbeat:
     """Any direction: I am alive. Any other message counts as a heartbeat too."""
 
+    op: ClassVar[Op] = Op.HEARTBEAT
+
 
 @dataclass(frozen=True, slots=True)
 class Hello:
     """Client -> dispatcher: I am ``client_id``. Sent first, and again after UNKNOWN_CLIENT."""
+
+    op: ClassVar[Op] = Op.HELLO
 
     client_id: str
     protocol_version: int = PROTOCOL_VERSION
@@ -297,12 +354,16 @@ class Hello:
 class Submit:
     """Client -> dispatcher: queue these tasks. A task id already known is ignored (re-send safe)."""
 
+    op: ClassVar[Op] = Op.SUBMIT
+
     tasks: tuple[TaskSpec, ...]
 
 
 @dataclass(frozen=True, slots=True)
 class Cancel:
     """Client -> dispatcher: cancel these of my tasks if they have not started."""
+
+    op: ClassVar[Op] = Op.CANCEL
 
     task_ids: tuple[int, ...]
 
@@ -311,12 +372,16 @@ class Cancel:
 class Repin:
     """Client -> dispatcher: move these of my tasks, if still queued, to a new node and rank (a re-plan)."""
 
+    op: ClassVar[Op] = Op.REPIN
+
     tasks: tuple[Placement, ...]
 
 
 @dataclass(frozen=True, slots=True)
 class NodesQuery:
     """Client -> dispatcher: which nodes do you know? Answered by NODES with the same request id."""
+
+    op: ClassVar[Op] = Op.NODES_QUERY
 
     request_id: int
 
@@ -325,12 +390,16 @@ class NodesQuery:
 class StatusQuery:
     """Client -> dispatcher: how are things? Answered by STATUS with the same request id."""
 
+    op: ClassVar[Op] = Op.STATUS_QUERY
+
     request_id: int
 
 
 @dataclass(frozen=True, slots=True)
 class Welcome:
     """Dispatcher -> client: hello; ``dispatcher_id`` changes when the dispatcher restarts."""
+
+    op: ClassVar[Op] = Op.WELCOME
 
     dispatcher_id: str
     heartbeat_interval_s: float
@@ -340,12 +409,16 @@ class Welcome:
 class Resolved:
     """Dispatcher -> client: these of your tasks ended."""
 
+    op: ClassVar[Op] = Op.RESOLVED
+
     results: tuple[Resolution, ...]
 
 
 @dataclass(frozen=True, slots=True)
 class Nodes:
     """Dispatcher -> client: the nodes, in name order."""
+
+    op: ClassVar[Op] = Op.NODES
 
     request_id: int
     nodes: tuple[NodeInfo, ...]
@@ -355,6 +428,8 @@ class Nodes:
 class Status:
     """Dispatcher -> client: nodes plus dispatcher-wide counters."""
 
+    op: ClassVar[Op] = Op.STATUS
+
     request_id: int
     dispatcher_id: str
     nodes: tuple[NodeInfo, ...]
@@ -363,11 +438,15 @@ class Status:
     tasks_resolved: int
     duplicates_dropped: int
     bad_frames: int
+    tasks_stolen: int = 0
+    """Tasks moved off their node by soft-affinity stealing (since version 3)."""
 
 
 @dataclass(frozen=True, slots=True)
 class NodeChanged:
     """Dispatcher -> every client: a node registered, began draining, died or left."""
+
+    op: ClassVar[Op] = Op.NODE_CHANGED
 
     node_name: str
     state: str
@@ -379,11 +458,13 @@ class NodeChanged:
 class Error:
     """Dispatcher -> client: your last message could not be served."""
 
+    op: ClassVar[Op] = Op.ERROR
+
     code: ErrorCode
     message: str
 
 
-AgentMessage = Register | Credit | Results | Drain | Bye | Heartbeat | StealReply
+AgentMessage = Register | Credit | Results | Drain | Bye | Heartbeat | StealReply | AgentStatus
 """What an agent may send."""
 ClientMessage = Hello | Submit | Cancel | Repin | NodesQuery | StatusQuery | Heartbeat
 """What a client may send."""

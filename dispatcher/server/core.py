@@ -30,6 +30,7 @@ Rules (the invariants ``validate_state()`` checks after every step in tests):
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import Final, assert_never
 
 from dispatcher import protocol as p
 from dispatcher.protocol import TaskKey
@@ -50,6 +51,8 @@ from dispatcher.server.events import (
 from dispatcher.server.node import ACCEPTS_PINS, CONNECTED, NodeActor, NodeState
 from dispatcher.server.stealing import ThiefView, plan_steals, victim_view
 from dispatcher.server.tasks import POOL, TaskQueue, TaskRecord
+
+_SPOKEN: Final = " and ".join(map(str, p.SUPPORTED_VERSIONS))
 
 
 class DispatcherCore:
@@ -228,28 +231,37 @@ class DispatcherCore:
                 self._out.append(SendToAgent(event.peer, p.Reregister()))
             return
         node.last_seen = self._now
-        if type(message) is p.Credit:
-            node.grant(message.n)
-            self._pump(node)
-        elif type(message) is p.Results:
-            self._handle_results(node, message)
-            if message.credit:  # the slots these results freed: after them, as version 1's CREDIT was
-                node.grant(message.credit)
+        match message:
+            case p.Credit():
+                node.grant(message.n)
                 self._pump(node)
-        elif type(message) is p.Drain:
-            self._handle_drain(node, message)
-        elif type(message) is p.StealReply:
-            self._handle_steal_reply(node, message)
-        elif type(message) is p.Bye:
-            self._handle_bye(node)
-        # Heartbeat: being heard from is all it says.
+            case p.Results():
+                self._handle_results(node, message)
+                if message.credit:  # the slots these results freed: after them, as version 1's CREDIT was
+                    node.grant(message.credit)
+                    self._pump(node)
+            case p.Drain():
+                self._handle_drain(node, message)
+            case p.StealReply():
+                self._handle_steal_reply(node, message)
+            case p.Bye():
+                self._handle_bye(node)
+            case p.AgentStatus():
+                node.worker_respawns = message.worker_respawns
+                node.busy_workers = message.busy_workers
+            case p.Heartbeat():
+                pass  # being heard from is all it says
+            case p.Register():  # pragma: no cover - handled above
+                raise AssertionError(message)
+            case _:  # pragma: no cover - the AgentMessage union is closed
+                assert_never(message)
 
     def _handle_register(self, peer: bytes, message: p.Register) -> None:
         name = message.node_name
         refusal = None
         node = self.nodes.get(name)
-        if message.protocol_version != p.PROTOCOL_VERSION:
-            refusal = f"protocol version {message.protocol_version}, dispatcher speaks {p.PROTOCOL_VERSION}"
+        if message.protocol_version not in p.SUPPORTED_VERSIONS:
+            refusal = f"protocol version {message.protocol_version}; the dispatcher speaks {_SPOKEN}"
         elif not p.is_node_name(name):
             refusal = f"{name!r} is not a valid Kubernetes node name (RFC 1123 subdomain)"
         elif node is not None and node.state in CONNECTED and node.agent_id != message.agent_id:
@@ -369,22 +381,28 @@ class DispatcherCore:
         if client_id is None:
             error = p.Error(p.ErrorCode.UNKNOWN_CLIENT, "say HELLO first (the dispatcher may have restarted)")
             self._out.append(SendToClient(event.peer, error))
-        elif type(message) is p.Submit:
-            self._handle_submit(client_id, message)
-        elif type(message) is p.Cancel:
-            self._handle_cancel(client_id, message)
-        elif type(message) is p.Repin:
-            self._handle_repin(client_id, message)
-        elif type(message) is p.NodesQuery:
-            self._out.append(SendToClient(event.peer, p.Nodes(message.request_id, self.node_infos())))
-        elif type(message) is p.StatusQuery:
-            self._out.append(SendToClient(event.peer, self._status(message.request_id)))
-        elif type(message) is p.Heartbeat:
-            self._out.append(SendToClient(event.peer, p.Heartbeat()))
+            return
+        match message:
+            case p.Submit():
+                self._handle_submit(client_id, message)
+            case p.Cancel():
+                self._handle_cancel(client_id, message)
+            case p.Repin():
+                self._handle_repin(client_id, message)
+            case p.NodesQuery():
+                self._out.append(SendToClient(event.peer, p.Nodes(message.request_id, self.node_infos())))
+            case p.StatusQuery():
+                self._out.append(SendToClient(event.peer, self._status(message.request_id)))
+            case p.Heartbeat():
+                self._out.append(SendToClient(event.peer, p.Heartbeat()))
+            case p.Hello():  # pragma: no cover - handled above
+                raise AssertionError(message)
+            case _:  # pragma: no cover - the ClientMessage union is closed
+                assert_never(message)
 
     def _handle_hello(self, peer: bytes, message: p.Hello) -> None:
-        if message.protocol_version != p.PROTOCOL_VERSION:
-            text = f"protocol version {message.protocol_version}, dispatcher speaks {p.PROTOCOL_VERSION}"
+        if message.protocol_version not in p.SUPPORTED_VERSIONS:
+            text = f"protocol version {message.protocol_version}; the dispatcher speaks {_SPOKEN}"
             self._out.append(SendToClient(peer, p.Error(p.ErrorCode.VERSION_MISMATCH, text)))
             return
         old_peer = self._clients.get(message.client_id)
@@ -489,7 +507,17 @@ class DispatcherCore:
 
     def node_infos(self) -> tuple[p.NodeInfo, ...]:
         return tuple(
-            p.NodeInfo(n.name, n.state.value, n.speed, n.slots, n.incarnation, len(n.queue), len(n.in_flight), n.done)
+            p.NodeInfo(
+                n.name,
+                n.state.value,
+                n.speed,
+                n.slots,
+                n.incarnation,
+                len(n.queue),
+                len(n.in_flight),
+                n.done,
+                n.worker_respawns,
+            )
             for n in sorted(self.nodes.values(), key=lambda n: n.name)
         )
 
@@ -503,6 +531,7 @@ class DispatcherCore:
             self.tasks_resolved,
             self.duplicates_dropped,
             self.bad_frames,
+            self.tasks_stolen,
         )
 
     # ------------------------------------------------------------------ clock and garbage
@@ -592,10 +621,15 @@ class DispatcherCore:
         for record in moved:
             self.pool.push(record)
         self.tasks_stolen += len(moved)
-        node.grant(0)
         self._pump_pool()
 
     def _handle_frame_rejected(self, event: FrameRejected) -> None:
+        if event.version is not None and event.peer:  # readable, but a version we do not speak: say so
+            reason = f"{event.reason} (dispatcher {self.config.dispatcher_id})"
+            if event.side == "agent":
+                self._out.append(SendToAgent(event.peer, p.Refused(reason[: p.MAX_TEXT])))
+            else:
+                self._out.append(SendToClient(event.peer, p.Error(p.ErrorCode.VERSION_MISMATCH, reason[: p.MAX_TEXT])))
         self.bad_frames += 1
         every = self.config.bad_frame_log_every
         if self.bad_frames == 1 or self.bad_frames % every == 0:

@@ -42,6 +42,10 @@ class FrameRejected:
     reason: str
     now: float
     stimulus_id: str = ""
+    peer: bytes = b""
+    version: int | None = None
+    """Set when the frame was readable but in a protocol version the dispatcher does not speak:
+    the peer is told which versions it does."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,6 +44,7 @@ class NodeActor:
 
     __slots__ = (
         "agent_id",
+        "busy_workers",
         "credit",
         "done",
         "in_flight",
@@ -59,6 +60,7 @@ class NodeActor:
         "slots",
         "speed",
         "state",
+        "worker_respawns",
     )
 
     def __init__(self, name: str, now: float) -> None:
@@ -67,6 +69,9 @@ class NodeActor:
         self.queue = TaskQueue(name)
         self.in_flight: dict[TaskKey, TaskRecord] = {}
         self.peer: bytes | None = None
+        self.worker_respawns = 0
+        """As the node's agent last reported it (AGENT_STATUS), for the incarnation that sent it."""
+        self.busy_workers = 0
         self.agent_id = ""
         self.incarnation = 0
         self.slots = 0
@@ -104,6 +109,7 @@ class NodeActor:
         self.credit = 0
         self.last_seen = now
         self.last_sent = now
+        self.worker_respawns = self.busy_workers = 0  # a new agent counts from zero
 
     def grant(self, n: int) -> None:
         """The agent asked for ``n`` more tasks; never beyond its capacity, never unless ALIVE."""

@@ -18,6 +18,7 @@ import signal
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Final, Literal, get_args
 
@@ -47,6 +48,7 @@ _AGENT_TYPES: Final = get_args(p.AgentMessage)
 _CLIENT_TYPES: Final = get_args(p.ClientMessage)
 """What a client may send."""
 Side = Literal["agent", "client"]
+_MAX_OLDER_PEERS: Final = 100_000
 _READ_BURST: Final = 256
 """Frames read from one socket before looking at the other and at the clock (fairness)."""
 
@@ -68,6 +70,9 @@ class DispatcherService:
         self.agent_port = 0
         self._outgoing: dict[tuple[zmq.Socket[bytes], bytes], list[p.Message]] = {}
         """Messages per peer, sent at the end of the loop turn."""
+        self._older: OrderedDict[tuple[zmq.Socket[bytes], bytes], int] = OrderedDict()
+        """Peers whose last frame was in an older supported version: they are answered in it.
+        Bounded (the oldest forgotten): a peer that is not in it is answered in the current version."""
 
     def _router(self) -> zmq.Socket[bytes]:
         sock: zmq.Socket[bytes] = self._ctx.socket(zmq.ROUTER)
@@ -164,24 +169,42 @@ class DispatcherService:
     def _read(self, sock: zmq.Socket[bytes], side: Side) -> None:
         """Read up to a burst of frames from one socket and feed them to the core."""
         for frames in itertools.islice(drain(sock, sock.recv_multipart), _READ_BURST):
-            self._step(self._event(side, frames, self._clock(), f"{side}-{next(self._stimuli)}"))
+            event, version = self._event(side, frames, self._clock(), f"{side}-{next(self._stimuli)}")
+            if version is not None:
+                self._note_version(sock, frames[0], version)
+            self._step(event)
 
     @staticmethod
-    def _event(side: Side, frames: list[bytes], now: float, stimulus_id: str) -> Event:
-        """The event for one ROUTER message: a decoded message, or a rejection saying why not."""
+    def _event(side: Side, frames: list[bytes], now: float, stimulus_id: str) -> tuple[Event, int | None]:
+        """The event for one ROUTER message (a decoded message, or a rejection saying why not),
+        and the protocol version it was written in when it decoded."""
         if len(frames) != 2:
-            return FrameRejected(
-                side, f"expected 1 frame after the routing id, got {len(frames) - 1}", now, stimulus_id
-            )
+            reason = f"expected 1 frame after the routing id, got {len(frames) - 1}"
+            return FrameRejected(side, reason, now, stimulus_id), None
         try:
-            message = p.decode(frames[1])
+            version, message = p.decode_versioned(frames[1])
+        except p.VersionError as exc:
+            seen = exc.version if type(exc.version) is int else -1
+            return FrameRejected(side, str(exc), now, stimulus_id, frames[0], seen), None
         except p.ProtocolError as exc:
-            return FrameRejected(side, str(exc), now, stimulus_id)
+            return FrameRejected(side, str(exc), now, stimulus_id), None
         if side == "agent" and isinstance(message, _AGENT_TYPES):
-            return AgentMessageReceived(frames[0], message, now, stimulus_id)
+            return AgentMessageReceived(frames[0], message, now, stimulus_id), version
         if side == "client" and isinstance(message, _CLIENT_TYPES):
-            return ClientMessageReceived(frames[0], message, now, stimulus_id)
-        return FrameRejected(side, f"{p.op_of(message).name} is not a message a {side} sends", now, stimulus_id)
+            return ClientMessageReceived(frames[0], message, now, stimulus_id), version
+        reason = f"{p.op_of(message).name} is not a message a {side} sends"
+        return FrameRejected(side, reason, now, stimulus_id), None
+
+    def _note_version(self, sock: zmq.Socket[bytes], peer: bytes, version: int) -> None:
+        key = (sock, peer)
+        if version == p.PROTOCOL_VERSION:
+            if self._older:
+                self._older.pop(key, None)
+            return
+        self._older[key] = version
+        self._older.move_to_end(key)
+        if len(self._older) > _MAX_OLDER_PEERS:
+            self._older.popitem(last=False)
 
     def _step(self, event: Event) -> None:
         try:
@@ -206,14 +229,16 @@ class DispatcherService:
         if not self._outgoing:
             return
         outgoing, self._outgoing = self._outgoing, {}
-        for (sock, peer), messages in outgoing.items():
+        older = self._older
+        for key, messages in outgoing.items():
+            version = older.get(key, p.PROTOCOL_VERSION) if older else p.PROTOCOL_VERSION
             for message in p.coalesce(messages) if len(messages) > 1 else messages:
-                self._send(sock, peer, message)
+                self._send(key[0], key[1], message, version)
 
     @staticmethod
-    def _send(sock: zmq.Socket[bytes], peer: bytes, message: p.Message) -> None:
+    def _send(sock: zmq.Socket[bytes], peer: bytes, message: p.Message, version: int) -> None:
         try:
-            sock.send_multipart([peer, p.encode(message)], zmq.NOBLOCK)
+            sock.send_multipart([peer, p.encode(message, version)], zmq.NOBLOCK)
         except zmq.ZMQError as exc:  # e.g. the peer vanished; ROUTER drops, but never raise here
             log.warning("send_failed", error=str(exc), op=p.op_of(message).name)
         except Exception:  # an unencodable message is a bug: log it, keep serving

@@ -143,6 +143,10 @@ def test_app_exceptions_reraise_and_a_crashed_worker_fails_only_its_task(logs: P
         with pytest.raises(WorkerLost, match="exit code 3"):
             crashed.result(timeout=30)
         assert [f.result(timeout=30) for f in after] == [0, 1, 4, 9, 16]
+        deadline = time.monotonic() + 30  # the agent reports the respawn within a heartbeat or two
+        while (respawns := client.status().nodes[0].worker_respawns) == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert respawns == 1
 
 
 def test_a_task_waiting_in_a_dead_workers_pipe_runs_on_its_replacement(logs: Path) -> None:
@@ -299,6 +303,8 @@ def test_soft_affinity_lets_an_idle_node_take_a_busy_node_s_work(soft: bool, log
     if soft:
         assert ran.count(idle) >= 4, ran  # 16 x 0.2 s on one node vs. sharing them
         assert ran[0] == busy  # the head of the line stays home
+        assert status.tasks_stolen >= ran.count(idle)  # STATUS reports steals: each task idle ran was one
     else:
         assert set(ran) == {busy}
+        assert status.tasks_stolen == 0
     assert status.duplicates_dropped == 0

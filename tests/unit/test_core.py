@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dispatcher import protocol as p
+from dispatcher.server.events import FrameRejected
 from dispatcher.server.node import NodeState
 
 from .transcript import (
@@ -322,7 +323,7 @@ def test_nodes_and_status_queries_report_queues(t: Transcript) -> None:
     t.register("node-b", slots=2, credit=1, speed=2.0)
     t.submit((1, "node-b", 0.0), (2, "node-b", 1.0), (3, None, 0.0))
     [nodes] = to_client(t.client(p.NodesQuery(5)))
-    assert nodes == p.Nodes(5, (p.NodeInfo("node-b", "alive", 2.0, 2, 1, 1, 1, 0),))
+    assert nodes == p.Nodes(5, (p.NodeInfo("node-b", "alive", 2.0, 2, 1, 1, 1, 0, 0),))
     [status] = to_client(t.client(p.StatusQuery(6)))
     assert isinstance(status, p.Status)
     assert (status.request_id, status.pool_queued, status.tasks_submitted) == (6, 1, 3)
@@ -333,3 +334,37 @@ def test_bad_frames_are_counted_and_logged_sparingly() -> None:
     logged = sum(len(logs(t.garbage())) for _ in range(1000))
     assert t.core.bad_frames == 1000
     assert logged == 1 + 10
+
+
+# --------------------------------------------------------------------------- versions and agent counters
+
+
+def test_a_frame_in_a_version_the_dispatcher_does_not_speak_is_answered_with_why(t: Transcript) -> None:
+    """Before, the codec rejected the header and the core's refusal was unreachable: an old
+    agent was counted as garbage and never told."""
+    reason = "protocol version 1; this side speaks 2, 3"
+    out = t._step(FrameRejected("agent", reason, 1.0, "s", b"old-agent", 1))
+    [(peer, refused)] = to_agents(out)
+    assert peer == b"old-agent" and isinstance(refused, p.Refused) and reason in refused.reason
+    out = t._step(FrameRejected("client", reason, 1.0, "s", b"old-client", 1))
+    [error] = to_client(out, peer=b"old-client")
+    assert isinstance(error, p.Error) and error.code is p.ErrorCode.VERSION_MISMATCH
+    assert t.core.bad_frames == 2
+    assert to_agents(t.garbage()) == []  # an unreadable frame gets nothing
+
+
+def test_a_previous_version_agent_and_client_are_served(t: Transcript) -> None:
+    older = p.PROTOCOL_VERSION - 1
+    out = t.agent(b"node-a", p.Register("node-a", "a", 1, 0, 1.0, protocol_version=older))
+    assert isinstance(to_agents(out)[0][1], p.Registered)
+    out = t.client(p.Hello("c2", protocol_version=older), peer=b"c2-peer")
+    assert isinstance(to_client(out, peer=b"c2-peer")[0], p.Welcome)
+
+
+def test_agent_status_is_reported_per_node_and_steals_in_status(t: Transcript) -> None:
+    t.register("node-a")
+    t.agent(b"node-a", p.AgentStatus(worker_respawns=2, busy_workers=1))
+    [nodes] = to_client(t.client(p.NodesQuery(1)))
+    assert isinstance(nodes, p.Nodes) and nodes.nodes[0].worker_respawns == 2
+    [status] = to_client(t.client(p.StatusQuery(2)))
+    assert isinstance(status, p.Status) and status.tasks_stolen == t.core.tasks_stolen == 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import msgpack
 import pytest
 
@@ -10,7 +12,7 @@ from dispatcher.protocol import messages
 
 pytestmark = pytest.mark.unit
 
-NODE = p.NodeInfo("node-a", "alive", 2.0, 4, 1, 3, 2, 10)
+NODE = p.NodeInfo("node-a", "alive", 2.0, 4, 1, 3, 2, 10, 1)
 EXAMPLES: list[p.Message] = [
     p.Register("node-a", "agent-1", 4, 2, 1.5),
     p.Register("node-a", "agent-1", 4, 2, 1.5, running=(p.TaskRef("c1", 3),)),
@@ -40,7 +42,8 @@ EXAMPLES: list[p.Message] = [
     p.Welcome("d1", 0.5),
     p.Resolved((p.Resolution(1, p.Outcome.WORKER_LOST, b"died", "node-a"), p.Resolution(2, p.Outcome.OK, b"", ""))),
     p.Nodes(4, (NODE,)),
-    p.Status(5, "d1", (NODE,), 1, 2, 3, 4, 5),
+    p.Status(5, "d1", (NODE,), 1, 2, 3, 4, 5, 6),
+    p.AgentStatus(2, 3),
     p.Error(p.ErrorCode.UNKNOWN_CLIENT, "say hello"),
 ]
 
@@ -166,3 +169,46 @@ def test_coalesce_merges_runs_of_batches_per_peer_and_keeps_order() -> None:
     big = b"x" * (p.COALESCE_BYTES // 2 + 1)
     heavy = [p.Tasks((p.TaskAssignment("c", i, 0.0, big),)) for i in range(3)]
     assert [len(m.tasks) for m in p.coalesce(list(heavy))] == [1, 1, 1]  # type: ignore[union-attr]
+
+
+# --------------------------------------------------------------------------- the previous version
+
+PREVIOUS = p.PROTOCOL_VERSION - 1
+
+
+def test_the_dispatcher_speaks_this_version_and_the_previous_one() -> None:
+    assert p.SUPPORTED_VERSIONS == (PREVIOUS, p.PROTOCOL_VERSION)
+
+
+@pytest.mark.parametrize(
+    "message", [m for m in EXAMPLES if not isinstance(m, p.AgentStatus)], ids=lambda m: type(m).__name__
+)
+def test_every_message_of_the_previous_version_round_trips_in_it(message: p.Message) -> None:
+    version, decoded = p.decode_versioned(p.encode(message, PREVIOUS))
+    assert version == PREVIOUS
+    if isinstance(message, p.Status):  # what version 2 lacks comes back as its default
+        message = dataclasses.replace(message, tasks_stolen=0, nodes=(NODE._replace(worker_respawns=0),))
+    elif isinstance(message, p.Nodes):
+        message = dataclasses.replace(message, nodes=(NODE._replace(worker_respawns=0),))
+    assert decoded == message
+
+
+def test_a_version_2_status_is_what_a_version_2_client_reads() -> None:
+    """Written out by hand from the version 2 spec: 8 fields, nodes of 8 fields."""
+    frame = p.encode(p.Status(5, "d1", (NODE,), 1, 2, 3, 4, 5, 6), PREVIOUS)
+    assert msgpack.unpackb(frame) == [PREVIOUS, p.Op.STATUS, 5, "d1", [list(NODE)[:8]], 1, 2, 3, 4, 5]
+
+
+def test_agent_status_does_not_exist_in_the_previous_version() -> None:
+    with pytest.raises(ValueError, match="does not exist in protocol version"):
+        p.encode(p.AgentStatus(1, 1), PREVIOUS)
+    with pytest.raises(p.ProtocolError, match="does not exist in protocol version"):
+        p.decode(msgpack.packb([PREVIOUS, p.Op.AGENT_STATUS, 1, 1]))
+
+
+@pytest.mark.parametrize("version", [0, 1, p.PROTOCOL_VERSION + 1, "3", None])
+def test_a_frame_in_a_version_not_spoken_raises_version_error_naming_both(version: object) -> None:
+    with pytest.raises(p.VersionError) as raised:
+        p.decode(msgpack.packb([version, p.Op.HEARTBEAT]))
+    assert raised.value.version == version
+    assert str(p.PROTOCOL_VERSION) in str(raised.value)

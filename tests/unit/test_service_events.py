@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import get_args
 
+import msgpack
 import pytest
 
 from dispatcher import protocol as p
@@ -18,8 +19,8 @@ pytestmark = pytest.mark.unit
 @pytest.mark.parametrize("message", EXAMPLES, ids=lambda m: type(m).__name__)
 def test_a_message_reaches_the_core_exactly_from_the_side_that_may_send_it(message: p.Message) -> None:
     frames = [b"peer", p.encode(message)]
-    from_agent = DispatcherService._event("agent", frames, 1.0, "s")
-    from_client = DispatcherService._event("client", frames, 1.0, "s")
+    from_agent, _ = DispatcherService._event("agent", frames, 1.0, "s")
+    from_client, _ = DispatcherService._event("client", frames, 1.0, "s")
     agent_may = type(message) in get_args(p.AgentMessage)
     client_may = type(message) in get_args(p.ClientMessage)
     assert isinstance(from_agent, AgentMessageReceived if agent_may else FrameRejected)
@@ -28,5 +29,19 @@ def test_a_message_reaches_the_core_exactly_from_the_side_that_may_send_it(messa
 
 def test_repin_is_a_client_message() -> None:
     """A re-plan's REPIN was once dropped by the shell as a wrong-direction frame."""
-    event = DispatcherService._event("client", [b"c", p.encode(p.Repin((p.Placement(1, "n", 0.0),)))], 0.0, "s")
+    event, _ = DispatcherService._event("client", [b"c", p.encode(p.Repin((p.Placement(1, "n", 0.0),)))], 0.0, "s")
     assert isinstance(event, ClientMessageReceived)
+
+
+def test_a_frame_of_the_previous_version_reaches_the_core_with_its_version() -> None:
+    frame = p.encode(p.Hello("c1", p.PROTOCOL_VERSION - 1), p.PROTOCOL_VERSION - 1)
+    event, version = DispatcherService._event("client", [b"c", frame], 0.0, "s")
+    assert isinstance(event, ClientMessageReceived)
+    assert version == p.PROTOCOL_VERSION - 1
+
+
+def test_a_frame_in_a_version_not_spoken_is_rejected_with_its_peer_and_version() -> None:
+    frame = msgpack.packb([1, p.Op.REGISTER, "node-a", "a", 1, 0, 1.0, 1, []])
+    event, version = DispatcherService._event("agent", [b"old-agent", frame], 0.0, "s")
+    assert isinstance(event, FrameRejected)
+    assert (event.peer, event.version, version) == (b"old-agent", 1, None)
