@@ -43,7 +43,7 @@ from parsl_adapter import events as e
 from parsl_adapter.config import ExecutorConfig
 from parsl_adapter.costs import RuntimeModel, parse_hints
 from parsl_adapter.graph import replan_graph, window_graph
-from parsl_adapter.placement import Graph, Network, make_scheduler
+from parsl_adapter.placement import Graph, Network, check_scheduler
 from parsl_adapter.plancache import PlanCache, canonical, restore
 from parsl_adapter.planner import PlannerProcess
 from parsl_adapter.state import ExecutorState
@@ -99,7 +99,7 @@ class SagaDispatchExecutor(ParslExecutor):
         super().__init__()
         self.label = label
         self.address = address
-        make_scheduler(scheduler)  # an unknown name fails here, in the user's config
+        check_scheduler(scheduler)  # an unknown name fails here, in the user's config
         if local_nodes < 1:
             raise ValueError(f"local_nodes must be >= 1, got {local_nodes}")
         if local_speeds is not None and len(local_speeds) != local_nodes:

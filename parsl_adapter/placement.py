@@ -125,6 +125,28 @@ def scheduler_names() -> list[str]:
     return sorted((_ACRONYMS.get(n, n) for n in names), key=str.lower)
 
 
+KNOWN_SCHEDULERS: Final = frozenset(
+    _norm(n)
+    for n in (
+        "BIL", "BruteForce", "CPOP", "DPS", "Duplex", "ETF", "FastestNode", "FCP", "FLB", "GDL", "HBMCT", "HEFT",
+        "Hybrid", "MaxMin", "MCT", "MET", "MinMin", "MSBC", "MST", "OLB", "PEFT", "SMT", "Sufferage", "WBA",
+    )
+)  # fmt: skip
+"""The names ``scheduler_names()`` gives for the pinned anrg-saga (a unit test keeps them equal),
+so a user's config is checked without importing SAGA (seconds) into Parsl's process: only the
+planning process needs it."""
+
+
+def check_scheduler(spec: str | Any) -> None:
+    """Raise PlanningError for a name that is no SAGA scheduler (an instance is checked as
+    ``make_scheduler`` does: its caller has imported SAGA already)."""
+    if not isinstance(spec, str):
+        make_scheduler(spec)
+    elif _norm(spec) not in KNOWN_SCHEDULERS:
+        known = sorted(KNOWN_SCHEDULERS)
+        raise PlanningError(f"unknown SAGA scheduler {spec!r}; choose one of {', '.join(known)} (any case)")
+
+
 def make_scheduler(spec: str | Any) -> Any:
     """A SAGA scheduler from a name like ``"HEFT"`` / ``"MinMin"`` / ``"CpopScheduler"``, or the instance itself."""
     if not isinstance(spec, str):

@@ -127,3 +127,24 @@ def test_the_check_would_see_parsl() -> None:
     code = "import sys, parsl_adapter.executor; print('parsl' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "True"
+
+
+def _heavy_after(code: str) -> list[str]:
+    probe = f"{code}\nimport json, sys\nprint(json.dumps(sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY!r}))))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT)
+    return list(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def test_the_planning_process_loads_saga_but_not_parsl() -> None:
+    heavy = _heavy_after(
+        "import parsl_adapter.planning_process, parsl_adapter.placement as p; p.make_scheduler('HEFT')"
+    )
+    assert "saga" in heavy
+    assert "parsl" not in heavy
+
+
+def test_parsl_s_process_loads_parsl_but_not_saga_for_an_executor() -> None:
+    """SAGA is seconds of imports; only the planning process needs it."""
+    heavy = _heavy_after("from parsl_adapter import SagaDispatchExecutor\nSagaDispatchExecutor(scheduler='CPOP')")
+    assert "parsl" in heavy
+    assert "saga" not in heavy

@@ -162,3 +162,12 @@ def test_saga_rank_caches_are_cleared_after_planning() -> None:
 
     plan(layered(30), NET, "HEFT")
     assert upward_rank.cache_info().currsize == 0
+
+
+def test_the_names_checked_without_saga_are_saga_s_own() -> None:
+    from parsl_adapter.placement import KNOWN_SCHEDULERS, _norm, check_scheduler
+
+    assert {_norm(n) for n in scheduler_names()} == KNOWN_SCHEDULERS
+    check_scheduler("heft")
+    with pytest.raises(PlanningError, match="unknown SAGA scheduler"):
+        check_scheduler("HEFTY")
