@@ -24,7 +24,9 @@ Rules (the invariants ``validate_state()`` checks after every step in tests):
    that agent, leave it. A reply to an unknown or stale request changes nothing else, so a task
    is never dispatched twice by a race. Strict tasks (the default) leave only a dead node.
 6. Bad input never raises out of ``handle``: malformed frames are counted, unknown peers are told
-   to register or say hello, invalid submissions resolve as REJECTED.
+   to register or say hello, invalid submissions resolve as REJECTED. A step that raises all the
+   same (a bug) is undone whole by the journal before the exception leaves ``handle``: the
+   state is as it was and no command was issued.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from dispatcher.server.events import (
     SendToClient,
     Ticked,
 )
+from dispatcher.server.journal import Journal
 from dispatcher.server.node import ACCEPTS_PINS, CONNECTED, NodeActor, NodeState
 from dispatcher.server.stealing import ThiefView, plan_steals, victim_view
 from dispatcher.server.tasks import POOL, TaskQueue, TaskRecord
@@ -60,8 +63,10 @@ class DispatcherCore:
 
     def __init__(self, config: CoreConfig) -> None:
         self.config = config
+        self.journal = Journal()
+        """Notes every change of a step, so a step that raises leaves the state as it was."""
         self.nodes: dict[str, NodeActor] = {}
-        self.pool = TaskQueue(POOL)
+        self.pool = TaskQueue(POOL, self.journal)
         self.tasks: dict[TaskKey, TaskRecord] = {}
         self._agents: dict[bytes, NodeActor] = {}
         """Routing id -> node, for the latest incarnation of each node."""
@@ -85,21 +90,53 @@ class DispatcherCore:
     # ------------------------------------------------------------------ entry point
 
     def handle(self, event: Event) -> list[Command]:
-        """Apply one event; return what the shell must do, in order."""
+        """Apply one event; return what the shell must do, in order.
+
+        Atomic: if handling raises, every change it made is undone (``journal.py``) and the
+        exception propagates; the state is as it was and no command was issued."""
         self._out = out = list[Command]()
+        journal = self.journal
+        before = (self._now, self._counters())
+        journal.begin()
         self._now = event.now
-        if type(event) is AgentMessageReceived:
-            self._agent_message(event)
-        elif type(event) is ClientMessageReceived:
-            self._client_message(event)
-        elif type(event) is Ticked:
-            self._handle_ticked(event)
-        elif type(event) is FrameRejected:
-            self._handle_frame_rejected(event)
-        else:  # pragma: no cover - the Event union is closed
-            raise TypeError(f"not an event: {event!r}")
+        try:
+            match event:
+                case AgentMessageReceived():
+                    self._agent_message(event)
+                case ClientMessageReceived():
+                    self._client_message(event)
+                case Ticked():
+                    self._handle_ticked(event)
+                case FrameRejected():
+                    self._handle_frame_rejected(event)
+                case _:  # pragma: no cover - the Event union is closed
+                    assert_never(event)
+            self._check_step()
+        except BaseException:
+            journal.rollback()
+            self._now, counters = before
+            self._set_counters(counters)
+            self._out = []
+            raise
+        journal.commit()
         self._out = []
         return out
+
+    def _check_step(self) -> None:
+        """Called at the end of every step, before it is committed: tests make it raise to check
+        that a failed step leaves nothing behind."""
+
+    def _counters(self) -> tuple[int, ...]:
+        return (
+            self.tasks_submitted, self.tasks_resolved, self.duplicates_dropped, self.bad_frames,
+            self.tasks_stolen, self._soft, self._steal_ids,
+        )  # fmt: skip
+
+    def _set_counters(self, counters: tuple[int, ...]) -> None:
+        (
+            self.tasks_submitted, self.tasks_resolved, self.duplicates_dropped, self.bad_frames,
+            self.tasks_stolen, self._soft, self._steal_ids,
+        ) = counters  # fmt: skip
 
     # ------------------------------------------------------------------ small helpers
 
@@ -108,6 +145,7 @@ class DispatcherCore:
 
     def _to_agent(self, node: NodeActor, message: p.Message) -> None:
         assert node.peer is not None
+        self.journal.save(node)
         node.last_sent = self._now
         self._out.append(SendToAgent(node.peer, message))
 
@@ -125,6 +163,8 @@ class DispatcherCore:
 
     def _forget(self, record: TaskRecord) -> None:
         """Remove ``record`` from wherever it is; it is resolved."""
+        journal = self.journal
+        journal.keep(self.tasks, record.key)
         del self.tasks[record.key]
         if record.flags & p.SOFT_AFFINITY:
             self._soft -= 1
@@ -132,7 +172,9 @@ class DispatcherCore:
             record.queue.discard(record)
         elif record.holder is not None:
             holder = self.nodes[record.holder]
+            journal.keep(holder.in_flight, record.key)
             del holder.in_flight[record.key]
+            journal.save(record)
             record.holder = None
         self.tasks_resolved += 1
 
@@ -149,7 +191,7 @@ class DispatcherCore:
     def _pump(self, node: NodeActor) -> None:
         """Send ``node`` as many tasks as its credit allows, lowest rank first (rule 3)."""
         if node.state is not NodeState.ALIVE or node.credit <= 0:
-            self._hungry.pop(node.name, None)
+            self._unhungry(node)
             return
         own, pool = node.queue, self.pool
         batch: list[p.TaskAssignment] = []
@@ -164,9 +206,16 @@ class DispatcherCore:
         if batch:
             self._to_agent(node, p.Tasks(tuple(batch)))
         if node.credit > 0:
-            self._hungry[node.name] = node
+            if node.name not in self._hungry:
+                self.journal.keep(self._hungry, node.name)
+                self._hungry[node.name] = node
         else:
-            self._hungry.pop(node.name, None)
+            self._unhungry(node)
+
+    def _unhungry(self, node: NodeActor) -> None:
+        if node.name in self._hungry:
+            self.journal.keep(self._hungry, node.name)
+            del self._hungry[node.name]
 
     def _pump_pool(self) -> None:
         for node in list(self._hungry.values()):
@@ -182,15 +231,18 @@ class DispatcherCore:
         """The node's agent is gone: its queued and in-flight work moves to the pool (rule 5)."""
         in_flight = len(node.in_flight)
         queued = len(node.queue)
-        self._hungry.pop(node.name, None)
+        self._unhungry(node)
         running = set(node.in_flight)
         work = node.detach(state)
         why = f"node {node.name} died while running it ({reason if state is NodeState.DEAD else 'it left: ' + reason})"
         lost: dict[str, list[p.Resolution]] = defaultdict(list)
         requeue = []
+        journal = self.journal
         for record in work:
+            journal.save(record)
             record.steal_id = 0
             if record.key in running and record.flags & p.NO_RETRY_ON_NODE_LOSS:
+                journal.keep(self.tasks, record.key)
                 del self.tasks[record.key]
                 self.tasks_resolved += 1
                 if record.flags & p.SOFT_AFFINITY:
@@ -202,6 +254,7 @@ class DispatcherCore:
         self._resolve(lost)
         self._broadcast(node)
         for request_id in [i for i, (victim, _, _) in self._steals.items() if victim == node.name]:
+            journal.keep(self._steals, request_id)
             del self._steals[request_id]
         self._log(
             "node_dead" if state is NodeState.DEAD else "node_left",
@@ -230,6 +283,7 @@ class DispatcherCore:
             if type(message) is not p.Bye:
                 self._out.append(SendToAgent(event.peer, p.Reregister()))
             return
+        self.journal.save(node)
         node.last_seen = self._now
         match message:
             case p.Credit():
@@ -275,17 +329,18 @@ class DispatcherCore:
         previous = self._agents.get(peer)
         if previous is not None and previous.name != name and previous.state in CONNECTED:
             self._declare_dead(previous, f"its agent re-registered as {name}")
+        journal = self.journal
         if node is None:
-            node = self.nodes[name] = NodeActor(name, self._now)
+            node = self._new_node(name)
+        journal.save(node)
         if node.state in CONNECTED:  # the same agent again, on a new socket after losing its connection
             if node.peer != peer:
-                self._agents.pop(node.peer or b"", None)
+                self._drop_agent(node.peer)
                 node.peer = peer
             node.last_seen = self._now
             self._resync(node, {(ref.client_id, ref.task_id) for ref in message.running})
         else:
-            if node.peer is not None:
-                self._agents.pop(node.peer, None)
+            self._drop_agent(node.peer)
             slots, prefetch, speed = message.slots, message.prefetch, message.speed
             node.attach(peer, message.agent_id, slots=slots, prefetch=prefetch, speed=speed, now=self._now)
             self._reclaim(node)
@@ -299,6 +354,7 @@ class DispatcherCore:
                 speed=message.speed,
                 queued=len(node.queue),
             )
+        journal.keep(self._agents, peer)
         self._agents[peer] = node
         cfg = self.config
         self._to_agent(
@@ -306,17 +362,31 @@ class DispatcherCore:
             p.Registered(name, node.incarnation, cfg.dispatcher_id, cfg.heartbeat_interval_s, cfg.liveness),
         )
 
+    def _new_node(self, name: str) -> NodeActor:
+        self.journal.keep(self.nodes, name)
+        node = self.nodes[name] = NodeActor(name, self._now, self.journal)
+        return node
+
+    def _drop_agent(self, peer: bytes | None) -> None:
+        if peer is not None and peer in self._agents:
+            self.journal.keep(self._agents, peer)
+            del self._agents[peer]
+
     def _resync(self, node: NodeActor, running: set[TaskKey]) -> None:
         """The agent started over: it runs ``running`` and nothing else we sent it (it dropped what it
         had not started, and frames sent to its old socket were lost). The rest goes back to its queue."""
         lost = [record for key, record in node.in_flight.items() if key not in running]
+        journal = self.journal
         for record in lost:
+            journal.keep(node.in_flight, record.key)
             del node.in_flight[record.key]
+            journal.save(record)
             record.holder = None
             record.steal_id = 0
         self._requeue(lost)
+        journal.save(node)
         node.credit = 0  # it grants afresh
-        self._hungry.pop(node.name, None)
+        self._unhungry(node)
         if lost:
             self._log("agent_resynced", node=node.name, requeued=len(lost), running=len(node.in_flight))
 
@@ -329,6 +399,8 @@ class DispatcherCore:
 
     def _handle_results(self, node: NodeActor | None, message: p.Results) -> None:
         ran_on = node.name if node is not None else ""
+        if node is not None:  # also a dead incarnation's late results: they still count there
+            self.journal.save(node)
         by_client: dict[str, list[p.Resolution]] = defaultdict(list)
         cancels: dict[str, list[p.TaskRef]] = defaultdict(list)
         tasks = self.tasks
@@ -353,20 +425,26 @@ class DispatcherCore:
                 self._to_agent(other, p.CancelTasks(tuple(refs)))
 
     def _handle_drain(self, node: NodeActor, message: p.Drain) -> None:
+        journal = self.journal
         node.state = NodeState.DRAINING
         node.credit = 0
-        self._hungry.pop(node.name, None)
+        self._unhungry(node)
         self._broadcast(node)
         keys = [(ref.client_id, ref.task_id) for ref in message.returned]
-        returned = [node.in_flight.pop(key) for key in keys if key in node.in_flight]
+        returned = []
+        for key in keys:
+            if key in node.in_flight:
+                journal.keep(node.in_flight, key)
+                returned.append(node.in_flight.pop(key))
         for record in returned:
+            journal.save(record)
             record.holder = None
         self._requeue(returned + node.queue.take_all())
         self._log("node_draining", node=node.name, returned=len(returned), running=len(node.in_flight))
         self._pump_pool()
 
     def _handle_bye(self, node: NodeActor) -> None:
-        self._agents.pop(node.peer or b"", None)
+        self._drop_agent(node.peer)
         self._declare_dead(node, "agent said bye", NodeState.GONE)
         node.peer = None
 
@@ -406,9 +484,13 @@ class DispatcherCore:
             self._out.append(SendToClient(peer, p.Error(p.ErrorCode.VERSION_MISMATCH, text)))
             return
         old_peer = self._clients.get(message.client_id)
-        if old_peer is not None and old_peer != peer:
-            self._client_ids.pop(old_peer, None)
+        journal = self.journal
+        if old_peer is not None and old_peer != peer and old_peer in self._client_ids:
+            journal.keep(self._client_ids, old_peer)
+            del self._client_ids[old_peer]
+        journal.keep(self._clients, message.client_id)
         self._clients[message.client_id] = peer
+        journal.keep(self._client_ids, peer)
         self._client_ids[peer] = message.client_id
         if old_peer != peer:
             self._log("client_connected", client_id=message.client_id)
@@ -432,7 +514,7 @@ class DispatcherCore:
                     if reason is not None:
                         rejected.append(p.Resolution(spec.task_id, p.Outcome.REJECTED, reason.encode(), ""))
                         continue
-                    node = self.nodes[name] = NodeActor(name, self._now)
+                    node = self._new_node(name)
                     self._log("node_awaited", node=name)
                 if node.state in ACCEPTS_PINS:
                     queue = node.queue
@@ -442,6 +524,7 @@ class DispatcherCore:
             record = TaskRecord(key, name, spec.rank, spec.payload, spec.flags)
             if spec.flags & p.SOFT_AFFINITY:
                 self._soft += 1
+            self.journal.keep(tasks, key)
             tasks[key] = record
             queue.push(record)
             self.tasks_submitted += 1
@@ -474,7 +557,8 @@ class DispatcherCore:
             if name is not None and name not in self.nodes:
                 if self._unplaceable(name) is not None:
                     continue
-                self.nodes[name] = NodeActor(name, self._now)
+                self._new_node(name)
+            self.journal.save(record)
             record.node_name = name
             record.rank = placement.rank
             home = self._home(record)
@@ -579,7 +663,7 @@ class DispatcherCore:
             record = self.tasks[move.key]
             if move.where == "queued":
                 assert record.queue is not None
-                record.queue.discard(record)
+                record.queue.discard(record)  # saves the record
                 record.stolen = True
                 self.nodes[move.thief].start(record)
                 batches[move.thief].append(p.TaskAssignment(record.key[0], record.key[1], record.rank, record.payload))
@@ -594,7 +678,9 @@ class DispatcherCore:
             self._steal_ids += 1
             request_id = self._steal_ids
             for record in records:
+                self.journal.save(record)
                 record.steal_id = request_id
+            self.journal.keep(self._steals, request_id)
             self._steals[request_id] = (victim, thief, [r.key for r in records])
             self._to_agent(self.nodes[victim], p.StealRequest(request_id, tuple(p.TaskRef(*r.key) for r in records)))
         if moves:
@@ -603,18 +689,23 @@ class DispatcherCore:
 
     def _handle_steal_reply(self, node: NodeActor, message: p.StealReply) -> None:
         """Phase two: only confirmed tasks still in flight on this very agent move (to the pool)."""
+        journal = self.journal
+        journal.keep(self._steals, message.request_id)
         asked = self._steals.pop(message.request_id, None)
         if asked is not None:
             for key in asked[2]:
                 record = self.tasks.get(key)
                 if record is not None and record.steal_id == message.request_id:
+                    journal.save(record)
                     record.steal_id = 0
         moved = []
         for ref in message.confirmed:
             record = self.tasks.get((ref.client_id, ref.task_id))
             if record is None or record.holder != node.name:
                 continue  # resolved meanwhile, or already moved: a stale confirmation
+            journal.keep(node.in_flight, record.key)
             del node.in_flight[record.key]
+            journal.save(record)
             record.holder = None
             record.stolen = True
             moved.append(record)

@@ -22,7 +22,8 @@ from __future__ import annotations
 from enum import StrEnum
 
 from dispatcher.protocol import TaskKey
-from dispatcher.server.tasks import TaskQueue, TaskRecord
+from dispatcher.server.journal import Journal
+from dispatcher.server.tasks import NO_JOURNAL, TaskQueue, TaskRecord
 
 
 class NodeState(StrEnum):
@@ -49,6 +50,7 @@ class NodeActor:
         "done",
         "in_flight",
         "incarnation",
+        "journal",
         "last_seen",
         "last_sent",
         "name",
@@ -63,10 +65,12 @@ class NodeActor:
         "worker_respawns",
     )
 
-    def __init__(self, name: str, now: float) -> None:
+    def __init__(self, name: str, now: float, journal: Journal = NO_JOURNAL) -> None:
         self.name = name
+        self.journal = journal
+        """The core's undo log: every change below is noted there first."""
         self.state = NodeState.PENDING
-        self.queue = TaskQueue(name)
+        self.queue = TaskQueue(name, journal)
         self.in_flight: dict[TaskKey, TaskRecord] = {}
         self.peer: bytes | None = None
         self.worker_respawns = 0
@@ -99,6 +103,7 @@ class NodeActor:
     def attach(self, peer: bytes, agent_id: str, *, slots: int, prefetch: int, speed: float, now: float) -> None:
         """A new agent incarnation registered under this name."""
         assert not self.in_flight, self
+        self.journal.save(self)
         self.state = NodeState.ALIVE
         self.peer = peer
         self.agent_id = agent_id
@@ -115,21 +120,30 @@ class NodeActor:
         """The agent asked for ``n`` more tasks; never beyond its capacity, never unless ALIVE."""
         if self.state is not NodeState.ALIVE:
             return
+        self.journal.save(self)
         self.credit = max(0, min(self.credit + n, self.capacity - len(self.in_flight)))
 
     def start(self, record: TaskRecord) -> None:
         """``record`` is being sent to this node's agent."""
+        journal = self.journal
+        journal.save(record)
+        journal.save(self)
+        journal.keep(self.in_flight, record.key)
         record.holder = self.name
         self.in_flight[record.key] = record
         self.credit -= 1
 
     def detach(self, state: NodeState) -> list[TaskRecord]:
         """The agent is gone (``state`` is DEAD or GONE): return its queued and in-flight work."""
+        journal = self.journal
+        journal.save(self)
         self.state = state
         self.credit = 0
         work = list(self.in_flight.values())
-        self.in_flight.clear()
         for record in work:
+            journal.keep(self.in_flight, record.key)
+            journal.save(record)
             record.holder = None
+        self.in_flight.clear()
         work.extend(self.queue.take_all())
         return work

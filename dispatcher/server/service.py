@@ -4,8 +4,9 @@ The loop reads as named phases: poll, read agent frames, read client frames, tic
 frame is decoded by the contract, turned into one event, handed to the core, and the commands
 that come back are carried out in order; messages for one peer are sent at the end of the turn,
 batches merged (``protocol.coalesce``), so a burst of events costs a frame per peer, not per event.
-Nothing a peer sends can stop the loop: undecodable frames become
-``FrameRejected`` events, and a bug in the core is logged with its traceback, not raised.
+Nothing a peer sends can stop the loop: undecodable frames become ``FrameRejected`` events,
+and an event the core raises on is rejected: the core undid the step, nothing is sent, the
+rejection is counted and logged with its stimulus id.
 """
 
 from __future__ import annotations
@@ -68,6 +69,8 @@ class DispatcherService:
         self._clients = self._router()
         self.client_port = 0
         self.agent_port = 0
+        self.events_rejected = 0
+        """Events the core raised on (a bug): each left the state as it was and sent nothing."""
         self._outgoing: dict[tuple[zmq.Socket[bytes], bytes], list[p.Message]] = {}
         """Messages per peer, sent at the end of the loop turn."""
         self._older: OrderedDict[tuple[zmq.Socket[bytes], bytes], int] = OrderedDict()
@@ -207,10 +210,20 @@ class DispatcherService:
             self._older.popitem(last=False)
 
     def _step(self, event: Event) -> None:
+        """One event through the core. A step that raises changed nothing (the core undoes it)
+        and issued nothing: the event is rejected, counted and logged, and the loop goes on. Not
+        failing hard is deliberate: clients re-send what they sent, so a crash on one bad input
+        would become a crash loop."""
         try:
             commands = self.core.handle(event)
         except Exception:
-            log.exception("core_error", stimulus_id=event.stimulus_id, event_type=type(event).__name__)
+            self.events_rejected += 1
+            log.exception(
+                "event_rejected",
+                stimulus_id=event.stimulus_id,
+                event_type=type(event).__name__,
+                total=self.events_rejected,
+            )
             return
         self._carry_out(commands)
 

@@ -13,6 +13,7 @@ from itertools import count
 from typing import Final
 
 from dispatcher.protocol import TaskKey
+from dispatcher.server.journal import Journal
 
 POOL: Final = "__pool__"
 """The name of the shared pool's queue (tasks any node may take)."""
@@ -48,17 +49,21 @@ class TaskRecord:
 
 
 _tickets = count(1)
+NO_JOURNAL: Final = Journal()
+"""Never begun: a queue outside the core (tests) takes no notes."""
 
 
 class TaskQueue:
     """Tasks ordered by (rank, arrival): the lowest planned start time leaves first."""
 
-    __slots__ = ("_heap", "_live", "name")
+    __slots__ = ("_heap", "_journal", "_live", "name")
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, journal: Journal = NO_JOURNAL) -> None:
         self.name = name
         self._heap: list[tuple[float, int, TaskRecord]] = []
         self._live = 0
+        self._journal = journal
+        """Every change is noted here first, so the core's step can be undone (``journal.py``)."""
 
     def __len__(self) -> int:
         return self._live
@@ -66,6 +71,9 @@ class TaskQueue:
     def push(self, record: TaskRecord) -> None:
         if record.queue is not None:
             record.queue.discard(record)
+        journal = self._journal
+        journal.save(record)
+        journal.save(self)
         record.seq = seq = next(_tickets)
         record.queue = self
         record.holder = None
@@ -75,10 +83,14 @@ class TaskQueue:
     def discard(self, record: TaskRecord) -> None:
         """Forget ``record`` (it must be in this queue); its heap entry goes stale."""
         assert record.queue is self, (record, self.name)
+        journal = self._journal
+        journal.save(record)
+        journal.save(self)
         record.queue = None
         self._live -= 1
         stale = len(self._heap) - self._live
         if stale > _COMPACT_MIN and stale > self._live:
+            journal.replaced_heap(self, self._heap)
             self._heap = [e for e in self._heap if e[2].queue is self and e[2].seq == e[1]]
             heapq.heapify(self._heap)
 
@@ -88,7 +100,7 @@ class TaskQueue:
             _, seq, record = heap[0]
             if record.queue is self and record.seq == seq:
                 return
-            heapq.heappop(heap)
+            self._journal.popped(self, heapq.heappop(heap))
 
     def peek_rank(self) -> float | None:
         """Rank of the next task, or None when empty."""
@@ -98,7 +110,12 @@ class TaskQueue:
     def pop(self) -> TaskRecord:
         """Remove and return the lowest-rank task; the queue must not be empty."""
         self._skip_stale()
-        record = heapq.heappop(self._heap)[2]
+        entry = heapq.heappop(self._heap)
+        record = entry[2]
+        journal = self._journal
+        journal.popped(self, entry)
+        journal.save(record)
+        journal.save(self)
         record.queue = None
         self._live -= 1
         return record
@@ -106,7 +123,8 @@ class TaskQueue:
     def take_all(self) -> list[TaskRecord]:
         """Empty the queue, returning its live tasks in rank order."""
         out = [self.pop() for _ in range(self._live)]
-        self._heap.clear()
+        self._journal.replaced_heap(self, self._heap)
+        self._heap = []  # only stale entries were left
         return out
 
     def records(self) -> list[TaskRecord]:

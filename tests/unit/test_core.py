@@ -5,12 +5,14 @@ from __future__ import annotations
 import pytest
 
 from dispatcher import protocol as p
-from dispatcher.server.events import FrameRejected
+from dispatcher.server.events import ClientMessageReceived, FrameRejected
 from dispatcher.server.node import NodeState
 
 from .transcript import (
+    CLIENT,
     CLIENT_ID,
     Transcript,
+    fingerprint,
     logs,
     resolved,
     result,
@@ -368,3 +370,51 @@ def test_agent_status_is_reported_per_node_and_steals_in_status(t: Transcript) -
     assert isinstance(nodes, p.Nodes) and nodes.nodes[0].worker_respawns == 2
     [status] = to_client(t.client(p.StatusQuery(2)))
     assert isinstance(status, p.Status) and status.tasks_stolen == t.core.tasks_stolen == 0
+
+
+# --------------------------------------------------------------------------- atomic steps
+
+
+def test_a_step_that_fails_halfway_leaves_no_task_in_flight_without_its_frame(t: Transcript) -> None:
+    """The review's finding: the shell swallowed a core exception and went on with a core whose
+    task was marked in flight while its TASKS frame was never sent. Now the step is undone."""
+
+    t.register("node-a", slots=1, credit=1)
+    before = fingerprint(t.core)
+
+    def broken_send(node: object, message: p.Message) -> None:
+        raise RuntimeError("a bug between marking the task in flight and sending it")
+
+    t.core._to_agent = broken_send  # type: ignore[method-assign]
+    event = ClientMessageReceived(CLIENT, p.Submit((p.TaskSpec(1, "node-a", 0.0, b"x"),)), 1.0, "submit-1")
+    with pytest.raises(RuntimeError, match="a bug between"):
+        t.core.handle(event)
+    assert fingerprint(t.core) == before
+    assert (CLIENT_ID, 1) not in t.core.tasks
+    t.core.validate_state()
+    del t.core._to_agent
+    [(_, tasks)] = to_agents(t.core.handle(event))  # the client's re-send is served normally
+    assert isinstance(tasks, p.Tasks) and tasks.tasks[0].task_id == 1
+
+
+def test_the_shell_rejects_an_event_the_core_raises_on_and_serves_the_next() -> None:
+    from dispatcher.server.config import DispatcherConfig
+    from dispatcher.server.service import DispatcherService
+
+    service = DispatcherService(DispatcherConfig())
+    try:
+        hello = ClientMessageReceived(b"peer", p.Hello("c1"), 1.0, "client-1")
+
+        def broken(event: object) -> list[object]:
+            raise RuntimeError("injected")
+
+        handle = service.core.handle
+        service.core.handle = broken  # type: ignore[method-assign]
+        service._step(hello)
+        assert service.events_rejected == 1
+        assert service._outgoing == {}  # nothing was sent for it
+        service.core.handle = handle  # type: ignore[method-assign]
+        service._step(hello)
+        assert list(service._outgoing.values()) == [[p.Welcome(service.dispatcher_id, 0.5)]]
+    finally:
+        service.close()

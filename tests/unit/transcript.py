@@ -21,6 +21,39 @@ from dispatcher.server.events import (
     Ticked,
 )
 
+
+class _Injected(Exception):
+    """The failure a transcript injects at the end of a step."""
+
+
+def fingerprint(core: DispatcherCore) -> Any:
+    """Everything the core holds, comparable (the order of hungry nodes aside: see journal.py)."""
+
+    def record(r: Any) -> Any:
+        queue = r.queue.name if r.queue is not None else None
+        return (r.key, r.node_name, r.rank, r.flags, queue, r.seq, r.holder, r.steal_id, r.stolen, r.payload)
+
+    def queued(q: Any) -> Any:
+        return (len(q), sorted((r.rank, r.seq, r.key) for r in q.records()))
+
+    def node(n: Any) -> Any:
+        slots = [getattr(n, name) for name in n.__slots__ if name not in ("queue", "in_flight", "journal")]
+        return (n.name, repr(slots), sorted(n.in_flight), queued(n.queue))
+
+    return (
+        sorted(node(n) for n in core.nodes.values()),
+        sorted(record(r) for r in core.tasks.values()),
+        queued(core.pool),
+        sorted((peer, n.name) for peer, n in core._agents.items()),
+        sorted(core._hungry),
+        sorted(core._clients.items()),
+        sorted(core._client_ids.items()),
+        sorted(core._steals.items()),
+        core._counters(),
+        core._now,
+    )
+
+
 CLIENT = b"client-peer"
 CLIENT_ID = "c1"
 
@@ -33,9 +66,31 @@ class Transcript:
 
     def _step(self, event: Any) -> list[Command]:
         self.now = event.now
+        self._fails_and_leaves_nothing(event)
         commands = self.core.handle(event)
         self.core.validate_state()
         return commands
+
+    def _fails_and_leaves_nothing(self, event: Any) -> None:
+        """Every step of every transcript is first run to its end and then made to fail: the
+        state must be exactly what it was (the core's steps are atomic), then the step runs."""
+        before = fingerprint(self.core)
+
+        def fail() -> None:
+            raise _Injected
+
+        self.core._check_step = fail  # type: ignore[method-assign]
+        try:
+            self.core.handle(event)
+        except _Injected:
+            pass
+        else:  # pragma: no cover
+            raise AssertionError("the injected failure did not happen")
+        finally:
+            del self.core._check_step
+        after = fingerprint(self.core)
+        assert after == before, "a failed step left changes behind"
+        self.core.validate_state()
 
     def agent(self, peer: bytes, message: Any, at: float | None = None) -> list[Command]:
         return self._step(AgentMessageReceived(peer, message, self.now if at is None else at, "t"))
