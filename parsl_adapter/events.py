@@ -180,6 +180,15 @@ class ShutDown:
     now: float
 
 
+@dataclass(frozen=True, slots=True)
+class WindowAbandoned:
+    """The shell failed on a step about this window (a bug): its launches end with ``error``."""
+
+    batch: tuple[Launch, ...]
+    error: BaseException
+    now: float
+
+
 Event = (
     TaskLaunched
     | HoldingChanged
@@ -195,6 +204,7 @@ Event = (
     | LaunchesEnded
     | Ticked
     | ShutDown
+    | WindowAbandoned
 )
 
 # --------------------------------------------------------------------------- commands

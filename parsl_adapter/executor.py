@@ -135,6 +135,9 @@ class SagaDispatchExecutor(ParslExecutor):
         self._synthetic = itertools.count(-1, -1)
         self._t0 = 0.0
         self._stop = threading.Event()
+        self._post_lock = threading.Lock()
+        self._closed = False
+        """Shut-down has drained the inbox for the last time: posts are refused (``_post``)."""
         self._conductor: threading.Thread | None = None
         self._planning: threading.Thread | None = None
 
@@ -217,17 +220,27 @@ class SagaDispatchExecutor(ParslExecutor):
         payload = pack_apply_message(func, args, kwargs)
         launch = e.Launch(tid, getattr(func, "__name__", "?"), payload, Future(), hints.retry_on_node_loss)
         launch.future.parsl_executor_task_id = tid  # type: ignore[attr-defined]
-        self._inbox.put(e.TaskLaunched(launch, time.monotonic()))
+        self._post(e.TaskLaunched(launch, time.monotonic()))
         return launch.future
+
+    def _post(self, event: e.Event) -> None:
+        """Hand ``event`` to the conductor; after shut-down's last look at the inbox, refuse it
+        (a launch that raced ``shutdown()`` fails instead of waiting in an inbox nobody reads)."""
+        with self._post_lock:
+            if not self._closed:
+                self._inbox.put(event)
+                return
+        if isinstance(event, e.TaskLaunched):
+            _fail_one(event.launch, DispatcherUnavailable(f"executor {self.label} was shut down"))
 
     @contextlib.contextmanager
     def plan(self) -> Iterator[None]:
         """Hold launches while the block registers the DAG; plan it whole when the block exits."""
-        self._inbox.put(e.HoldingChanged(+1, time.monotonic()))
+        self._post(e.HoldingChanged(+1, time.monotonic()))
         try:
             yield
         finally:
-            self._inbox.put(e.HoldingChanged(-1, time.monotonic()))
+            self._post(e.HoldingChanged(-1, time.monotonic()))
 
     def shutdown(self) -> None:
         """Fail what is not in flight, close the client (which fails what is), resolve every
@@ -240,11 +253,14 @@ class SagaDispatchExecutor(ParslExecutor):
             if self._conductor.is_alive():
                 log.error("conductor_stuck", label=self.label)
                 owner = False
-        self._teardown()  # the client fails in-flight tasks: their TaskResolved events are posted
+        self._jobs.put(None)  # the planning thread takes no new job (it checks _stop) and ends
+        self._planner.terminate()  # a plan under way fails now instead of running to its timeout
         if self._planning is not None:
-            self._jobs.put(None)
-            self._planning.join(timeout=10)
+            self._planning.join(timeout=30)
+        self._teardown()  # the client fails in-flight tasks: their TaskResolved events are posted
         if owner:  # the conductor is gone: this thread owns the state now
+            with self._post_lock:
+                self._closed = True
             self._drain_inbox()
         super().shutdown()
 
@@ -278,10 +294,13 @@ class SagaDispatchExecutor(ParslExecutor):
                 with contextlib.suppress(queue.Empty):
                     while True:
                         events.append(self._inbox.get_nowait())
+                if _STOP in events:  # shut down, then what came with it (results, late launches)
+                    self._step(e.ShutDown(time.monotonic()))
+                    for event in events:
+                        if event is not _STOP:
+                            self._step(event)
+                    return
                 for event in events:
-                    if event is _STOP:
-                        self._step(e.ShutDown(time.monotonic()))
-                        return
                     self._step(event)
                 now = time.monotonic()
                 self._step(e.Ticked(now, self._dfk.task_count if self._dfk is not None else 0))
@@ -310,10 +329,14 @@ class SagaDispatchExecutor(ParslExecutor):
             event = pending.popleft()
             try:
                 commands = self.state.handle(event)
-            except Exception as exc:  # a bug: say so, and end the launch it was about
+            except Exception as exc:  # a bug: say so, and end what the event was about
                 log.exception("executor_event_failed", event_type=type(event).__name__)
+                error = DispatchError(f"the executor failed to handle this task: {exc!r}")
                 if isinstance(event, e.TaskLaunched | e.TaskResolved):
-                    _fail_one(event.launch, DispatchError(f"the executor failed to handle this task: {exc!r}"))
+                    _fail_one(event.launch, error)
+                batch = _window_of(event)
+                if batch is not None and not isinstance(event, e.WindowAbandoned):
+                    pending.append(e.WindowAbandoned(batch, error, time.monotonic()))
                 continue
             for command in commands:
                 try:
@@ -462,6 +485,10 @@ class SagaDispatchExecutor(ParslExecutor):
 
     def _plan_jobs(self) -> None:
         while (job := self._jobs.get()) is not None:
+            if self._stop.is_set():  # shut down: nothing more is planned (and no planner started)
+                if job is not _LIST_NODES:
+                    self._inbox.put(e.PlannerFailed(job, DispatcherUnavailable("shut down"), time.monotonic()))
+                continue
             if job is _LIST_NODES:
                 try:
                     assert self.client is not None
@@ -495,6 +522,15 @@ class SagaDispatchExecutor(ParslExecutor):
                     f"no node registered with the dispatcher within {self.config.node_wait_timeout_s:g} s"
                 )
             time.sleep(0.1)
+
+
+def _window_of(event: e.Event) -> tuple[e.Launch, ...] | None:
+    """The launches of the window an event is about, if it is about one."""
+    if isinstance(event, e.WindowGraphBuilt | e.WindowGraphFailed | e.WindowAbandoned):
+        return event.batch
+    if isinstance(event, e.PlannerReturned | e.PlannerFailed) and event.job.kind == "window":
+        return event.job.batch
+    return None
 
 
 def _fail_one(launch: e.Launch, error: BaseException) -> None:

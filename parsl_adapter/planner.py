@@ -9,6 +9,7 @@ next request starts a fresh one.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -77,6 +78,14 @@ class PlannerProcess:
                 raise PlanningError(error)
             placed, makespan_s, name = reply
             return Plan({n: Placed(node, start, end) for n, node, start, end in placed}, makespan_s, name), elapsed_s
+
+    def terminate(self) -> None:
+        """Kill the planning process now, without waiting for a plan under way (which then fails
+        with PlanningError); the next ``plan()`` would start a fresh one."""
+        proc = self._proc
+        if proc is not None:
+            with contextlib.suppress(OSError):
+                proc.kill()
 
     def _kill(self) -> None:
         if self._conn is not None:

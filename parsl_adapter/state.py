@@ -75,7 +75,11 @@ class ExecutorState:
         self.speeds: dict[str, float] = {}
         """Alive nodes and their speeds."""
         self.network: Network | None = None
-        """``speeds`` as a Network; None while it must be asked of the dispatcher."""
+        """``speeds`` as a Network (no nodes: none is alive); None while the dispatcher's list is
+        not known (before the first plan asks for it, after a restart)."""
+        self.unknown_changes: dict[str, float | None] = {}
+        """Node changes heard while ``network`` is None (speed, or None for gone): a node list
+        the dispatcher gave before them is brought up to date with them when it arrives."""
         self.rejoin_at: float | None = None
         self.replanning: dict[str, list[int]] = {}
         """Lost node -> waiting tasks its release queues held back, released once its re-plan lands."""
@@ -123,6 +127,8 @@ class ExecutorState:
                 self._handle_ticked(event)
             case e.ShutDown():
                 self._handle_shut_down()
+            case e.WindowAbandoned():
+                self._handle_window_abandoned(event)
             case _:  # pragma: no cover - the Event union is closed
                 assert_never(event)
         self._out = []
@@ -209,7 +215,7 @@ class ExecutorState:
             self._release_batch(list(event.batch))
             self._maybe_plan(event.now)
             return
-        network = self.network
+        network = self.network if self.network is not None and self.network.nodes else None  # else wait
         canon = canonical(event.graph, network, self.config.scheduler) if network is not None else None
         plan = self.plan_cache.get(canon)
         if plan is not None and network is not None:
@@ -232,7 +238,9 @@ class ExecutorState:
         return job
 
     def _handle_planner_returned(self, event: e.PlannerReturned) -> None:
-        job = self.jobs.pop(event.job.job_id)
+        job = self.jobs.pop(event.job.job_id, None)
+        if job is None:  # shut down meanwhile: its batch has failed already
+            return
         if event.canon is not None:
             self.plan_cache.put(event.canon, event.raw)
         if self.network is None:  # the planner asked the dispatcher: that is what is alive
@@ -251,7 +259,9 @@ class ExecutorState:
         self._maybe_plan(event.now)
 
     def _handle_planner_failed(self, event: e.PlannerFailed) -> None:
-        job = self.jobs.pop(event.job.job_id)
+        job = self.jobs.pop(event.job.job_id, None)
+        if job is None:
+            return
         if job.kind == "window":
             self.window_job = None
             self._fail_window(job.batch, event.error)
@@ -300,7 +310,11 @@ class ExecutorState:
         if planned_held:
             self.held = [launch for launch in self.held if launch.tid not in self.plan]
             self._release_batch(planned_held)
-        if self.network is not None and self.config.replan:  # rule 5: a node died while this was planned
+        self._lost_while_planning(plan)
+
+    def _lost_while_planning(self, plan: Plan) -> None:
+        """Rule 5: a node a plan placed tasks on died while it was being made: re-plan them."""
+        if self.network is not None and self.config.replan:
             for node in sorted({p.node for p in plan.placed.values()} - self.speeds.keys()):
                 self._node_lost(node)
 
@@ -351,18 +365,28 @@ class ExecutorState:
     # ------------------------------------------------------------------ nodes
 
     def _adopt(self, network: Network) -> None:
-        self.speeds = dict(network.nodes)
-        self.network = network
+        """The dispatcher's node list (as it was when asked), with the changes heard since."""
+        speeds = dict(network.nodes)
+        for node, speed in self.unknown_changes.items():
+            if speed is None:
+                speeds.pop(node, None)
+            else:
+                speeds[node] = speed
+        self.unknown_changes = {}
+        self.speeds = speeds
+        self.network = Network(tuple(sorted(speeds.items())), self.config.bandwidth)
 
     def _handle_node_changed(self, event: e.NodeChanged) -> None:
-        if event.state == "alive":
+        alive = event.state == "alive"
+        if alive:
             self.speeds[event.node_name] = event.speed
         else:
             self.speeds.pop(event.node_name, None)
-        if self.network is not None:  # else nobody asked the dispatcher yet: the next plan will
-            nodes = tuple(sorted(self.speeds.items()))
-            self.network = Network(nodes, self.config.bandwidth) if nodes else None
-        if event.state == "alive":
+        if self.network is not None:
+            self.network = Network(tuple(sorted(self.speeds.items())), self.config.bandwidth)
+        else:  # nobody has the dispatcher's list yet: keep the change for it
+            self.unknown_changes[event.node_name] = event.speed if alive else None
+        if event.state == "alive" or self.stopped:
             return
         self._log("node_lost", "warning", node=event.node_name, state=event.state, replan=self.config.replan)
         if self.config.replan:
@@ -404,28 +428,46 @@ class ExecutorState:
         self.plans.append(summary)
         self._log("replan_made", **summary)
         self._release(self.replanning.pop(job.lost, []), {})
+        self._lost_while_planning(event.plan)
 
     def _handle_dispatcher_restarted(self, event: e.DispatcherRestarted) -> None:
         self._log("dispatcher_restarted", "warning", rejoin_grace_s=self.config.rejoin_grace_s)
         self.rejoin_at = event.now + self.config.rejoin_grace_s
         self.network = None  # ask the restarted dispatcher which nodes are back
+        self.unknown_changes = {}
 
     def _handle_nodes_listed(self, event: e.NodesListed) -> None:
         """After a restart's grace: nodes with unfinished planned work that did not come back are lost."""
-        alive = {name for name, _ in event.alive}
-        self.speeds = dict(event.alive)
-        self.network = Network(tuple(sorted(event.alive)), self.config.bandwidth) if event.alive else None
+        self._adopt(Network(event.alive, self.config.bandwidth))
+        alive = set(self.speeds)
         planned = {p.node for tid, p in self.plan.items() if tid not in self.done}
         for node in sorted(planned - alive):
             self._log("node_lost", "warning", node=node, state="did not re-register", replan=self.config.replan)
             if self.config.replan:
                 self._node_lost(node)
 
+    def _handle_window_abandoned(self, event: e.WindowAbandoned) -> None:
+        """A step about this window failed (a bug): end its launches that did not leave, with
+        the error, and let planning go on."""
+        ours = {id(launch) for launch in event.batch}
+        self.held = [launch for launch in self.held if id(launch) not in ours]
+        for launch in event.batch:
+            if self.waiting.get(launch.tid) is launch:
+                del self.waiting[launch.tid]
+                self.order.forget(launch.tid)
+        self.jobs = {i: job for i, job in self.jobs.items() if job.kind != "window"}
+        self.window_job = None
+        stranded = tuple(launch for launch in event.batch if self.in_flight.get(launch.tid) is not launch)
+        if stranded:
+            self._out.append(e.Fail(stranded, event.error))
+        self._maybe_plan(event.now)
+
     def _handle_shut_down(self) -> None:
         self.stopped = True
         stranded = [*self.held, *self.waiting.values()]
         stranded += [launch for job in self.jobs.values() if job.kind == "window" for launch in job.batch]
-        self.held, self.waiting = [], {}
+        self.held, self.waiting, self.replanning = [], {}, {}
+        self.jobs, self.window_job = {}, None  # their answers, if they come, find nothing to do
         self.order = ReleaseOrder()  # nothing is held back any more: it all failed
         if stranded:
             self._out.append(e.Fail(tuple(stranded), DispatcherUnavailable("the executor was shut down first")))
@@ -465,3 +507,13 @@ class ExecutorState:
             assert dict(self.network.nodes) == self.speeds, (self.network, self.speeds)
         assert all(job.job_id == i for i, job in self.jobs.items())
         assert sum(job.kind == "window" for job in self.jobs.values()) <= 1
+        if self.window_job not in (None, BUILDING):  # BUILDING is answered within the step that set it
+            assert window is not None, self.window_job
+            assert window.kind == "window", window
+        if self.stopped:
+            assert not self.held, self.held
+            assert not self.waiting, self.waiting
+            assert not self.replanning, self.replanning
+            assert not self.jobs, self.jobs
+        assert len(parked) == sum(map(len, self.replanning.values())), self.replanning
+        assert not parked & self.order.held_back, parked

@@ -145,6 +145,13 @@ class ReleaseOrder:
             self._waiting.pop(key, None)
         return released
 
+    def forget(self, tid: int) -> None:
+        """``tid`` was launched and held back, and will not leave after all (it failed)."""
+        where = self._where.get(tid)
+        if where is not None and tid in self._ready:
+            self._ready.discard(tid)
+            self._waiting[where[0]] -= 1
+
     def blocking(self) -> list[int]:
         """Heads of queues that hold ready tasks back (check whether they will ever launch)."""
         return [self._queues[key][self._pos[key]] for key, n in self._waiting.items() if n > 0]

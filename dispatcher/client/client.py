@@ -72,7 +72,13 @@ class TaskFuture(Future[Any]):
 
 
 def settle(future: Future[Any], resolution: p.Resolution) -> None:
-    """Resolve ``future`` from a dispatcher resolution: the value, the app's exception, or a failure."""
+    """Resolve ``future`` from a dispatcher resolution: the value, the app's exception, or a
+    failure. A future its owner cancelled meanwhile stays cancelled."""
+    with contextlib.suppress(InvalidStateError):
+        _settle(future, resolution)
+
+
+def _settle(future: Future[Any], resolution: p.Resolution) -> None:
     if future.done():
         return
     from parsl.app.errors import RemoteExceptionWrapper  # Parsl only where results are unpacked
@@ -152,6 +158,8 @@ class Client:
         self._ids = itertools.count(1)
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)  # a full pipe already means "wake up"
+        self._wake_lock = threading.Lock()
         self._outbox: Outbox[_Posted] = Outbox(self._wake, COALESCE_TASKS)
         self._node_listeners: tuple[Callable[[p.NodeChanged], None], ...] = ()
         self._restart_listeners: tuple[Callable[[str], None], ...] = ()
@@ -242,21 +250,25 @@ class Client:
     @property
     def outstanding(self) -> int:
         """Tasks submitted and not yet resolved."""
-        return self._outbox.posted_tasks - self._finished
+        return max(0, self._outbox.posted_tasks - self._finished)  # two counters, read unlocked
 
     def close(self) -> None:
-        """Stop the I/O thread; futures still pending fail with DispatcherUnavailable."""
-        if self._closing.is_set():
-            return
-        self._closing.set()
+        """Stop the I/O thread; futures still pending fail with DispatcherUnavailable (the I/O
+        thread fails them: it owns them)."""
+        with self._wake_lock:
+            if self._closing.is_set():
+                return
+            self._closing.set()
         self._wake()
         if self._thread is not threading.current_thread():
             self._thread.join(timeout=10)
-            if self._thread.is_alive():  # stuck (a listener that never returns): fail what we can see
+            if self._thread.is_alive():  # stuck in a listener: refuse new work; it fails the rest when it returns
                 log.error("client_io_stuck", client_id=self.client_id)
-                self._fail_all(DispatcherUnavailable("client closed; its I/O thread did not stop"))
+                self._outbox.close(f"client {self.client_id} closed")
+        with self._wake_lock:
+            wake_w, self._wake_w = self._wake_w, -1
         with contextlib.suppress(OSError):
-            os.close(self._wake_w)
+            os.close(wake_w)
 
     def __enter__(self) -> Self:
         return self
@@ -267,8 +279,9 @@ class Client:
     # ------------------------------------------------------------------ caller side
 
     def _wake(self) -> None:
-        with contextlib.suppress(OSError):
-            os.write(self._wake_w, b"x")
+        with self._wake_lock, contextlib.suppress(OSError):  # the lock: never a write to a closed, reused fd
+            if self._wake_w >= 0:
+                os.write(self._wake_w, b"x")
 
     def _ask(self, query: type[p.NodesQuery | p.StatusQuery], timeout_s: float) -> p.Message:
         reply: Future[p.Message] = Future()
@@ -473,17 +486,19 @@ class Client:
         Cancel with the rest of what we sent it, so that goes again."""
         entries = list(self._tasks.values())
         cancelled = [e for e in entries if e.cancelled]
-        self._send_tasks(sock, [e.spec for e in entries if not e.cancelled])
-        if cancelled and restarted:
+        if restarted:  # it never heard of them, and an agent drops what it had not started
+            self._send_tasks(sock, [e.spec for e in entries if not e.cancelled])
             for entry in cancelled:
                 del self._tasks[entry.spec.task_id]
                 self._finished += 1
-                if not entry.future.done():
+                with contextlib.suppress(InvalidStateError):
                     entry.future.set_exception(
                         TaskCancelled(entry.spec.task_id, "cancelled; the dispatcher restarted before it said so")
                     )
-        elif cancelled:
-            sock.send(p.encode(p.Cancel(tuple(e.spec.task_id for e in cancelled))))
+        else:  # it may hold them, or may have dropped them with the Cancel: both again, in order
+            self._send_tasks(sock, [e.spec for e in entries])
+            if cancelled:
+                sock.send(p.encode(p.Cancel(tuple(e.spec.task_id for e in cancelled))))
         log.info(
             "client_resending",
             client_id=self.client_id,

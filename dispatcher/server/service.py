@@ -54,6 +54,20 @@ _READ_BURST: Final = 256
 """Frames read from one socket before looking at the other and at the clock (fairness)."""
 
 
+def _after_rejection(event: Event) -> list[Command]:
+    """What a peer is told when the core rejected its message, so that nothing waits for an
+    answer that will not come: a submission's tasks resolve REJECTED (the client's futures end);
+    an agent is asked to register again, and the resync requeues what it no longer runs (its
+    results, if that is what failed, are run again: at-least-once)."""
+    if isinstance(event, ClientMessageReceived) and isinstance(event.message, p.Submit):
+        why = f"the dispatcher failed on this submission ({event.stimulus_id}); see its log".encode()
+        results = tuple(p.Resolution(spec.task_id, p.Outcome.REJECTED, why, "") for spec in event.message.tasks)
+        return [SendToClient(event.peer, p.Resolved(results))] if results else []
+    if isinstance(event, AgentMessageReceived) and not isinstance(event.message, p.Bye):
+        return [SendToAgent(event.peer, p.Reregister())]
+    return []
+
+
 class DispatcherService:
     """Owns the sockets and the clock; the state lives in ``self.core``."""
 
@@ -224,6 +238,7 @@ class DispatcherService:
                 event_type=type(event).__name__,
                 total=self.events_rejected,
             )
+            self._carry_out(_after_rejection(event))
             return
         self._carry_out(commands)
 

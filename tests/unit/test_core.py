@@ -418,3 +418,29 @@ def test_the_shell_rejects_an_event_the_core_raises_on_and_serves_the_next() -> 
         assert list(service._outgoing.values()) == [[p.Welcome(service.dispatcher_id, 0.5)]]
     finally:
         service.close()
+
+
+def test_a_rejected_submission_resolves_its_tasks_rejected_and_an_agent_is_asked_to_resync() -> None:
+    """Nothing waits for an answer a rejected step will not give."""
+    from dispatcher.server.config import DispatcherConfig
+    from dispatcher.server.events import AgentMessageReceived
+    from dispatcher.server.service import DispatcherService
+
+    service = DispatcherService(DispatcherConfig())
+    try:
+
+        def broken(event: object) -> list[object]:
+            raise RuntimeError("injected")
+
+        service.core.handle = broken  # type: ignore[method-assign]
+        submit = p.Submit((p.TaskSpec(1, None, 0.0, b"x"), p.TaskSpec(2, None, 0.0, b"y")))
+        service._step(ClientMessageReceived(b"peer", submit, 1.0, "client-7"))
+        service._step(AgentMessageReceived(b"agent", result(1), 1.0, "agent-8"))
+        sent = {peer: messages for (_, peer), messages in service._outgoing.items()}
+        [resolved] = sent[b"peer"]
+        assert isinstance(resolved, p.Resolved)
+        assert [(r.task_id, r.outcome) for r in resolved.results] == [(1, p.Outcome.REJECTED), (2, p.Outcome.REJECTED)]
+        assert sent[b"agent"] == [p.Reregister()]
+        assert service.events_rejected == 2
+    finally:
+        service.close()

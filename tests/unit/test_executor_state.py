@@ -324,3 +324,54 @@ def test_a_result_from_a_node_that_died_meanwhile_still_resolves_its_task() -> N
     out = t(e.TaskResolved(one, outcome, "a", 0.4, 0.6))
     assert only(out, e.Resolve) == [e.Resolve(one, outcome)]
     assert t.state.runtimes.estimate("f") is None  # no speed to learn from: nothing learned
+
+
+def test_node_changes_heard_while_the_first_plan_runs_are_kept_when_its_node_list_arrives() -> None:
+    """The planner asked the dispatcher for its nodes before SAGA ran; b registered and a died
+    meanwhile. The list it brings back is brought up to date, and a's tasks are re-planned."""
+    t = Transcript()
+    one = launch(1)
+    t(e.TaskLaunched(one, 0.0))
+    (run,) = only(t(e.WindowGraphBuilt((one,), (1,), graph([1]), frozenset(), 0.0)), e.RunPlanner)
+    t(e.NodeChanged("b", "alive", 2.0, 0.1))
+    t(e.NodeChanged("a", "dead", 1.0, 0.2))
+    result = plan({1: ("a", 0.0, 1.0)})
+    out = t(e.PlannerReturned(run.job, result, result, None, network("a"), 0.1, 0.1, 0.3))
+    assert t.state.speeds == {"b": 2.0}
+    assert only(out, e.BuildReplanGraph) == [e.BuildReplanGraph("a", (1,))]
+
+
+def test_a_replan_that_lands_on_a_node_that_died_meanwhile_is_replanned_again() -> None:
+    t = Transcript()
+    planned_window(t, [launch(1)], {1: ("a", 0.0, 1.0)}, 0.0)
+    t(e.NodeChanged("b", "alive", 1.0, 0.1))
+    t(e.NodeChanged("a", "dead", 1.0, 0.2))
+    (run,) = only(t(e.ReplanGraphBuilt("a", (1,), graph([1]), 0.2)), e.RunPlanner)
+    t(e.NodeChanged("b", "dead", 1.0, 0.3))  # while SAGA re-plans onto b
+    moved = plan({1: ("b", 0.5, 1.5)})
+    out = t(e.PlannerReturned(run.job, moved, moved, None, network("b"), 0.1, 0.1, 0.4))
+    assert only(out, e.BuildReplanGraph) == [e.BuildReplanGraph("b", (1,))]
+
+
+def test_shut_down_during_a_replan_leaves_nothing_to_trip_on() -> None:
+    t = Transcript()
+    placed = {1: ("a", 0.0, 1.0), 2: ("a", 1.0, 2.0), 3: ("a", 2.0, 3.0)}
+    planned_window(t, [launch(1)], placed, 0.0, gating=frozenset({2}), extra=(2, 3))
+    later = launch(3)
+    t(e.TaskLaunched(later, 0.1))
+    t(e.NodeChanged("a", "dead", 1.0, 0.5))
+    (run,) = only(t(e.ReplanGraphBuilt("a", (1, 2, 3), graph([1, 2, 3]), 0.5)), e.RunPlanner)
+    assert only(t(e.ShutDown(0.6)), e.Fail)[0].launches == (later,)
+    moved = plan({1: ("b", 0.5, 1.5), 2: ("b", 1.5, 2.5), 3: ("b", 2.5, 3.5)})
+    assert t(e.PlannerReturned(run.job, moved, moved, None, network("b"), 0.1, 0.1, 0.7)) == []
+
+
+def test_an_abandoned_window_fails_what_did_not_leave_and_planning_goes_on() -> None:
+    t = Transcript()
+    one = launch(1)
+    t(e.TaskLaunched(one, 0.0))
+    t(e.WindowGraphBuilt((one,), (1,), graph([1]), frozenset(), 0.0))
+    error = RuntimeError("a bug in the plan's step")
+    out = t(e.WindowAbandoned((one,), error, 0.1))
+    assert out == [e.Fail((one,), error)]
+    assert kinds(t(e.TaskLaunched(launch(2), 0.2))) == ["BuildWindowGraph"]
