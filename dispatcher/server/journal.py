@@ -16,28 +16,38 @@ grows with the number of tasks or nodes.
 from __future__ import annotations
 
 import heapq
+from operator import attrgetter
 from typing import Any, Final
 
 _MISSING: Final[Any] = object()
-_DICT, _OBJECT, _POPPED, _HEAP = range(4)
+_DICT, _OBJECT, _POPPED, _HEAP, _PUSHED = range(5)
+_GETTERS: dict[type, Any] = {}
+"""Per class: an attrgetter of all its slots (one C call takes the whole snapshot)."""
+
+
+def _getter(cls: type) -> Any:
+    getter = _GETTERS.get(cls)
+    if getter is None:
+        getter = _GETTERS[cls] = attrgetter(*cls.__slots__)  # type: ignore[attr-defined]
+    return getter
 
 
 class Journal:
-    __slots__ = ("_notes", "_saved", "active")
+    __slots__ = ("_notes", "active", "step")
 
     def __init__(self) -> None:
         self._notes: list[tuple[Any, ...]] = []
-        self._saved: set[int] = set()
         self.active = False
+        self.step = 0
+        """Counts steps; an object saved in this step carries it in its ``_jstep`` slot."""
 
     def begin(self) -> None:
         self._notes.clear()
-        self._saved.clear()
+        self.step += 1
         self.active = True
 
     def commit(self) -> None:
         self._notes.clear()
-        self._saved.clear()
         self.active = False
 
     def keep(self, d: dict[Any, Any], key: Any) -> None:
@@ -47,14 +57,20 @@ class Journal:
 
     def save(self, obj: Any) -> None:
         """``obj``'s attributes are about to change: keep them all, the first time in this step."""
-        if self.active and id(obj) not in self._saved:
-            self._saved.add(id(obj))  # obj stays referenced by the note: its id is not reused meanwhile
-            self._notes.append((_OBJECT, obj, tuple(getattr(obj, name) for name in obj.__slots__)))
+        if self.active and obj._jstep != self.step:
+            self._notes.append((_OBJECT, obj, _getter(type(obj))(obj)))
+            obj._jstep = self.step
 
     def popped(self, owner: Any, entry: tuple[Any, ...]) -> None:
         """``entry`` was popped off ``owner._heap`` (undo: push it back)."""
         if self.active:
             self._notes.append((_POPPED, owner, entry))
+
+    def pushed(self, owner: Any, record: Any, seq: int) -> None:
+        """``record`` was pushed on ``owner`` with ticket ``seq`` (undo: its entry goes stale; a
+        record queued before this step gets its old place back from its saved slots)."""
+        if self.active:
+            self._notes.append((_PUSHED, owner, record, seq))
 
     def replaced_heap(self, owner: Any, old: list[Any]) -> None:
         """``owner._heap`` is about to become another list (undo: the old one back)."""
@@ -79,7 +95,10 @@ class Journal:
                     setattr(obj, name, value)
             elif kind == _POPPED:
                 heapq.heappush(note[1]._heap, note[2])
+            elif kind == _PUSHED:
+                _, owner, record, seq = note
+                if record.queue is owner and record.seq == seq:
+                    record.queue = None
             else:
                 note[1]._heap = note[2]
-        self._saved.clear()
         self.active = False

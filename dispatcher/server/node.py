@@ -44,6 +44,7 @@ class NodeActor:
     """The dispatcher's view of one node and its agent."""
 
     __slots__ = (
+        "_jstep",
         "agent_id",
         "busy_workers",
         "credit",
@@ -69,6 +70,7 @@ class NodeActor:
         self.name = name
         self.journal = journal
         """The core's undo log: every change below is noted there first."""
+        self._jstep = 0
         self.state = NodeState.PENDING
         self.queue = TaskQueue(name, journal)
         self.in_flight: dict[TaskKey, TaskRecord] = {}

@@ -184,12 +184,19 @@ class DispatcherService:
             self.close()
 
     def _read(self, sock: zmq.Socket[bytes], side: Side) -> None:
-        """Read up to a burst of frames from one socket and feed them to the core."""
+        """Read up to a burst of frames from one socket and feed them to the core: at most
+        ``_READ_BURST`` frames and at most a tick's time, so a flood of large submissions never
+        keeps agents' heartbeats unread long enough to declare their nodes dead."""
+        clock = self._clock
+        until = clock() + self.config.tick_s
         for frames in itertools.islice(drain(sock, sock.recv_multipart), _READ_BURST):
-            event, version = self._event(side, frames, self._clock(), f"{side}-{next(self._stimuli)}")
+            now = clock()
+            event, version = self._event(side, frames, now, f"{side}-{next(self._stimuli)}")
             if version is not None:
                 self._note_version(sock, frames[0], version)
             self._step(event)
+            if now >= until:
+                return
 
     @staticmethod
     def _event(side: Side, frames: list[bytes], now: float, stimulus_id: str) -> tuple[Event, int | None]:

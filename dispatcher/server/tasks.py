@@ -24,7 +24,9 @@ _COMPACT_MIN: Final = 1024
 class TaskRecord:
     """One unresolved task. ``node_name`` is where it is pinned (None: anywhere)."""
 
-    __slots__ = ("flags", "holder", "key", "node_name", "payload", "queue", "rank", "seq", "steal_id", "stolen")
+    __slots__ = (
+        "_jstep", "flags", "holder", "key", "node_name", "payload", "queue", "rank", "seq", "steal_id", "stolen",
+    )  # fmt: skip
 
     def __init__(self, key: TaskKey, node_name: str | None, rank: float, payload: bytes, flags: int = 0) -> None:
         self.key = key
@@ -42,6 +44,8 @@ class TaskRecord:
         """The pending two-phase steal asking for it back from its agent, if any."""
         self.stolen = False
         """Taken from its (live) pinned node by soft-affinity stealing."""
+        self._jstep = 0
+        """The journal's step that last saved it (``journal.py``)."""
 
     def __repr__(self) -> str:
         where = self.queue.name if self.queue is not None else f"on {self.holder}"
@@ -56,7 +60,7 @@ NO_JOURNAL: Final = Journal()
 class TaskQueue:
     """Tasks ordered by (rank, arrival): the lowest planned start time leaves first."""
 
-    __slots__ = ("_heap", "_journal", "_live", "name")
+    __slots__ = ("_heap", "_journal", "_jstep", "_live", "name")
 
     def __init__(self, name: str, journal: Journal = NO_JOURNAL) -> None:
         self.name = name
@@ -64,6 +68,7 @@ class TaskQueue:
         self._live = 0
         self._journal = journal
         """Every change is noted here first, so the core's step can be undone (``journal.py``)."""
+        self._jstep = 0
 
     def __len__(self) -> int:
         return self._live
@@ -72,9 +77,11 @@ class TaskQueue:
         if record.queue is not None:
             record.queue.discard(record)
         journal = self._journal
-        journal.save(record)
+        if record.seq:  # queued or sent before: its slots come back on undo (a new record's do not matter)
+            journal.save(record)
         journal.save(self)
         record.seq = seq = next(_tickets)
+        journal.pushed(self, record, seq)
         record.queue = self
         record.holder = None
         heapq.heappush(self._heap, (record.rank, seq, record))
