@@ -15,7 +15,7 @@ from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
 
-from bench import contenders, makespan, parsl_overhead, planning, scale, startup, zmq_floor
+from bench import contenders, core_steps, makespan, parsl_overhead, planning, scale, startup, zmq_floor
 
 
 def header(quick: bool) -> str:
@@ -37,6 +37,7 @@ BENCHMARKS: dict[str, Callable[[parsl_overhead.Sizes], str]] = {
     "makespan": lambda s: makespan.makespans(("montage", "epigenomics"), s.wf_tasks, s.wf_busy_s, s.rounds),
     "scale": lambda s: scale.scale(s.sim_agents, s.sim_tasks),
     "startup": lambda s: startup.startup(s.rounds, _baseline),
+    "core": lambda s: core_steps.core_steps(s.sim_tasks // 5, s.rounds, _baseline),
     "planning": lambda s: (
         planning.saga_scaling(s.plan_sizes, s.rounds) + "\n\n" + planning.overlap(s.overlap_tasks, s.rounds)
     ),
@@ -78,7 +79,7 @@ def main() -> int:
         started = time.monotonic()
         parts.append(BENCHMARKS[name](sizes))
         print(parts[-1], f"\n({name}: {time.monotonic() - started:.0f} s)\n", flush=True)
-        if _baseline is not None and name != "startup":  # startup runs the baseline's example itself
+        if _baseline is not None and name not in ("startup", "core"):  # these run the baseline's code themselves
             parts.append(_run_baseline(name, args.quick))
             print(parts[-1], "\n", flush=True)
     if args.out:
