@@ -37,6 +37,19 @@ def planned_window(
     return t(e.PlannerReturned(job, result, result, None, net, 0.01, 0.02, now))
 
 
+GATED: dict[int, tuple[str, float, float]] = {1: ("a", 0.0, 1.0), 2: ("a", 1.0, 2.0), 3: ("a", 2.0, 3.0)}
+"""A plan on node a: 1, then 2 (gating: it waits on 1), then 3."""
+
+
+def held_behind_a_gate(t: Transcript) -> e.Launch:
+    """Plan GATED with task 1 launched and in flight, then launch 3: it is held back behind 2,
+    which has not launched. Returns 3's launch."""
+    planned_window(t, [launch(1)], GATED, 0.0, gating=frozenset({2}), extra=(2, 3))
+    later = launch(3)
+    assert t(e.TaskLaunched(later, 0.1)) == []  # launched, held back behind 2
+    return later
+
+
 # --------------------------------------------------------------------------- plan and release
 
 
@@ -104,11 +117,8 @@ def test_incremental_plan_a_task_registered_after_a_plan_gets_a_window_of_its_ow
 
 def test_a_gating_task_holds_later_ranked_launches_on_its_node_back_until_it_launches() -> None:
     t = Transcript()
-    parent, gate, later = launch(1), launch(2), launch(3)
-    # 2 waits on 1 (gating); 3 is ranked after 2 on node a.
-    placed = {1: ("a", 0.0, 1.0), 2: ("a", 1.0, 2.0), 3: ("a", 2.0, 3.0)}
-    planned_window(t, [parent], placed, 0.0, gating=frozenset({2}), extra=(2, 3))
-    assert t(e.TaskLaunched(later, 0.1)) == []  # launched, held back behind 2
+    gate = launch(2)
+    later = held_behind_a_gate(t)
     assert t.state.waiting == {3: later}
     out = t(e.TaskLaunched(gate, 1.0))
     assert only(out, e.Send) == [e.Send(gate, "a", 1.0), e.Send(later, "a", 2.0)]
@@ -116,10 +126,7 @@ def test_a_gating_task_holds_later_ranked_launches_on_its_node_back_until_it_lau
 
 def test_a_gating_task_that_ends_unlaunched_lets_the_others_go() -> None:
     t = Transcript()
-    placed = {1: ("a", 0.0, 1.0), 2: ("a", 1.0, 2.0), 3: ("a", 2.0, 3.0)}
-    planned_window(t, [launch(1)], placed, 0.0, gating=frozenset({2}), extra=(2, 3))
-    later = launch(3)
-    t(e.TaskLaunched(later, 0.1))
+    later = held_behind_a_gate(t)
     assert t.state.blocking() == [2]
     out = t(e.LaunchesEnded((2,), 0.5))  # its dependency failed: Parsl never launches it
     assert out == [e.Send(later, "a", 2.0)]
@@ -198,10 +205,8 @@ def test_inside_plan_a_block_without_activity_for_plan_idle_s_is_planned_anyway(
 
 def test_a_dead_node_s_unfinished_tasks_are_replanned_queued_ones_repinned_held_back_ones_released() -> None:
     t = Transcript()
-    parent, gate, later = launch(1), launch(2), launch(3)
-    placed = {1: ("a", 0.0, 1.0), 2: ("a", 1.0, 2.0), 3: ("a", 2.0, 3.0)}
-    planned_window(t, [parent], placed, 0.0, gating=frozenset({2}), extra=(2, 3))
-    t(e.TaskLaunched(later, 0.1))  # held back behind 2
+    gate = launch(2)
+    later = held_behind_a_gate(t)
     out = t(e.NodeChanged("a", "dead", 1.0, 0.5))
     (build,) = only(out, e.BuildReplanGraph)
     assert build == e.BuildReplanGraph("a", (1, 2, 3))
@@ -219,10 +224,7 @@ def test_a_dead_node_s_unfinished_tasks_are_replanned_queued_ones_repinned_held_
 
 def test_a_failed_replan_lets_held_back_tasks_go_to_their_old_node_the_dispatcher_s_pool_runs_them() -> None:
     t = Transcript()
-    placed = {1: ("a", 0.0, 1.0), 2: ("a", 1.0, 2.0), 3: ("a", 2.0, 3.0)}
-    planned_window(t, [launch(1)], placed, 0.0, gating=frozenset({2}), extra=(2, 3))
-    later = launch(3)
-    t(e.TaskLaunched(later, 0.1))
+    later = held_behind_a_gate(t)
     t(e.NodeChanged("a", "dead", 1.0, 0.5))
     (run,) = only(t(e.ReplanGraphBuilt("a", (1, 2, 3), graph([1, 2, 3]), 0.5)), e.RunPlanner)
     out = t(e.PlannerFailed(run.job, PlanningError("no live nodes"), 0.6))
@@ -284,10 +286,7 @@ def test_a_failed_plan_fails_its_batch_explicitly() -> None:
 
 def test_shut_down_fails_everything_not_in_flight_and_refuses_new_launches() -> None:
     t = Transcript()
-    placed = {1: ("a", 0.0, 1.0), 2: ("a", 1.0, 2.0), 3: ("a", 2.0, 3.0)}
-    planned_window(t, [launch(1)], placed, 0.0, gating=frozenset({2}), extra=(2, 3))
-    waiting = launch(3)
-    t(e.TaskLaunched(waiting, 0.1))
+    waiting = held_behind_a_gate(t)
     held = launch(9)
     t(e.TaskLaunched(held, 0.2))
     out = t(e.ShutDown(0.3))
@@ -355,10 +354,7 @@ def test_a_replan_that_lands_on_a_node_that_died_meanwhile_is_replanned_again() 
 
 def test_shut_down_during_a_replan_leaves_nothing_to_trip_on() -> None:
     t = Transcript()
-    placed = {1: ("a", 0.0, 1.0), 2: ("a", 1.0, 2.0), 3: ("a", 2.0, 3.0)}
-    planned_window(t, [launch(1)], placed, 0.0, gating=frozenset({2}), extra=(2, 3))
-    later = launch(3)
-    t(e.TaskLaunched(later, 0.1))
+    later = held_behind_a_gate(t)
     t(e.NodeChanged("a", "dead", 1.0, 0.5))
     (run,) = only(t(e.ReplanGraphBuilt("a", (1, 2, 3), graph([1, 2, 3]), 0.5)), e.RunPlanner)
     assert only(t(e.ShutDown(0.6)), e.Fail)[0].launches == (later,)
