@@ -1,9 +1,15 @@
 """A local cluster: one dispatcher and N agents (``local-0 .. local-N-1``) as subprocesses.
 
 Used by ``saga-dispatch local``, the demo, the tests and the Parsl executor's embedded mode.
-Each child runs in its own session (process group) and is tied to this process with
-PR_SET_PDEATHSIG, so :meth:`LocalCluster.stop` — or this process dying — leaves nothing running,
-even a worker of an agent that was SIGKILLed.
+Each child runs in its own session (process group) and is tied to this process, so
+:meth:`LocalCluster.stop` — or this process dying — leaves nothing running, even a worker of an
+agent that was SIGKILLed.
+
+The agents fork their workers from one shared worker zygote (:mod:`worker_agent.zygote`), which
+imports Parsl once instead of once per node: a forked worker lives in the zygote's process
+group, not its agent's, and dies with its agent through a pidfd, so a SIGKILL of an agent's group
+still ends its workers, while a SIGSTOP of that group leaves them running their current task
+(their results wait in the pipe for the agent, as a frozen node's would).
 """
 
 from __future__ import annotations
@@ -12,9 +18,11 @@ import contextlib
 import json
 import os
 import selectors
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -50,6 +58,7 @@ class LocalCluster:
         log_dir: Path | None = None,
         log_format: str = "json",
         startup_timeout_s: float = 30.0,
+        zygote: bool = True,
     ) -> None:
         if nodes < 1:
             raise ValueError(f"a local cluster needs at least one node, got {nodes}")
@@ -73,8 +82,12 @@ class LocalCluster:
         self.startup_timeout_s = startup_timeout_s
         self.client_url = ""
         self.agent_url = ""
+        self.use_zygote = zygote
+        """Fork the agents' workers from one zygote (False: each agent spawns its own)."""
         self.dispatcher: subprocess.Popen[bytes] | None = None
         self.agents: dict[str, subprocess.Popen[bytes]] = {}
+        self.zygote: subprocess.Popen[bytes] | None = None
+        self._zygote_dir: Path | None = None
         self._logs: list[IO[Any]] = []
 
     # ------------------------------------------------------------------ lifecycle
@@ -88,6 +101,8 @@ class LocalCluster:
 
     def start(self) -> None:
         try:
+            if self.use_zygote:
+                self._start_zygote()
             self.start_dispatcher()
             if self.start_agents:
                 for name in self.node_names:
@@ -114,6 +129,18 @@ class LocalCluster:
         info = json.loads(announced)
         self.client_url, self.agent_url = info["client_url"], info["agent_url"]
 
+    def _start_zygote(self) -> None:
+        self._zygote_dir = Path(tempfile.mkdtemp(prefix="saga-zygote-"))  # 0700
+        assert self.zygote_path is not None
+        proc = self._spawn("zygote", [self.zygote_path], stdout=subprocess.PIPE, module="worker_agent.zygote")
+        self.zygote = proc
+        if _read_line(proc, self.startup_timeout_s) is None:
+            raise LocalClusterError(f"the worker zygote did not start within {self.startup_timeout_s:g} s")
+
+    @property
+    def zygote_path(self) -> str | None:
+        return None if self._zygote_dir is None else str(self._zygote_dir / "zygote.sock")
+
     def start_agent(self, name: str) -> subprocess.Popen[bytes]:
         """Start (or restart) the agent of node ``name``."""
         old = self.agents.get(name)
@@ -123,12 +150,16 @@ class LocalCluster:
             "agent", "--dispatcher", self.agent_url, "--node-name", name,
             "--workers", str(self.workers), "--speed", repr(self.speeds[name]),
             *_given("--prefetch", self.prefetch), *_given("--pipeline", self.pipeline),
+            *(["--zygote", self.zygote_path] if self.zygote_path else []),
         ]  # fmt: skip
         proc = self._spawn(name, argv)
         self.agents[name] = proc
         return proc
 
-    def _spawn(self, role: str, argv: list[str], stdout: int | None = None) -> subprocess.Popen[bytes]:
+    def _spawn(
+        self, role: str, argv: list[str], stdout: int | None = None, module: str | None = None
+    ) -> subprocess.Popen[bytes]:
+        """Start ``saga-dispatch argv...`` (or ``python -m module argv...``)."""
         env = {k: v for k, v in os.environ.items() if k != "NODE_NAME"}
         env[PARENT_ENV] = str(os.getpid())
         stderr: IO[Any] | None = None
@@ -136,8 +167,9 @@ class LocalCluster:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             stderr = (self.log_dir / f"{role}.log").open("ab")
             self._logs.append(stderr)
+        head = ["-m", module] if module else ["-m", "dispatcher", "--log-format", self.log_format]
         return subprocess.Popen(
-            [sys.executable, "-m", "dispatcher", "--log-format", self.log_format, *argv],
+            [sys.executable, *head, *argv],
             stdin=subprocess.DEVNULL,
             stdout=stdout,
             stderr=stderr,
@@ -191,6 +223,8 @@ class LocalCluster:
                 self.dispatcher.send_signal(signal.SIGTERM)
             _wait_all([self.dispatcher], timeout_s)
             procs.append(self.dispatcher)
+        if self.zygote is not None:  # last: its group holds the workers that outlived a drain
+            procs.append(self.zygote)
         for proc in procs:
             _signal_group(proc, signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -200,6 +234,9 @@ class LocalCluster:
         for f in self._logs:
             f.close()
         self._logs.clear()
+        if self._zygote_dir is not None:
+            shutil.rmtree(self._zygote_dir, ignore_errors=True)
+            self._zygote_dir = None
 
 
 def _given(flag: str, value: float | None) -> list[str]:

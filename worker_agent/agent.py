@@ -95,7 +95,7 @@ class Agent:
             speed=cfg.speed,
             dispatcher=cfg.dispatcher_url,
         )
-        self._pool = WorkerPool(cfg.workers, cfg.node_name, cfg.speed, cfg.pipeline)
+        self._pool = WorkerPool(cfg.workers, cfg.node_name, cfg.speed, cfg.pipeline, cfg.zygote)
         if not self._pool.wait_ready(cfg.worker_start_timeout_s):
             log.warning("workers_slow_to_start", ready=self._pool.idle, workers=cfg.workers)
         try:

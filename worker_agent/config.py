@@ -33,6 +33,9 @@ class AgentConfig:
     """Registration waits for the workers' imports, so the first task is not a cold start."""
     drain_timeout_s: float = 30.0
     """How long SIGTERM waits for running tasks (keep below terminationGracePeriodSeconds)."""
+    zygote: str | None = None
+    """A worker zygote's socket to fork workers from (the embedded mode's, shared by its agents);
+    None: each worker is spawned."""
 
     def __post_init__(self) -> None:
         if self.prefetch is None:

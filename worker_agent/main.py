@@ -40,6 +40,9 @@ def main(argv: list[str]) -> int:
     )
     parser.add_argument("--speed", type=float, default=float(env("SAGA_NODE_SPEED", str(defaults["speed"]))))
     parser.add_argument("--drain-timeout", type=float, default=defaults["drain_timeout_s"], metavar="SECONDS")
+    parser.add_argument(
+        "--zygote", default=None, metavar="SOCKET", help="fork workers from this worker zygote (the local cluster's)"
+    )
     args = parser.parse_args(argv)
 
     die_with_parent()
@@ -51,6 +54,7 @@ def main(argv: list[str]) -> int:
         pipeline=args.pipeline,
         speed=args.speed,
         drain_timeout_s=args.drain_timeout,
+        zygote=args.zygote,
         **given,
     )
     structlog.contextvars.bind_contextvars(node=config.node_name)

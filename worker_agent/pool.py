@@ -10,6 +10,10 @@ finishes, without waiting for the agent to notice and hand it over (a round trip
 agent's loop per task: 5 % of a 10 ms task here). A task waiting in a worker's pipe counts as
 running (it can no longer be cancelled or stolen); if that worker dies, it did not start and goes
 back to the agent's queue (:meth:`collect`'s second list).
+
+Workers are spawned (a fresh interpreter that imports Parsl), or, given a zygote's socket,
+forked from it (:mod:`worker_agent.zygote`: Parsl imported once for all the agents that share
+it); a zygote that cannot be reached is logged and the worker spawned instead.
 """
 
 from __future__ import annotations
@@ -20,12 +24,12 @@ import multiprocessing.connection
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from multiprocessing.process import BaseProcess
-from typing import Self
+from typing import Protocol, Self
 
 from dispatcher.protocol import Outcome, TaskKey
 from dispatcher.runtime.logs import get_logger
 from worker_agent.pipe import READY, start_worker
+from worker_agent.zygote import ForkedWorker, ZygoteError
 
 log = get_logger("worker_pool")
 
@@ -34,10 +38,25 @@ Finished = tuple[TaskKey, Outcome, bytes, float]
 """(key, outcome, payload, runtime_s)"""
 
 
+class WorkerProcess(Protocol):
+    """What the pool needs of a worker's process: ``multiprocessing.Process`` or :class:`ForkedWorker`."""
+
+    @property
+    def pid(self) -> int | None: ...
+    @property
+    def sentinel(self) -> int: ...
+    @property
+    def exitcode(self) -> int | None: ...
+    def is_alive(self) -> bool: ...
+    def join(self, timeout: float | None = None) -> None: ...
+    def terminate(self) -> None: ...
+    def kill(self) -> None: ...
+
+
 @dataclass(slots=True)
 class _Worker:
     index: int
-    process: BaseProcess
+    process: WorkerProcess
     conn: multiprocessing.connection.Connection
     tasks: deque[tuple[TaskKey, bytes]] = field(default_factory=deque)
     """Handed over and not finished: the first is running, the rest wait in its pipe."""
@@ -46,10 +65,11 @@ class _Worker:
 
 
 class WorkerPool:
-    def __init__(self, size: int, node_name: str, speed: float, pipeline: int = 1) -> None:
+    def __init__(self, size: int, node_name: str, speed: float, pipeline: int = 1, zygote: str | None = None) -> None:
         if pipeline < 0:
             raise ValueError(f"pipeline must be >= 0, got {pipeline}")
         self.pipeline = pipeline
+        self._zygote = zygote
         self._ctx = multiprocessing.get_context("spawn")
         self._node_name = node_name
         self._speed = speed
@@ -72,6 +92,13 @@ class WorkerPool:
         return True
 
     def _spawn(self, index: int) -> _Worker:
+        if self._zygote is not None:
+            try:
+                forked = ForkedWorker(self._zygote, self._node_name, self._speed)
+            except ZygoteError as exc:
+                log.warning("zygote_unavailable", error=str(exc), fallback="spawn")
+            else:
+                return _Worker(index, forked, forked.conn)
         parent_end, child_end = self._ctx.Pipe()
         process = self._ctx.Process(
             target=start_worker,
@@ -183,7 +210,7 @@ class WorkerPool:
         elif worker in self._idle:
             self._idle.remove(worker)
         log.warning("worker_died", pid=worker.process.pid, exitcode=code, task=repr(running))
-        worker.conn.close()
+        _release(worker)
         self._workers[i] = self._spawn(worker.index)
         self.respawned += 1
         return lost
@@ -201,10 +228,16 @@ class WorkerPool:
             if w.process.is_alive():
                 w.process.kill()
                 w.process.join()
-            w.conn.close()
+            _release(w)
 
     def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _release(worker: _Worker) -> None:
+    worker.conn.close()
+    if isinstance(worker.process, ForkedWorker):
+        worker.process.close()

@@ -63,10 +63,12 @@ def run(call: Call) -> tuple[Outcome, bytes]:
         return Outcome.APP_ERROR, serialize(RemoteExceptionWrapper(*sys.exc_info()))
 
 
-def worker_main(conn: Connection, node_name: str, speed: float) -> None:
-    """Entry point of a worker process (spawned by the pool)."""
-    os.environ["SAGA_DISPATCH_PARENT_PID"] = str(os.getppid())
-    die_with_parent_thread(signal.SIGKILL)
+def worker_main(conn: Connection, node_name: str, speed: float, *, tied: bool = False) -> None:
+    """Entry point of a worker process, spawned by the pool or forked by a zygote (``tied``: its
+    life is already tied to the agent's, see :mod:`worker_agent.zygote`)."""
+    if not tied:
+        os.environ["SAGA_DISPATCH_PARENT_PID"] = str(os.getppid())
+        die_with_parent_thread(signal.SIGKILL)
     # The agent decides when workers stop (it drains first); a group-wide SIGTERM or Ctrl-C must
     # not kill a running task. If the agent dies, PR_SET_PDEATHSIG kills us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

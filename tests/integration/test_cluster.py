@@ -134,8 +134,9 @@ def test_garbage_frames_do_not_stop_or_bloat_the_dispatcher(logs: Path) -> None:
     assert growth_mb < 8, f"dispatcher grew {growth_mb:.1f} MiB over 10,000 more garbage frames"
 
 
-def test_app_exceptions_reraise_and_a_crashed_worker_fails_only_its_task(logs: Path) -> None:
-    with LocalCluster(1, workers=1, log_dir=logs) as cluster, cluster.client() as client:
+@pytest.mark.parametrize("zygote", [True, False], ids=["forked", "spawned"])
+def test_app_exceptions_reraise_and_a_crashed_worker_fails_only_its_task(logs: Path, zygote: bool) -> None:
+    with LocalCluster(1, workers=1, log_dir=logs, zygote=zygote) as cluster, cluster.client() as client:
         with pytest.raises(ValueError, match="boom"):
             client.submit(apps.fail, "boom").result(timeout=30)
         crashed = client.submit(apps.crash_worker, 3)
@@ -246,8 +247,8 @@ def test_status_command_fails_clearly_without_a_dispatcher() -> None:
 
 def test_local_cluster_leaves_nothing_running_even_after_a_child_was_killed(logs: Path) -> None:
     with LocalCluster(2, workers=2, log_dir=logs) as cluster:
-        assert cluster.dispatcher is not None
-        pids = all_pids(cluster.dispatcher.pid)
+        assert cluster.dispatcher is not None and cluster.zygote is not None
+        pids = all_pids(cluster.dispatcher.pid) + all_pids(cluster.zygote.pid)  # the zygote's: workers
         for proc in cluster.agents.values():
             pids += all_pids(proc.pid)
         cluster.kill_agent("local-0", signal.SIGKILL)
