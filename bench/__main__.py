@@ -1,7 +1,8 @@
 """``python -m bench [--quick] [--only NAME ...] [--out FILE] [--baseline DIR]``: run the
 benchmarks, print tables. ``--baseline DIR`` (a checkout of an earlier commit, e.g. a ``git
 worktree``) runs each benchmark of that checkout right after this one's, in the same run, so
-the two can be compared side by side on the same machine state."""
+the two can be compared side by side; ``paired``, ``core`` and ``startup`` alternate the two
+checkouts run by run instead, which is what a noisy machine still lets us compare."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
 
-from bench import contenders, core_steps, makespan, parsl_overhead, planning, scale, startup, zmq_floor
+from bench import contenders, core_steps, makespan, paired, parsl_overhead, planning, scale, startup, zmq_floor
 
 
 def header(quick: bool) -> str:
@@ -38,6 +39,7 @@ BENCHMARKS: dict[str, Callable[[parsl_overhead.Sizes], str]] = {
     "scale": lambda s: scale.scale(s.sim_agents, s.sim_tasks),
     "startup": lambda s: startup.startup(s.rounds, _baseline),
     "core": lambda s: core_steps.core_steps(s.sim_tasks // 5, s.rounds, _baseline),
+    "paired": lambda s: paired.paired(1 if s.rounds == 1 else 7, _baseline, quick=s.rounds == 1),
     "planning": lambda s: (
         planning.saga_scaling(s.plan_sizes, s.rounds) + "\n\n" + planning.overlap(s.overlap_tasks, s.rounds)
     ),
@@ -79,7 +81,11 @@ def main() -> int:
         started = time.monotonic()
         parts.append(BENCHMARKS[name](sizes))
         print(parts[-1], f"\n({name}: {time.monotonic() - started:.0f} s)\n", flush=True)
-        if _baseline is not None and name not in ("startup", "core"):  # these run the baseline's code themselves
+        if _baseline is not None and name not in (
+            "startup",
+            "core",
+            "paired",
+        ):  # these run the baseline's code themselves
             parts.append(_run_baseline(name, args.quick))
             print(parts[-1], "\n", flush=True)
     if args.out:

@@ -64,4 +64,15 @@ def core_steps(tasks: int, rounds: int, baseline: Path | None = None) -> str:
         for name, rs in runs.items()
     ]
     table = markdown(["core", "submit, CPU us/task", "dispatch (credit round), CPU us/task"], rows)
-    return f"### The dispatcher core alone: 1,000 nodes, {tasks:,} pinned tasks ({rounds} rounds, medians)\n\n{table}"
+    title = f"### The dispatcher core alone: 1,000 nodes, {tasks:,} pinned tasks ({rounds} rounds, medians)"
+    if baseline is None:
+        return f"{title}\n\n{table}"
+    ours, theirs = runs["this checkout"], runs[f"@ {baseline.name}"]
+    ratios = {
+        key: sorted(a[key] / b[key] for a, b in zip(ours, theirs, strict=True)) for key in ("submit_us", "dispatch_us")
+    }  # a round's two runs are neighbours in time: their ratio is what a noisy machine still lets us compare
+    spread = ", ".join(
+        f"{label} {median(r):.2f} x ({r[0]:.2f}-{r[-1]:.2f})"
+        for label, r in (("submit", ratios["submit_us"]), ("dispatch", ratios["dispatch_us"]))
+    )
+    return f"{title}\n\n{table}\n\nThis checkout / the baseline, per round (median, range): {spread}"

@@ -172,6 +172,8 @@ class Client:
         """A result came back since the last SUBMIT frame (or none was sent yet)."""
         self._held_since: float | None = None
         """When Nagle's rule first held the tasks now waiting in the outbox."""
+        self._settling: list[tuple[TaskFuture, p.Resolution]] = []
+        """Results taken from the table this turn, settled just before the next poll (``_settle``)."""
         self._closing = threading.Event()
         self._welcomed = threading.Event()
         self.dispatcher_id: str | None = None
@@ -312,6 +314,7 @@ class Client:
     def _fail_all(self, error: DispatcherUnavailable, cause: BaseException | None = None) -> None:
         """Refuse every later post; fail every unresolved future, posted or in the table."""
         error.__cause__ = cause
+        self._settle()  # results that came in before the failure are results
         left = self._outbox.close(str(error))
         tasks = [item.future for item in left if isinstance(item, _Task)]
         tasks += [entry.future for entry in list(self._tasks.values())]
@@ -361,6 +364,18 @@ class Client:
                 sock.send(p.encode(p.Heartbeat()) if self._welcomed.is_set() else hello)
                 last_sent = time.monotonic()
                 self._replies = {i: r for i, r in self._replies.items() if not r.done()}  # timed-out queries
+            self._settle()
+
+    def _settle(self) -> None:
+        """Resolve this turn's futures, last before the poll: a done-callback wakes another thread
+        (the executor's conductor, a caller in ``result()``), which needs the GIL that this thread
+        would otherwise hold for the rest of its turn."""
+        settling, self._settling = self._settling, []
+        for future, resolution in settling:
+            self._finished += 1
+            future.node_name = resolution.node_name
+            future.runtime_s = resolution.runtime_s
+            settle(future, resolution)
 
     def _hold(self, held: int) -> bool:
         """Nagle's rule (:func:`send_now`) for ``held`` posted tasks; called by ``Outbox.take``."""
@@ -441,11 +456,7 @@ class Client:
                     self.resolutions_ignored += 1
                     continue
                 self._acked = True
-                self._finished += 1
-                future = entry.future
-                future.node_name = resolution.node_name
-                future.runtime_s = resolution.runtime_s
-                settle(future, resolution)
+                self._settling.append((entry.future, resolution))
         elif type(message) is p.Welcome:
             self._welcome(sock, message)
         elif type(message) is p.Error:

@@ -200,8 +200,7 @@ class DispatcherCore:
             if own_rank is None and pool_rank is None:
                 break
             source = own if pool_rank is None or (own_rank is not None and own_rank <= pool_rank) else pool
-            record = source.pop()
-            node.start(record)
+            record = node.start_next(source)
             batch.append(p.TaskAssignment(record.key[0], record.key[1], record.rank, record.payload))
         if batch:
             self._to_agent(node, p.Tasks(tuple(batch)))

@@ -20,7 +20,11 @@ from operator import attrgetter
 from typing import Any, Final
 
 _MISSING: Final[Any] = object()
-_DICT, _OBJECT, _POPPED, _HEAP, _PUSHED = range(5)
+_DICT, _OBJECT, _POPPED, _HEAP, _PUSHED, STARTED = range(6)
+"""Kinds of note. ``STARTED`` is the dispatch path's, appended inline by ``TaskQueue.start_next``
+(one note instead of four): ``(STARTED, queue, heap entry, in_flight)``, undone by taking the
+record out of ``in_flight``, clearing its holder and pushing the entry back (a queued record has
+no holder; the queue's and the node's counters are in their saved slots)."""
 _GETTERS: dict[type, Any] = {}
 """Per class: an attrgetter of all its slots (one C call takes the whole snapshot)."""
 
@@ -33,53 +37,54 @@ def _getter(cls: type) -> Any:
 
 
 class Journal:
-    __slots__ = ("_notes", "active", "step")
+    __slots__ = ("active", "notes", "step")
 
     def __init__(self) -> None:
-        self._notes: list[tuple[Any, ...]] = []
+        self.notes: list[tuple[Any, ...]] = []
+        """Newest last; appended to through the methods below, or inline by the dispatch path."""
         self.active = False
         self.step = 0
         """Counts steps; an object saved in this step carries it in its ``_jstep`` slot."""
 
     def begin(self) -> None:
-        self._notes.clear()
+        self.notes.clear()
         self.step += 1
         self.active = True
 
     def commit(self) -> None:
-        self._notes.clear()
+        self.notes.clear()
         self.active = False
 
     def keep(self, d: dict[Any, Any], key: Any) -> None:
         """``d[key]`` is about to be set or deleted."""
         if self.active:
-            self._notes.append((_DICT, d, key, d.get(key, _MISSING)))
+            self.notes.append((_DICT, d, key, d.get(key, _MISSING)))
 
     def save(self, obj: Any) -> None:
         """``obj``'s attributes are about to change: keep them all, the first time in this step."""
         if self.active and obj._jstep != self.step:
-            self._notes.append((_OBJECT, obj, _getter(type(obj))(obj)))
+            self.notes.append((_OBJECT, obj, _getter(type(obj))(obj)))
             obj._jstep = self.step
 
     def popped(self, owner: Any, entry: tuple[Any, ...]) -> None:
         """``entry`` was popped off ``owner._heap`` (undo: push it back)."""
         if self.active:
-            self._notes.append((_POPPED, owner, entry))
+            self.notes.append((_POPPED, owner, entry))
 
     def pushed(self, owner: Any, record: Any, seq: int) -> None:
         """``record`` was pushed on ``owner`` with ticket ``seq`` (undo: its entry goes stale; a
         record queued before this step gets its old place back from its saved slots)."""
         if self.active:
-            self._notes.append((_PUSHED, owner, record, seq))
+            self.notes.append((_PUSHED, owner, record, seq))
 
     def replaced_heap(self, owner: Any, old: list[Any]) -> None:
         """``owner._heap`` is about to become another list (undo: the old one back)."""
         if self.active:
-            self._notes.append((_HEAP, owner, old))
+            self.notes.append((_HEAP, owner, old))
 
     def rollback(self) -> None:
         """Undo the open step's changes, newest first."""
-        notes = self._notes
+        notes = self.notes
         while notes:
             note = notes.pop()
             kind = note[0]
@@ -99,6 +104,13 @@ class Journal:
                 _, owner, record, seq = note
                 if record.queue is owner and record.seq == seq:
                     record.queue = None
+            elif kind == STARTED:
+                _, owner, entry, in_flight = note
+                record = entry[2]
+                del in_flight[record.key]
+                record.holder = None
+                record.queue = owner
+                heapq.heappush(owner._heap, entry)
             else:
                 note[1]._heap = note[2]
         self.active = False

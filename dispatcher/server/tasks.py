@@ -13,7 +13,7 @@ from itertools import count
 from typing import Final
 
 from dispatcher.protocol import TaskKey
-from dispatcher.server.journal import Journal
+from dispatcher.server.journal import STARTED, Journal
 
 POOL: Final = "__pool__"
 """The name of the shared pool's queue (tasks any node may take)."""
@@ -124,6 +124,23 @@ class TaskQueue:
         journal.save(record)
         journal.save(self)
         record.queue = None
+        self._live -= 1
+        return record
+
+    def start_next(self, in_flight: dict[TaskKey, TaskRecord], holder: str) -> TaskRecord:
+        """Pop the lowest-rank task into ``in_flight`` as run by ``holder`` (the dispatch path:
+        :meth:`pop` and ``NodeActor.start`` in one journal note); the queue must not be empty."""
+        self._skip_stale()
+        entry = heapq.heappop(self._heap)
+        record = entry[2]
+        journal = self._journal
+        if journal.active:  # Journal.save and .started, inline: this runs once per dispatched task
+            if self._jstep != journal.step:
+                journal.save(self)
+            journal.notes.append((STARTED, self, entry, in_flight))
+        record.queue = None
+        record.holder = holder
+        in_flight[record.key] = record
         self._live -= 1
         return record
 
