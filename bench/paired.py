@@ -98,12 +98,14 @@ def _probe(tree: Path, code: str, n: int) -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def paired(repeat: int, baseline: Path | None, quick: bool = False) -> str:
+def paired(repeat: int, baseline: Path | None, quick: bool = False, only: str = "") -> str:
     here = Path(__file__).resolve().parent.parent
     other = baseline.resolve() if baseline is not None else here
     label = f"@ {other.name}" if baseline is not None else "this checkout again"
     rows = []
     for name, (code, size, quick_size, unit, higher_better) in SCENARIOS.items():
+        if only not in name:
+            continue
         n = quick_size if quick else size
         ours: list[float] = []
         theirs: list[float] = []
@@ -133,8 +135,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--baseline", type=Path, default=None, help="the other checkout (default: this one)")
     parser.add_argument("--repeat", type=int, default=7, help="pairs per scenario")
     parser.add_argument("--quick", action="store_true", help="small sizes")
+    parser.add_argument("--only", default="", help="only the scenarios whose name contains this")
     args = parser.parse_args(argv)
-    print(paired(args.repeat, args.baseline, args.quick))
+    print(paired(args.repeat, args.baseline, args.quick, args.only))
     return 0
 
 

@@ -130,6 +130,8 @@ class SagaDispatchExecutor(ParslExecutor):
         self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._sent: dict[int, TaskFuture] = {}
         """The conductor's: each in-flight task's dispatcher future (what a re-pin names)."""
+        self._waiting = False
+        """The conductor waits on an empty inbox (a hint, read unlocked by ``submit()``)."""
         self._outgoing: deque[e.Send | e.Resolve | e.Fail] = deque()
         """The conductor's: commands of this turn that wake another thread (``_deliver``)."""
         self._cursor = 0
@@ -223,6 +225,8 @@ class SagaDispatchExecutor(ParslExecutor):
         launch = e.Launch(tid, getattr(func, "__name__", "?"), payload, Future(), hints.retry_on_node_loss)
         launch.future.parsl_executor_task_id = tid  # type: ignore[attr-defined]
         self._post(e.TaskLaunched(launch, time.monotonic()))
+        if self._waiting:
+            time.sleep(0)  # hand the GIL to the conductor now, not after Parsl's tail (see above)
         return launch.future
 
     def _post(self, event: e.Event) -> None:
@@ -289,10 +293,12 @@ class SagaDispatchExecutor(ParslExecutor):
         try:
             while True:
                 timeout_s = self.state.next_check_s(time.monotonic())
+                self._waiting = True
                 try:
                     events = [self._inbox.get(timeout=timeout_s)]
                 except queue.Empty:
                     events = []
+                self._waiting = False
                 with contextlib.suppress(queue.Empty):
                     while True:
                         events.append(self._inbox.get_nowait())
