@@ -523,9 +523,7 @@ class DispatcherCore:
             record = TaskRecord(key, name, spec.rank, spec.payload, spec.flags)
             if spec.flags & p.SOFT_AFFINITY:
                 self._soft += 1
-            self.journal.keep(tasks, key)
-            tasks[key] = record
-            queue.push(record)
+            queue.admit(record, tasks)
             self.tasks_submitted += 1
         for node in touched.values():
             self._pump(node)

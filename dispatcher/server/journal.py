@@ -20,11 +20,17 @@ from operator import attrgetter
 from typing import Any, Final
 
 _MISSING: Final[Any] = object()
-_DICT, _OBJECT, _POPPED, _HEAP, _PUSHED, STARTED = range(6)
-"""Kinds of note. ``STARTED`` is the dispatch path's, appended inline by ``TaskQueue.start_next``
-(one note instead of four): ``(STARTED, queue, heap entry, in_flight)``, undone by taking the
-record out of ``in_flight``, clearing its holder and pushing the entry back (a queued record has
-no holder; the queue's and the node's counters are in their saved slots)."""
+_DICT, _OBJECT, _POPPED, _HEAP, _PUSHED, STARTED, ADMITTED = range(7)
+"""Kinds of note. The last two are the hot paths', appended inline by ``TaskQueue``: one note
+where the general methods would take several, and the queue's length undone by a delta instead
+of a snapshot of the queue (deltas and snapshots compose, since notes are undone newest first):
+
+* ``(STARTED, queue, heap entry, in_flight)``: dispatched (``start_next``); undone by taking the
+  record out of ``in_flight``, clearing its holder, pushing the entry back (a queued record has
+  no holder) and counting it in the queue again;
+* ``(ADMITTED, queue, record, tasks)``: a new task submitted (``admit``); undone by deleting it
+  from ``tasks``, leaving its heap entry stale (a new record: nothing else refers to it) and
+  uncounting it."""
 _GETTERS: dict[type, Any] = {}
 """Per class: an attrgetter of all its slots (one C call takes the whole snapshot)."""
 
@@ -104,6 +110,11 @@ class Journal:
                 _, owner, record, seq = note
                 if record.queue is owner and record.seq == seq:
                     record.queue = None
+            elif kind == ADMITTED:
+                _, owner, record, tasks = note
+                del tasks[record.key]
+                record.queue = None
+                owner._live -= 1
             elif kind == STARTED:
                 _, owner, entry, in_flight = note
                 record = entry[2]
@@ -111,6 +122,7 @@ class Journal:
                 record.holder = None
                 record.queue = owner
                 heapq.heappush(owner._heap, entry)
+                owner._live += 1
             else:
                 note[1]._heap = note[2]
         self.active = False

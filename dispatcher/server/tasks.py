@@ -13,7 +13,7 @@ from itertools import count
 from typing import Final
 
 from dispatcher.protocol import TaskKey
-from dispatcher.server.journal import STARTED, Journal
+from dispatcher.server.journal import ADMITTED, STARTED, Journal
 
 POOL: Final = "__pool__"
 """The name of the shared pool's queue (tasks any node may take)."""
@@ -87,6 +87,18 @@ class TaskQueue:
         heapq.heappush(self._heap, (record.rank, seq, record))
         self._live += 1
 
+    def admit(self, record: TaskRecord, tasks: dict[TaskKey, TaskRecord]) -> None:
+        """A new task: into ``tasks`` and onto this queue (the submit path: ``tasks[key] = record``
+        and :meth:`push` in one journal note)."""
+        journal = self._journal
+        if journal.active:  # the note, inline: this runs once per submitted task
+            journal.notes.append((ADMITTED, self, record, tasks))
+        tasks[record.key] = record
+        record.seq = seq = next(_tickets)
+        record.queue = self
+        heapq.heappush(self._heap, (record.rank, seq, record))
+        self._live += 1
+
     def discard(self, record: TaskRecord) -> None:
         """Forget ``record`` (it must be in this queue); its heap entry goes stale."""
         assert record.queue is self, (record, self.name)
@@ -134,9 +146,7 @@ class TaskQueue:
         entry = heapq.heappop(self._heap)
         record = entry[2]
         journal = self._journal
-        if journal.active:  # Journal.save and .started, inline: this runs once per dispatched task
-            if self._jstep != journal.step:
-                journal.save(self)
+        if journal.active:  # the note, inline: this runs once per dispatched task
             journal.notes.append((STARTED, self, entry, in_flight))
         record.queue = None
         record.holder = holder
