@@ -32,6 +32,12 @@ from typing import IO, Any, Self
 from dispatcher.client.client import Client
 from dispatcher.runtime.errors import DispatchError
 from dispatcher.runtime.lifeline import ENV as PARENT_ENV
+from dispatcher.runtime.logs import get_logger
+
+log = get_logger("local_cluster")
+READY_LINE = "zygote ready"
+"""What the worker zygote writes on its ready descriptor (``worker_agent.zygote.READY_LINE``;
+not imported: this module starts the zygote by name and never imports the agent's modules)."""
 
 NODE_PREFIX = "local-"
 LOCAL_WORKERS = 1
@@ -102,7 +108,7 @@ class LocalCluster:
     def start(self) -> None:
         try:
             if self.use_zygote:
-                self._start_zygote()
+                self._start_zygote()  # if it cannot start, the agents spawn their workers
             self.start_dispatcher()
             if self.start_agents:
                 for name in self.node_names:
@@ -131,11 +137,24 @@ class LocalCluster:
 
     def _start_zygote(self) -> None:
         self._zygote_dir = Path(tempfile.mkdtemp(prefix="saga-zygote-"))  # 0700
-        assert self.zygote_path is not None
-        proc = self._spawn("zygote", [self.zygote_path], stdout=subprocess.PIPE, module="worker_agent.zygote")
-        self.zygote = proc
-        if _read_line(proc, self.startup_timeout_s) is None:
-            raise LocalClusterError(f"the worker zygote did not start within {self.startup_timeout_s:g} s")
+        path = str(self._zygote_dir / "zygote.sock")
+        ready_r, ready_w = os.pipe()
+        try:
+            self.zygote = self._spawn("zygote", [path, str(ready_w)], module="worker_agent.zygote", pass_fds=(ready_w,))
+            os.close(ready_w)
+            ready_w = -1
+            line = _read_fd_line(ready_r, self.startup_timeout_s)
+        finally:
+            os.close(ready_r)
+            if ready_w >= 0:
+                os.close(ready_w)
+        if line != READY_LINE:  # e.g. a socket path too long for AF_UNIX, no pidfd_open here
+            log.warning("zygote_unavailable", said=line, exit_code=self.zygote.poll(), fallback="spawn")
+            _signal_group(self.zygote, signal.SIGKILL)
+            self.zygote.wait()
+            self.zygote = None
+            shutil.rmtree(self._zygote_dir, ignore_errors=True)
+            self._zygote_dir = None
 
     @property
     def zygote_path(self) -> str | None:
@@ -157,7 +176,12 @@ class LocalCluster:
         return proc
 
     def _spawn(
-        self, role: str, argv: list[str], stdout: int | None = None, module: str | None = None
+        self,
+        role: str,
+        argv: list[str],
+        stdout: int | None = None,
+        module: str | None = None,
+        pass_fds: tuple[int, ...] = (),
     ) -> subprocess.Popen[bytes]:
         """Start ``saga-dispatch argv...`` (or ``python -m module argv...``)."""
         env = {k: v for k, v in os.environ.items() if k != "NODE_NAME"}
@@ -175,6 +199,7 @@ class LocalCluster:
             stderr=stderr,
             env=env,
             start_new_session=True,
+            pass_fds=pass_fds,
         )
 
     def wait_for_nodes(self, count: int, timeout_s: float | None = None) -> None:
@@ -254,6 +279,22 @@ def _wait_all(procs: list[subprocess.Popen[bytes]], timeout_s: float) -> None:
     for proc in procs:
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+
+
+def _read_fd_line(fd: int, timeout_s: float) -> str | None:
+    """A line from ``fd`` (a pipe), or None at EOF or after ``timeout_s`` of silence."""
+    data = b""
+    deadline = time.monotonic() + timeout_s
+    with selectors.DefaultSelector() as sel:
+        sel.register(fd, selectors.EVENT_READ)
+        while not data.endswith(b"\n"):
+            if not sel.select(max(0.0, deadline - time.monotonic())):
+                return None
+            chunk = os.read(fd, 256)
+            if not chunk:
+                return data.decode().strip() or None
+            data += chunk
+    return data.decode().strip()
 
 
 def _read_line(proc: subprocess.Popen[bytes], timeout_s: float) -> str | None:

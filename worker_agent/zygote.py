@@ -11,14 +11,19 @@ Protocol, on a Unix stream socket in a 0700 directory (one connection per worker
 the agent as that worker's handle):
 
 * agent -> zygote: one message, JSON ``{"node_name", "speed"}``, with two file descriptors
-  (SCM_RIGHTS): the worker's end of its pipe, and the write end of a sentinel pipe that only
-  the worker holds (so the agent sees EOF the moment it dies, whoever its parent is);
-* zygote -> agent: the worker's pid, then its wait status when it has ended (8 bytes each).
+  (SCM_RIGHTS): the worker's end of its pipe, and a pidfd of the agent itself;
+* zygote -> agent: the worker's pid with a pidfd of the worker (opened right after the fork,
+  before the single-threaded zygote can reap it, so it names that process and no other), then
+  the worker's wait status when it has ended (8 bytes each).
 
-A forked worker's parent is the zygote, not the agent, so PR_SET_PDEATHSIG cannot tie it to the
-agent: it watches a pidfd of the agent instead (the peer of the request, by SO_PEERCRED) and
-kills itself when the agent is gone: a SIGKILLed agent leaves no worker behind. Only a peer of
-the zygote's own user is served.
+The worker's pidfd is the agent's handle: readable once the worker has exited (even if a
+grandchild of a task still holds the worker's pipes), and the way to signal it without a pid
+that may have been reused. A forked worker's parent is the zygote, not the agent, so
+PR_SET_PDEATHSIG cannot tie it to the agent: it watches the agent's pidfd instead and kills
+itself when the agent is gone: a SIGKILLed agent leaves no worker behind. Only a peer of the
+zygote's own user is served. The zygote says it is ready on a descriptor of its parent's
+choosing, not on stdout: workers inherit its stdout and stderr, the cluster's own, as spawned
+workers inherit their agent's.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import socket
 import struct
 import sys
 import threading
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Final
@@ -39,7 +45,9 @@ from typing import Final
 _WORD: Final = struct.Struct("<q")
 _PEERCRED: Final = struct.Struct("3i")
 READY_LINE: Final = "zygote ready"
-"""What the zygote prints on stdout once it listens."""
+"""What the zygote writes on its ready descriptor once it listens."""
+START_TIMEOUT_S: Final = 2.0
+"""How long an agent waits for a fork (it blocks the agent's loop: well inside its liveness)."""
 
 
 class ZygoteError(OSError):
@@ -52,27 +60,31 @@ class ZygoteError(OSError):
 class ForkedWorker:
     """A worker forked by a zygote, with the parts of ``multiprocessing.Process`` the pool uses."""
 
-    def __init__(self, path: str, node_name: str, speed: float, start_timeout_s: float = 10.0) -> None:
+    def __init__(self, path: str, node_name: str, speed: float, start_timeout_s: float = START_TIMEOUT_S) -> None:
         ours, theirs = socket.socketpair()
-        sentinel_r, sentinel_w = os.pipe()
+        me = os.pidfd_open(os.getpid())
         control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             control.settimeout(start_timeout_s)
             control.connect(path)
             request = json.dumps({"node_name": node_name, "speed": speed}).encode()
-            socket.send_fds(control, [request], [theirs.fileno(), sentinel_w])
-            self.pid: int = _read_word(control)
+            socket.send_fds(control, [request], [theirs.fileno(), me])
+            data, fds, _, _ = socket.recv_fds(control, _WORD.size, 1)
+            if len(data) != _WORD.size or len(fds) != 1:
+                for fd in fds:
+                    os.close(fd)
+                raise ValueError("the zygote refused the request")  # noqa: TRY301  (one error path below)
         except (OSError, ValueError) as exc:
             for sock in (ours, control):
                 sock.close()
-            os.close(sentinel_r)
             raise ZygoteError(f"the worker zygote at {path} did not fork a worker: {exc}") from exc
         finally:
             theirs.close()
-            os.close(sentinel_w)
+            os.close(me)
+        self.pid: int = _WORD.unpack(data)[0]
         self.conn = Connection(ours.detach())
-        self.sentinel: int = sentinel_r
-        """Readable (EOF) once the worker has exited: only it holds the write end."""
+        self.sentinel: int = fds[0]
+        """The worker's pidfd: readable once it has exited."""
         self._control = control
         self._status: int | None = None
 
@@ -85,19 +97,14 @@ class ForkedWorker:
         return None if self._status is None else os.waitstatus_to_exitcode(self._status)
 
     def is_alive(self) -> bool:
-        with selectors.DefaultSelector() as sel:
-            sel.register(self.sentinel, selectors.EVENT_READ)
-            return not sel.select(0)
+        return not _readable(self.sentinel, 0.0)
 
     def join(self, timeout: float | None = None) -> None:
-        """Wait until the worker has exited and the zygote has told its status (or ``timeout``)."""
-        if self._status is not None:
+        """Wait until the worker has exited (or ``timeout``), then for the zygote to tell its
+        status (half a second at least, at most five: a stopped or dead zygote cannot hang us)."""
+        if self._status is not None or not _readable(self.sentinel, timeout):
             return
-        with selectors.DefaultSelector() as sel:
-            sel.register(self.sentinel, selectors.EVENT_READ)
-            if not sel.select(timeout):
-                return
-        self._control.settimeout(timeout if timeout is None else max(timeout, 0.5))
+        self._control.settimeout(5.0 if timeout is None else min(max(timeout, 0.5), 5.0))
         with contextlib.suppress(OSError, ValueError):
             self._status = _read_word(self._control)
 
@@ -108,15 +115,20 @@ class ForkedWorker:
         self._signal(signal.SIGKILL)
 
     def _signal(self, sig: int) -> None:
-        if self.is_alive():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, sig)
+        with contextlib.suppress(ProcessLookupError):  # it has exited: nothing to signal
+            signal.pidfd_send_signal(self.sentinel, sig)
 
     def close(self) -> None:
         """Release the handle's descriptors (the pool closes ``conn`` itself)."""
         self._control.close()
         with contextlib.suppress(OSError):
             os.close(self.sentinel)
+
+
+def _readable(fd: int, timeout: float | None) -> bool:
+    with selectors.DefaultSelector() as sel:
+        sel.register(fd, selectors.EVENT_READ)
+        return bool(sel.select(timeout))
 
 
 def _read_word(sock: socket.socket) -> int:
@@ -133,10 +145,10 @@ def _read_word(sock: socket.socket) -> int:
 # --------------------------------------------------------------------------- the zygote
 
 
-def serve(path: str, parent: int | None = None) -> None:
-    """Import the worker (Parsl), listen on ``path``, fork a worker per request until killed or
-    until the process ``parent`` (a pid) is gone. A pidfd in the loop, not a watchdog thread:
-    the zygote must stay single-threaded."""
+def serve(path: str, ready_fd: int | None = None, parent: int | None = None) -> None:
+    """Import the worker (Parsl), listen on ``path``, say so on ``ready_fd``, fork a worker per
+    request until killed or until the process ``parent`` (a pid) is gone. A pidfd in the loop,
+    not a watchdog thread: the zygote must stay single-threaded."""
     import worker_agent.worker  # noqa: F401  (the import every forked worker inherits)
 
     if threading.active_count() != 1:
@@ -156,7 +168,9 @@ def serve(path: str, parent: int | None = None) -> None:
     if lifeline is not None:
         sel.register(lifeline, selectors.EVENT_READ)
     children: dict[int, socket.socket | None] = {}
-    print(READY_LINE, flush=True)
+    if ready_fd is not None:
+        os.write(ready_fd, f"{READY_LINE}\n".encode())
+        os.close(ready_fd)
     while True:
         for key, _ in sel.select():
             if key.fileobj is listener:
@@ -171,44 +185,55 @@ def serve(path: str, parent: int | None = None) -> None:
                 request = key.fileobj
                 assert isinstance(request, socket.socket)
                 sel.unregister(request)
-                _fork_one(request, children, close_in_child=[listener, wake_r, wake_w, lifeline, sel])
+                _fork_one(request, children, lambda: _drop_zygote(sel, children, wake_w))
 
 
-def _fork_one(conn: socket.socket, children: dict[int, socket.socket | None], close_in_child: list[object]) -> None:
+def _fork_one(conn: socket.socket, children: dict[int, socket.socket | None], drop_zygote: Callable[[], None]) -> None:
     """Read one request from ``conn`` and fork its worker; a bad request only closes ``conn``."""
     fds: list[int] = []
     try:
         message, fds, _, _ = socket.recv_fds(conn, 4096, 2)
-        node_name, speed, agent = _check(conn, message, fds)
+        node_name, speed = _check(conn, message, fds)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         print(f"zygote: bad request: {exc}", file=sys.stderr, flush=True)
         conn.close()
         for fd in fds:
             os.close(fd)
         return
+    pipe_fd, agent = fds
     child = os.fork()
     if child == 0:
-        _become_worker(fds, agent, node_name, speed, [conn, *children.values(), *close_in_child])
-    for fd in (*fds, agent):
-        os.close(fd)
+        conn.close()
+        drop_zygote()
+        _become_worker(pipe_fd, agent, node_name, speed)
+    os.close(pipe_fd)
+    os.close(agent)
     try:
-        conn.sendall(_WORD.pack(child))
+        handle = os.pidfd_open(child)  # not reaped yet: only this loop reaps, after this
+    except OSError:
+        conn.close()
+        children[child] = None
+        return
+    try:
+        socket.send_fds(conn, [_WORD.pack(child)], [handle])
     except OSError:  # the agent gave up waiting: the worker dies with its pipe
         conn.close()
         children[child] = None
     else:
         children[child] = conn
+    finally:
+        os.close(handle)
 
 
-def _check(conn: socket.socket, message: bytes, fds: list[int]) -> tuple[str, float, int]:
-    """A request's node name and speed, and a pidfd of the agent that sent it; raises if bad."""
-    pid, uid, _ = _PEERCRED.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
+def _check(conn: socket.socket, message: bytes, fds: list[int]) -> tuple[str, float]:
+    """A request's node name and speed; raises if it is not one to serve."""
+    _, uid, _ = _PEERCRED.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
     if uid != os.getuid():
         raise ValueError(f"refused: a peer of uid {uid}")
     if len(fds) != 2:
         raise ValueError(f"refused: {len(fds)} descriptors, not 2")
     request = json.loads(message)
-    return str(request["node_name"]), float(request["speed"]), _pidfd(pid)
+    return str(request["node_name"]), float(request["speed"])
 
 
 def _reap(children: dict[int, socket.socket | None]) -> None:
@@ -226,18 +251,27 @@ def _reap(children: dict[int, socket.socket | None]) -> None:
             conn.close()
 
 
-def _become_worker(fds: list[int], agent: int, node_name: str, speed: float, inherited: list[object]) -> None:
-    """In the forked child: drop the zygote's state, tie our life to the agent's, run the worker."""
+def _drop_zygote(sel: selectors.BaseSelector, children: dict[int, socket.socket | None], wake_w: int) -> None:
+    """In a forked child: close everything of the zygote's (its listener, its pipes, every
+    agent's connection, served or waiting), so that no agent waits on a descriptor a worker holds."""
+    signal.set_wakeup_fd(-1)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # a task's own subprocesses must be waitable
+    for key in list(sel.get_map().values()):
+        if isinstance(key.fileobj, socket.socket):
+            key.fileobj.close()
+        else:
+            os.close(key.fd)
+    sel.close()
+    for sock in children.values():
+        if sock is not None:
+            sock.close()
+    os.close(wake_w)
+
+
+def _become_worker(pipe_fd: int, agent: int, node_name: str, speed: float) -> None:
+    """In the forked child: tie our life to the agent's and run the worker; never returns."""
     code = 0
     try:
-        signal.set_wakeup_fd(-1)
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # a task's own subprocesses must be waitable
-        for thing in inherited:
-            if isinstance(thing, int):
-                os.close(thing)  # the descriptors of the zygote's pipes and pidfd
-            elif thing is not None:
-                thing.close()  # type: ignore[attr-defined]
-        pipe_fd, _sentinel = fds  # the sentinel stays open until we exit: that is its point
         threading.Thread(target=_die_with, args=(agent,), name="lifeline", daemon=True).start()
         from worker_agent.worker import worker_main
 
@@ -248,6 +282,9 @@ def _become_worker(fds: list[int], agent: int, node_name: str, speed: float, inh
 
         traceback.print_exc()
     finally:
+        for stream in (sys.stdout, sys.stderr):  # os._exit flushes nothing: a task's prints
+            with contextlib.suppress(Exception):
+                stream.flush()
         os._exit(code)
 
 
@@ -271,14 +308,14 @@ def _pidfd(pid: int) -> int:
 
 
 def main(argv: list[str]) -> int:
-    """``python -m worker_agent.zygote PATH``, started by the local cluster."""
+    """``python -m worker_agent.zygote SOCKET_PATH [READY_FD]``, started by the local cluster."""
     from dispatcher.runtime.lifeline import ENV
 
-    if len(argv) != 1:
-        print("usage: python -m worker_agent.zygote SOCKET_PATH", file=sys.stderr)
+    if len(argv) not in (1, 2):
+        print("usage: python -m worker_agent.zygote SOCKET_PATH [READY_FD]", file=sys.stderr)
         return 2
     parent = os.environ.get(ENV)
-    serve(argv[0], int(parent) if parent else None)
+    serve(argv[0], int(argv[1]) if len(argv) == 2 else None, int(parent) if parent else None)
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 
 def where(x: int) -> tuple[str, int, int]:
@@ -36,3 +37,23 @@ def crash_worker_after(sleep_s: float, code: int) -> None:
 
 def pid() -> int:
     return os.getpid()
+
+
+def chatter(n: int) -> int:
+    """Print ``n`` bytes to stdout (more than a pipe holds) and return ``n``."""
+    import sys
+
+    for _ in range(n // 1000):
+        sys.stdout.write("x" * 999 + "\n")
+    sys.stdout.flush()
+    return n
+
+
+def crash_leaving_grandchild(pid_file: str, code: int) -> None:
+    """Fork a grandchild that keeps every descriptor of this worker open, then die with ``code``."""
+    child = os.fork()
+    if child == 0:
+        time.sleep(120)
+        os._exit(0)
+    Path(pid_file).write_text(str(child))
+    os._exit(code)

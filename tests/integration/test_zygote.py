@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -14,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from dispatcher import LocalCluster
+from dispatcher import LocalCluster, WorkerLost, local
 from dispatcher.runtime.lifeline import ENV as PARENT_ENV
 from worker_agent.pipe import READY
 from worker_agent.zygote import READY_LINE, ForkedWorker, ZygoteError
@@ -24,23 +25,33 @@ from . import apps
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("no_leftovers")]
 
 
+def _start(path: str, parent: int) -> subprocess.Popen[bytes]:
+    """A zygote as LocalCluster starts one, once it has said it is ready."""
+    ready_r, ready_w = os.pipe()
+    env = {**os.environ, PARENT_ENV: str(parent)}
+    argv = [sys.executable, "-m", "worker_agent.zygote", path, str(ready_w)]
+    proc = subprocess.Popen(argv, env=env, pass_fds=(ready_w,), start_new_session=True)
+    os.close(ready_w)
+    with os.fdopen(ready_r) as ready:
+        assert ready.readline().strip() == READY_LINE
+    return proc
+
+
 @pytest.fixture
-def zygote() -> Iterator[str]:
-    """A zygote of our own (as LocalCluster starts one): its socket path."""
+def zygote() -> Iterator[tuple[str, int]]:
+    """A zygote of our own: its socket path and pid."""
     with tempfile.TemporaryDirectory(prefix="saga-zygote-") as folder:
         path = str(Path(folder) / "zygote.sock")
-        env = {**os.environ, PARENT_ENV: str(os.getpid())}
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "worker_agent.zygote", path], stdout=subprocess.PIPE, env=env, start_new_session=True
-        )
+        proc = _start(path, os.getpid())
         try:
-            assert proc.stdout is not None
-            assert proc.stdout.readline().decode().strip() == READY_LINE
-            yield path
+            yield path, proc.pid
         finally:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-            proc.stdout.close()  # type: ignore[union-attr]
+
+
+def test_the_cluster_knows_the_zygote_s_ready_line() -> None:
+    assert local.READY_LINE == READY_LINE  # two modules that must not import each other
 
 
 def test_every_node_s_worker_is_forked_from_the_one_zygote(logs: Path) -> None:
@@ -65,8 +76,8 @@ def test_a_forked_worker_dies_with_its_agent(logs: Path) -> None:
         assert client.submit(apps.where, 2, node="local-1").result(timeout=30)[:2] == ("local-1", 2)
 
 
-def test_a_forked_worker_reports_how_it_ended(zygote: str) -> None:
-    worker = ForkedWorker(zygote, "node-a", 1.0)
+def test_a_forked_worker_reports_how_it_ended(zygote: tuple[str, int]) -> None:
+    worker = ForkedWorker(zygote[0], "node-a", 1.0)
     try:
         assert worker.conn.recv() == (READY, worker.pid)
         assert worker.is_alive() and worker.exitcode is None
@@ -79,15 +90,30 @@ def test_a_forked_worker_reports_how_it_ended(zygote: str) -> None:
         worker.close()
 
 
-def test_a_bad_request_leaves_the_zygote_serving(zygote: str) -> None:
-    for garbage in (b"not json", b'{"node_name": "x"}', b""):  # no descriptors, or no request at all
+def test_a_bad_request_leaves_the_zygote_serving_and_holding_nothing(zygote: tuple[str, int]) -> None:
+    path, pid = zygote
+    held = len(list(Path(f"/proc/{pid}/fd").iterdir()))
+    for garbage, with_fds in [
+        (b"not json", False),
+        (b"", False),  # no request at all
+        (b"not json", True),
+        (b'{"node_name": "x"}', True),  # no speed
+        (b'{"node_name": "x", "speed": "fast"}', True),
+    ]:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.connect(zygote)
-            sock.sendall(garbage)
+            sock.connect(path)
+            if with_fds:
+                r, w = os.pipe()
+                socket.send_fds(sock, [garbage], [r, w])
+                os.close(r)
+                os.close(w)
+            else:
+                sock.sendall(garbage)
             sock.shutdown(socket.SHUT_WR)
             sock.settimeout(30)
             assert sock.recv(8) == b""  # refused: closed without a pid
-    worker = ForkedWorker(zygote, "node-a", 1.0)
+    assert len(list(Path(f"/proc/{pid}/fd").iterdir())) == held  # the descriptors it was sent are closed
+    worker = ForkedWorker(path, "node-a", 1.0)
     try:
         assert worker.conn.recv() == (READY, worker.pid)
     finally:
@@ -112,12 +138,9 @@ with WorkerPool(1, "node-a", 1.0, zygote={str(tmp_path / "nobody.sock")!r}) as p
 
 
 def test_the_zygote_exits_with_its_parent(tmp_path: Path) -> None:
-    path = str(tmp_path / "zygote.sock")
     parent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
-    env = {**os.environ, PARENT_ENV: str(parent.pid)}
-    proc = subprocess.Popen([sys.executable, "-m", "worker_agent.zygote", path], stdout=subprocess.PIPE, env=env)
+    proc = _start(str(tmp_path / "zygote.sock"), parent.pid)
     try:
-        assert proc.stdout is not None and proc.stdout.readline().decode().strip() == READY_LINE
         assert proc.poll() is None
         parent.kill()
         parent.wait()
@@ -127,4 +150,24 @@ def test_the_zygote_exits_with_its_parent(tmp_path: Path) -> None:
             if p.poll() is None:
                 p.kill()
                 p.wait()
-        proc.stdout.close()  # type: ignore[union-attr]
+
+
+def test_a_task_may_print_more_than_a_pipe_holds(logs: Path) -> None:
+    """Forked workers write to the cluster's own stdout, as spawned ones did, not to a pipe nobody reads."""
+    with LocalCluster(1, log_dir=logs) as cluster, cluster.client() as client:
+        assert client.submit(apps.chatter, 1_000_000).result(timeout=60) == 1_000_000
+
+
+def test_a_dead_worker_is_seen_even_while_a_grandchild_holds_its_pipes(logs: Path, tmp_path: Path) -> None:
+    """The pool watches the worker's pidfd, not its pipes: a task's grandchild keeps those open."""
+    pid_file = tmp_path / "grandchild"
+    with LocalCluster(1, log_dir=logs) as cluster, cluster.client() as client:
+        try:
+            with pytest.raises(WorkerLost, match="exit code 5"):
+                client.submit(apps.crash_leaving_grandchild, str(pid_file), 5).result(timeout=60)
+            assert psutil.pid_exists(int(pid_file.read_text()))  # it still holds them
+            assert client.submit(apps.square, 4).result(timeout=60) == 16  # on the replacement
+        finally:
+            if pid_file.exists():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid_file.read_text()), signal.SIGKILL)
