@@ -31,6 +31,7 @@ ROLES: Final = {
     "agent": Role("worker_agent.main", "run a node agent"),
     "local": Role("dispatcher.local", "run a dispatcher and N agents locally until Ctrl-C"),
     "status": Role("dispatcher.client.status", "print a dispatcher's nodes, queues and counters"),
+    "keys": Role("dispatcher.runtime.keys", "generate CurveZMQ key pairs: saga-dispatch keys generate DIR"),
     "demo": Role("parsl_adapter.demo", "run a WfCommons workflow through Parsl with SAGA placement on 4 local nodes"),
     "chaos": Role("chaos.campaign", "run seeded fault-injection runs in network namespaces"),
 }
