@@ -19,7 +19,8 @@ from __future__ import annotations
 import os
 import re
 import stat
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
@@ -98,6 +99,47 @@ def _load(path: Path) -> tuple[bytes, bytes | None]:
     if len(public) != 40 or (secret is not None and len(secret) != 40):
         raise KeyFileError(f"{path} does not hold Z85 CURVE keys")
     return public, secret
+
+
+@dataclass(frozen=True, slots=True)
+class ServerKeys:
+    """What the dispatcher reads from ``--keys DIR``: its pair and both allow-lists."""
+
+    public: bytes
+    secret: bytes
+    agents: Mapping[bytes, str]
+    """Agent public keys -> the node name a key is bound to ("" for the shared agent key)."""
+    clients: Mapping[bytes, str]
+
+
+@dataclass(frozen=True, slots=True)
+class PeerKeys:
+    """What an agent or a client reads from ``--keys DIR``: its own pair and the dispatcher's
+    public key, which it pins (it never talks to a server holding another)."""
+
+    public: bytes
+    secret: bytes
+    server: bytes
+    name: str
+    """Which pair: ``agent``, ``agent-NODE``, ``client`` or ``client-NAME``."""
+
+
+def for_dispatcher(folder: Path) -> ServerKeys:
+    public, secret = load_pair(folder, DISPATCHER)
+    return ServerKeys(public, secret, allow_list(folder / AGENTS_DIR), allow_list(folder / CLIENTS_DIR))
+
+
+def for_agent(folder: Path, node_name: str) -> PeerKeys:
+    """The node's own pair where there is one (``agent-NODE``), else the shared agent pair."""
+    own = f"{AGENT}-{node_name}"
+    name = own if (folder / f"{own}.key_secret").exists() else AGENT
+    return PeerKeys(*load_pair(folder, name), load_public(folder, DISPATCHER), name)
+
+
+def for_client(folder: Path, client: str | None = None) -> PeerKeys:
+    """``client-NAME``'s pair if ``client`` is given, else the default client pair."""
+    name = f"{CLIENT}-{client}" if client else CLIENT
+    return PeerKeys(*load_pair(folder, name), load_public(folder, DISPATCHER), name)
 
 
 def generate(folder: Path, nodes: Sequence[str] = (), clients: Sequence[str] = ()) -> list[Path]:

@@ -117,3 +117,26 @@ def test_the_command_writes_the_keys_and_says_what_each_is_for(tmp_path: Path) -
     assert "wrote 11 key files" in out.stdout and "node node-a's own" in out.stdout
     again = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=60)
     assert again.returncode != 0 and "exists already" in again.stderr
+
+
+def test_each_role_reads_only_what_it_needs(tmp_path: Path) -> None:
+    folder = tmp_path / "keys"
+    keys.generate(folder, nodes=["node-a"], clients=["alice"])
+    dispatcher = keys.for_dispatcher(folder)
+    assert dispatcher.public == keys.load_public(folder, "dispatcher")
+    assert set(dispatcher.agents.values()) == {"", "node-a"} and set(dispatcher.clients.values()) == {"", "alice"}
+    own = keys.for_agent(folder, "node-a")
+    shared = keys.for_agent(folder, "node-b")  # no pair of its own: the shared one
+    assert (own.name, shared.name) == ("agent-node-a", "agent")
+    assert own.server == shared.server == dispatcher.public
+    assert dispatcher.agents[own.public] == "node-a" and dispatcher.agents[shared.public] == ""
+    assert keys.for_client(folder).name == "client" and keys.for_client(folder, "alice").name == "client-alice"
+    # an agent's folder (a Kubernetes Secret of its role) needs its pair and the dispatcher's public key only
+    agent_only = tmp_path / "agent-secret"
+    agent_only.mkdir(mode=0o700)
+    for name in ("agent.key", "agent.key_secret", "dispatcher.key"):
+        (agent_only / name).write_bytes((folder / name).read_bytes())
+        (agent_only / name).chmod(0o600)
+    assert keys.for_agent(agent_only, "node-z").public == shared.public
+    with pytest.raises(keys.KeyFileError, match=r"dispatcher\.key_secret"):
+        keys.for_dispatcher(agent_only)  # not the dispatcher's: no secret, no allow-lists
