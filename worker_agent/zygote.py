@@ -201,7 +201,14 @@ def _fork_one(conn: socket.socket, children: dict[int, socket.socket | None], dr
             os.close(fd)
         return
     pipe_fd, agent = fds
-    child = os.fork()
+    try:
+        child = os.fork()
+    except OSError as exc:  # out of processes or memory: this agent spawns instead, the zygote goes on
+        print(f"zygote: fork failed: {exc}", file=sys.stderr, flush=True)
+        conn.close()
+        os.close(pipe_fd)
+        os.close(agent)
+        return
     if child == 0:
         conn.close()
         drop_zygote()
