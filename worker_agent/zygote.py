@@ -174,7 +174,11 @@ def serve(path: str, ready_fd: int | None = None, parent: int | None = None) -> 
     while True:
         for key, _ in sel.select():
             if key.fileobj is listener:
-                conn, _ = listener.accept()
+                try:
+                    conn, _ = listener.accept()
+                except OSError as exc:  # e.g. out of descriptors: that agent times out and spawns
+                    print(f"zygote: accept failed: {exc}", file=sys.stderr, flush=True)
+                    continue
                 sel.register(conn, selectors.EVENT_READ)
             elif key.fileobj == lifeline:
                 return  # our parent is gone: so are we (the workers live on with their agents)
