@@ -200,18 +200,18 @@ def _fork_one(conn: socket.socket, children: dict[int, socket.socket | None], dr
         node_name, speed = _check(conn, message, fds)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         print(f"zygote: bad request: {exc}", file=sys.stderr, flush=True)
-        conn.close()
         for fd in fds:
             os.close(fd)
+        conn.close()  # last: the agent's EOF means nothing of its request is held any more
         return
     pipe_fd, agent = fds
     try:
         child = os.fork()
     except OSError as exc:  # out of processes or memory: this agent spawns instead, the zygote goes on
         print(f"zygote: fork failed: {exc}", file=sys.stderr, flush=True)
-        conn.close()
         os.close(pipe_fd)
         os.close(agent)
+        conn.close()
         return
     if child == 0:
         conn.close()

@@ -34,6 +34,7 @@ def _start(path: str, parent: int) -> subprocess.Popen[bytes]:
     os.close(ready_w)
     with os.fdopen(ready_r) as ready:
         assert ready.readline().strip() == READY_LINE
+        assert ready.read() == ""  # EOF: the zygote has closed its end too (its descriptors are counted)
     return proc
 
 
