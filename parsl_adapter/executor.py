@@ -226,7 +226,9 @@ class SagaDispatchExecutor(ParslExecutor):
         launch.future.parsl_executor_task_id = tid  # type: ignore[attr-defined]
         self._post(e.TaskLaunched(launch, time.monotonic()))
         if self._waiting:
-            time.sleep(0)  # hand the GIL to the conductor now, not after Parsl's tail (see above)
+            # Hand the GIL to the woken conductor now: else it waits through Parsl's own code after
+            # this returns (a launch's hop: 80-90 -> ~48 us here; docs/benchmarks.md, issue 13).
+            time.sleep(0)
         return launch.future
 
     def _post(self, event: e.Event) -> None:
