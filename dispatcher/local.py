@@ -282,30 +282,27 @@ def _wait_all(procs: list[subprocess.Popen[bytes]], timeout_s: float) -> None:
 
 
 def _read_fd_line(fd: int, timeout_s: float) -> str | None:
-    """A line from ``fd`` (a pipe), or None at EOF or after ``timeout_s`` of silence."""
+    """The first line read from ``fd`` (a pipe), or None if none came within ``timeout_s`` or
+    the pipe closed first. Raw reads, with a deadline: a child that writes half a line and hangs
+    cannot block us."""
     data = b""
     deadline = time.monotonic() + timeout_s
     with selectors.DefaultSelector() as sel:
         sel.register(fd, selectors.EVENT_READ)
-        while not data.endswith(b"\n"):
+        while b"\n" not in data:
             if not sel.select(max(0.0, deadline - time.monotonic())):
                 return None
             chunk = os.read(fd, 256)
             if not chunk:
-                return data.decode().strip() or None
+                break
             data += chunk
-    return data.decode().strip()
+    return data.split(b"\n", 1)[0].decode().strip() or None
 
 
 def _read_line(proc: subprocess.Popen[bytes], timeout_s: float) -> str | None:
-    """The child's first stdout line, or None if it exits or stays silent for ``timeout_s``."""
+    """The child's first stdout line (:func:`_read_fd_line`; nothing reads its stdout after it)."""
     assert proc.stdout is not None
-    with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        if not sel.select(timeout_s):
-            return None
-    line = proc.stdout.readline()
-    return line.decode().strip() or None
+    return _read_fd_line(proc.stdout.fileno(), timeout_s)
 
 
 def main(argv: list[str]) -> int:

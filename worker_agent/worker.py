@@ -70,7 +70,8 @@ def worker_main(conn: Connection, node_name: str, speed: float, *, tied: bool = 
         os.environ["SAGA_DISPATCH_PARENT_PID"] = str(os.getppid())
         die_with_parent_thread(signal.SIGKILL)
     # The agent decides when workers stop (it drains first); a group-wide SIGTERM or Ctrl-C must
-    # not kill a running task. If the agent dies, PR_SET_PDEATHSIG kills us.
+    # not kill a running task. If the agent dies, PR_SET_PDEATHSIG (or, forked, the zygote's
+    # pidfd lifeline) kills us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     os.environ[NODE_NAME_ENV] = node_name

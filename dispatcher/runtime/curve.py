@@ -15,7 +15,6 @@ fatal (:meth:`Gate.alive`).
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Mapping
 from typing import Final
 
@@ -43,7 +42,6 @@ class Gate:
     def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
         self._auth = zmq.auth.thread.ThreadAuthenticator(ctx)
         self._lists = {domain: _AllowList() for domain in DOMAINS}
-        self._lock = threading.Lock()
         self.started = False
 
     def start(self) -> None:
@@ -56,9 +54,9 @@ class Gate:
     def allow(self, domain: str, keys: Mapping[bytes, str] | frozenset[bytes]) -> None:
         """Make ``keys`` (public keys, Z85) the whole allow-list of ``domain``; takes effect for the
         next handshake. Frames from a connection made under a key no longer listed are for the
-        dispatcher to drop (:meth:`allowed`)."""
-        with self._lock:
-            self._lists[domain].keys = frozenset(keys)
+        dispatcher to drop (:meth:`allowed`). The list is swapped whole, one reference
+        assignment, so the authenticator's thread reads the old list or the new one, never a mix."""
+        self._lists[domain].keys = frozenset(keys)
 
     def allowed(self, domain: str, key: bytes) -> bool:
         return key in self._lists[domain].keys
