@@ -21,6 +21,7 @@ from dispatcher.runtime.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from dispatcher.client import (
+        AccessRefused,
         Client,
         DispatchError,
         DispatcherUnavailable,
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from dispatcher.local import LocalCluster
 
 _EXPORTS = {
+    "AccessRefused": "dispatcher.client",
     "Client": "dispatcher.client",
     "DispatchError": "dispatcher.client",
     "DispatcherUnavailable": "dispatcher.client",
@@ -45,6 +47,7 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "AccessRefused",
     "Client",
     "DispatchError",
     "DispatcherUnavailable",

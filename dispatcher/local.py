@@ -10,6 +10,11 @@ imports Parsl once instead of once per node: a forked worker lives in the zygote
 group, not its agent's, and dies with its agent through a pidfd, so a SIGKILL of an agent's group
 still ends its workers, while a SIGSTOP of that group leaves them running their current task
 (their results wait in the pipe for the agent, as a frozen node's would).
+
+Keys: loopback is not private on a shared machine (every user reaches its ports), so the cluster
+generates ephemeral CurveZMQ keys in a private 0700 folder (``keys_dir``), a pair bound to each
+node's name, hands them to every role (``client()`` included) and removes them at ``stop()``.
+``insecure=True`` runs without them (for measurements).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from pathlib import Path
 from typing import IO, Any, Self
 
 from dispatcher.client.client import Client
+from dispatcher.runtime import keys
 from dispatcher.runtime.errors import DispatchError
 from dispatcher.runtime.lifeline import ENV as PARENT_ENV
 from dispatcher.runtime.logs import get_logger
@@ -65,6 +71,7 @@ class LocalCluster:
         log_format: str = "json",
         startup_timeout_s: float = 30.0,
         zygote: bool = True,
+        insecure: bool = False,
     ) -> None:
         if nodes < 1:
             raise ValueError(f"a local cluster needs at least one node, got {nodes}")
@@ -94,6 +101,10 @@ class LocalCluster:
         self.agents: dict[str, subprocess.Popen[bytes]] = {}
         self.zygote: subprocess.Popen[bytes] | None = None
         self._zygote_dir: Path | None = None
+        self.insecure = insecure
+        """No keys: plain TCP on loopback (anyone on this machine could reach the ports)."""
+        self.keys_dir: Path | None = None
+        """The ephemeral key folder, while the cluster runs (None when ``insecure``)."""
         self._logs: list[IO[Any]] = []
 
     # ------------------------------------------------------------------ lifecycle
@@ -107,6 +118,9 @@ class LocalCluster:
 
     def start(self) -> None:
         try:
+            if not self.insecure:
+                self.keys_dir = Path(tempfile.mkdtemp(prefix="saga-keys-"))  # 0700, ours alone
+                keys.generate(self.keys_dir, nodes=self.node_names)
             if self.use_zygote:
                 self._start_zygote()  # if it cannot start, the agents spawn their workers
             self.start_dispatcher()
@@ -124,7 +138,7 @@ class LocalCluster:
             "dispatcher", "--host", "127.0.0.1",
             "--client-port", str(client_port), "--agent-port", str(agent_port), "--announce",
             *_given("--heartbeat-interval", self.heartbeat_interval_s), *_given("--liveness", self.liveness),
-            *_given("--pending-grace", self.pending_grace_s),
+            *_given("--pending-grace", self.pending_grace_s), *self._keys_flag(),
         ]  # fmt: skip
         proc = self._spawn("dispatcher", argv, stdout=subprocess.PIPE)
         self.dispatcher = proc
@@ -169,11 +183,14 @@ class LocalCluster:
             "agent", "--dispatcher", self.agent_url, "--node-name", name,
             "--workers", str(self.workers), "--speed", repr(self.speeds[name]),
             *_given("--prefetch", self.prefetch), *_given("--pipeline", self.pipeline),
-            *(["--zygote", self.zygote_path] if self.zygote_path else []),
+            *(["--zygote", self.zygote_path] if self.zygote_path else []), *self._keys_flag(),
         ]  # fmt: skip
         proc = self._spawn(name, argv)
         self.agents[name] = proc
         return proc
+
+    def _keys_flag(self) -> list[str]:
+        return ["--keys", str(self.keys_dir)] if self.keys_dir is not None else []
 
     def _spawn(
         self,
@@ -184,7 +201,7 @@ class LocalCluster:
         pass_fds: tuple[int, ...] = (),
     ) -> subprocess.Popen[bytes]:
         """Start ``saga-dispatch argv...`` (or ``python -m module argv...``)."""
-        env = {k: v for k, v in os.environ.items() if k != "NODE_NAME"}
+        env = {k: v for k, v in os.environ.items() if k not in ("NODE_NAME", keys.ENV)}
         env[PARENT_ENV] = str(os.getpid())
         stderr: IO[Any] | None = None
         if self.log_dir is not None:
@@ -218,6 +235,8 @@ class LocalCluster:
                 time.sleep(0.05)
 
     def client(self, **kwargs: Any) -> Client:
+        """A client of this cluster, with its keys (unless ``keys=`` says otherwise)."""
+        kwargs.setdefault("keys", str(self.keys_dir) if self.keys_dir is not None else "")
         return Client(self.client_url, **kwargs)
 
     # ------------------------------------------------------------------ faults
@@ -262,6 +281,9 @@ class LocalCluster:
         if self._zygote_dir is not None:
             shutil.rmtree(self._zygote_dir, ignore_errors=True)
             self._zygote_dir = None
+        if self.keys_dir is not None:
+            shutil.rmtree(self.keys_dir, ignore_errors=True)
+            self.keys_dir = None
 
 
 def _given(flag: str, value: float | None) -> list[str]:
@@ -313,14 +335,21 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--nodes", type=int, default=4)
     parser.add_argument("--speeds", default=None, help="comma-separated node speeds, e.g. 1,1,2,4")
     parser.add_argument("--workers", type=int, default=LOCAL_WORKERS, help="workers per node")
+    parser.add_argument("--insecure", action="store_true", help="no CurveZMQ keys (for measurements)")
     args = parser.parse_args(argv)
     speeds = [float(s) for s in args.speeds.split(",")] if args.speeds else None
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    with LocalCluster(args.nodes, speeds=speeds, workers=args.workers, log_format=args.log_format) as cluster:
+    with LocalCluster(
+        args.nodes, speeds=speeds, workers=args.workers, log_format=args.log_format, insecure=args.insecure
+    ) as cluster:
         print(f"dispatcher client URL: {cluster.client_url}", flush=True)
         print(f"dispatcher agent URL:  {cluster.agent_url}", flush=True)
+        if cluster.keys_dir is not None:
+            print(f"keys (removed at exit): {cluster.keys_dir}  e.g. Client(url, keys=that folder)", flush=True)
+        else:
+            print("keys: none (--insecure): any user of this machine can reach these ports", flush=True)
         print(f"nodes: {', '.join(cluster.node_names)}  (Ctrl-C to stop)", flush=True)
         stop.wait()
     return 0

@@ -95,10 +95,17 @@ class SagaDispatchExecutor(ParslExecutor):
         plan_timeout_s: float = _DEFAULTS.plan_timeout_s,
         rejoin_grace_s: float = _DEFAULTS.rejoin_grace_s,
         connect_timeout_s: float = _DEFAULTS.connect_timeout_s,
+        keys: str | None = None,
+        insecure: bool = False,
     ) -> None:
+        """``keys``: the key folder for a dispatcher at ``address`` (default ``SAGA_KEYS``); the
+        embedded mode (no ``address``) makes its own. ``insecure``: no keys where they would be
+        required or generated."""
         super().__init__()
         self.label = label
         self.address = address
+        self.keys = keys
+        self.insecure = insecure
         check_scheduler(scheduler)  # an unknown name fails here, in the user's config
         if local_nodes < 1:
             raise ValueError(f"local_nodes must be >= 1, got {local_nodes}")
@@ -190,13 +197,17 @@ class SagaDispatchExecutor(ParslExecutor):
                 speeds=self.local_speeds,
                 workers=self.workers_per_node,
                 log_dir=Path(self.run_dir) / self.label,
+                insecure=self.insecure,
             )
             self.cluster.start()
             address = self.cluster.client_url
+            keys: str | None = str(self.cluster.keys_dir) if self.cluster.keys_dir is not None else ""
         else:
-            address = self.address
+            address, keys = self.address, self.keys
         try:
-            self.client = Client(address, connect_timeout_s=self.config.connect_timeout_s)
+            self.client = Client(
+                address, connect_timeout_s=self.config.connect_timeout_s, keys=keys, insecure=self.insecure
+            )
             self.client.on_node_change(self._node_changed)
             self.client.on_dispatcher_restart(lambda _: self._inbox.put(e.DispatcherRestarted(time.monotonic())))
             self._planner.start()

@@ -14,6 +14,10 @@ Reconnect: a dispatcher silent for ``interval x liveness`` (or one that says RER
 presumed gone: the agent drops its unstarted tasks (the dispatcher re-queued them, or its
 successor will get them from the client), keeps running ones (their results may still win),
 opens a fresh socket and registers again with exponential backoff and jitter.
+
+Keys (``AgentConfig.keys``): the socket is a CURVE client pinning the dispatcher's public key,
+so tasks come from the real dispatcher only. A failed handshake (our key not allowed, or a
+dispatcher holding another key) is logged when the registration is retried, with the reason.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from typing import Final
 import zmq
 
 from dispatcher import protocol as p
+from dispatcher.runtime.curve import HandshakeWatch, use_curve
 from dispatcher.runtime.logs import get_logger
 from dispatcher.runtime.sockets import drain
 from worker_agent.config import AgentConfig
@@ -37,6 +42,8 @@ from worker_agent.pool import WorkerPool
 log = get_logger("agent")
 
 _MAX_POLL_S: Final = 0.1
+_RECONNECT_IVL_MAX_MS: Final = 5000
+"""libzmq's own reconnects back off up to this, so a refused key is not retried ten times a second."""
 
 
 class Phase(Enum):
@@ -55,6 +62,8 @@ class Agent:
         self.phase = Phase.REGISTERING
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self._sock: zmq.Socket[bytes] | None = None
+        self._watch: HandshakeWatch | None = None
+        self._handshake_said: str | None = None
         self._pool: WorkerPool | None = None
         self._poller: zmq.Poller | None = None
         self._polled: tuple[object, list[int]] | None = None
@@ -103,6 +112,8 @@ class Agent:
             while self.phase is not Phase.STOPPED:
                 self._turn()
         finally:
+            if self._watch is not None:
+                self._watch.close()
             if self._sock is not None:
                 self._sock.close(linger=1000)
             self._pool.close()
@@ -135,12 +146,21 @@ class Agent:
 
     def _connect(self, now: float) -> None:
         """A fresh socket (a fresh routing id) and a REGISTER."""
+        self._say_handshake()
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
         if self._sock is not None:
             self._sock.close(linger=0)
         sock: zmq.Socket[bytes] = self._ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, p.MAX_FRAME_BYTES)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, _RECONNECT_IVL_MAX_MS)
+        keys = self.config.keys
+        if keys is not None:
+            use_curve(sock, keys.public, keys.secret, keys.server)
+            self._watch = HandshakeWatch(sock)
         sock.connect(self.config.dispatcher_url)
         self._sock = sock
         self.phase = Phase.REGISTERING
@@ -151,6 +171,14 @@ class Agent:
         self._send(register, now)
         self._retry_at = now + self._backoff_s * random.uniform(1.0, 1.5)
         self._backoff_s = min(self._backoff_s * 2, self.config.reconnect_max_s)
+
+    def _say_handshake(self) -> None:
+        """Log why the last socket's handshakes failed, once per reason (a retry is about to
+        open the next socket, or the registration is still unanswered)."""
+        failure = self._watch.failure() if self._watch is not None else None
+        if failure is not None and failure != self._handshake_said:
+            log.error("dispatcher_handshake_failed", node=self.config.node_name, reason=failure)
+        self._handshake_said = failure
 
     def _lost_dispatcher(self, now: float, reason: str) -> None:
         dropped = len(self._queued)

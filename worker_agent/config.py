@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from dispatcher.protocol import is_node_name
+from dispatcher.runtime import exposure
+from dispatcher.runtime.keys import PeerKeys
 
 NODE_NAME_ENV = "NODE_NAME"
 """Set from the Downward API (``spec.nodeName``) in the DaemonSet; also what workers see."""
@@ -36,6 +38,11 @@ class AgentConfig:
     zygote: str | None = None
     """A worker zygote's socket to fork workers from (the embedded mode's, shared by its agents);
     None: each worker is spawned."""
+    keys: PeerKeys | None = None
+    """The agent's CURVE pair and the dispatcher's public key it pins (``keys.for_agent``);
+    None: no CURVE, so a loopback dispatcher only, unless ``insecure``."""
+    insecure: bool = False
+    """Allow a keyless dispatcher beyond loopback (warned at every start)."""
 
     def __post_init__(self) -> None:
         if self.prefetch is None:
@@ -50,6 +57,7 @@ class AgentConfig:
             raise ValueError(f"pipeline must be >= 0, got {self.pipeline}")
         if not self.speed > 0:
             raise ValueError(f"speed must be > 0, got {self.speed}")
+        exposure.check_connect(self.dispatcher_url, keyed=self.keys is not None, insecure=self.insecure)
 
     @property
     def prefetch_tasks(self) -> int:

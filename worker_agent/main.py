@@ -7,7 +7,9 @@ import os
 
 import structlog
 
+from dispatcher.runtime import exposure
 from dispatcher.runtime.args import env, role_parser
+from dispatcher.runtime.keys import for_agent, resolve_folder
 from dispatcher.runtime.lifeline import die_with_parent
 from worker_agent.agent import Agent
 from worker_agent.config import AgentConfig, resolve_node_name
@@ -43,21 +45,43 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--zygote", default=None, metavar="SOCKET", help="fork workers from this worker zygote (the local cluster's)"
     )
+    parser.add_argument(
+        "--keys",
+        default=None,
+        metavar="DIR",
+        help="CurveZMQ keys: agent-NODE.key_secret or agent.key_secret, and dispatcher.key (env SAGA_KEYS)",
+    )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        default=env("SAGA_INSECURE", "") == "1",
+        help="allow a dispatcher beyond loopback without keys",
+    )
     args = parser.parse_args(argv)
 
     die_with_parent()
     given = {"workers": int(args.workers)} if args.workers is not None else {}
+    node_name = resolve_node_name(args.node_name)
+    folder = resolve_folder(args.keys)
     config = AgentConfig(
         dispatcher_url=args.dispatcher,
-        node_name=resolve_node_name(args.node_name),
+        node_name=node_name,
         prefetch=args.prefetch,
         pipeline=args.pipeline,
         speed=args.speed,
         drain_timeout_s=args.drain_timeout,
         zygote=args.zygote,
+        keys=for_agent(folder, node_name) if folder is not None else None,
+        insecure=args.insecure,
         **given,
     )
     structlog.contextvars.bind_contextvars(node=config.node_name)
+    if config.insecure and config.keys is None:
+        structlog.get_logger("agent").warning(
+            "insecure", dispatcher=config.dispatcher_url, warning=exposure.INSECURE_WARNING
+        )
+    elif config.keys is not None:
+        structlog.get_logger("agent").info("agent_keys", pair=config.keys.name, keys=str(folder))
     agent = Agent(config)
     agent.install_signal_handlers()
     agent.run()

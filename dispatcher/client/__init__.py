@@ -7,6 +7,7 @@ needs none of it.
 
 from dispatcher.client.client import Client, TaskFuture
 from dispatcher.client.errors import (
+    AccessRefused,
     DispatcherUnavailable,
     NodeLost,
     TaskCancelled,
@@ -17,6 +18,7 @@ from dispatcher.client.errors import (
 from dispatcher.runtime.errors import DispatchError
 
 __all__ = [
+    "AccessRefused",
     "Client",
     "DispatchError",
     "DispatcherUnavailable",

@@ -19,6 +19,11 @@ Re-send on reconnect: every unresolved task is kept until it resolves. Whenever 
 welcomes us (after the first HELLO, after it restarted, or after it forgot our routing id), all
 of them are sent again; the dispatcher ignores ids it already holds, and the first result wins
 here too, so no task is lost and no future resolves twice.
+
+Keys (``keys=DIR`` or ``SAGA_KEYS``): the socket is a CURVE client with the client pair of
+``DIR`` (``client-NAME`` with ``key_name``), pinning the dispatcher's public key. A dispatcher
+that refuses the key fails every future with :class:`AccessRefused`; without keys, a
+non-loopback address is refused unless ``insecure=True`` (``runtime.exposure``).
 """
 
 from __future__ import annotations
@@ -37,8 +42,11 @@ from typing import Any, Final, NamedTuple, Self
 import zmq
 
 from dispatcher import protocol as p
-from dispatcher.client.errors import DispatcherUnavailable, TaskCancelled, failure
+from dispatcher.client.errors import AccessRefused, DispatcherUnavailable, TaskCancelled, failure
 from dispatcher.client.outbox import Outbox
+from dispatcher.runtime import exposure
+from dispatcher.runtime import keys as k
+from dispatcher.runtime.curve import KEY_REFUSED, HandshakeWatch, use_curve
 from dispatcher.runtime.logs import get_logger
 from dispatcher.runtime.sockets import drain
 
@@ -48,6 +56,11 @@ _BATCH_TASKS: Final = 2048
 _BATCH_BYTES: Final = 8 * 1024 * 1024
 COALESCE_TASKS: Final = 256
 """Held tasks that make a frame worth sending at once."""
+MAX_PAYLOAD: Final = p.MAX_FRAME_BYTES - 64 * 1024
+"""The largest payload that fits a SUBMIT frame (a larger one resolves REJECTED here: the
+dispatcher's ZeroMQ would drop the frame, and the connection with it)."""
+RECONNECT_IVL_MAX_MS: Final = 5000
+"""libzmq's reconnects back off up to this, so a refused key is not retried ten times a second."""
 
 
 def send_now(*, held: int, acked: bool, waited_s: float, coalesce_s: float) -> bool:
@@ -146,11 +159,21 @@ class Client:
         connect_timeout_s: float = 10.0,
         heartbeat_interval_s: float = 1.0,
         coalesce_s: float = 0.001,
+        keys: str | os.PathLike[str] | None = None,
+        key_name: str | None = None,
+        insecure: bool = False,
     ) -> None:
         """``coalesce_s``: how long a task posted when no result has come back since the last
-        frame may wait to share a frame with the next ones (:func:`send_now`; 0: never)."""
+        frame may wait to share a frame with the next ones (:func:`send_now`; 0: never).
+        ``keys``: the key folder (default ``SAGA_KEYS``); ``key_name``: use its ``client-NAME``
+        pair instead of ``client``; ``insecure``: allow a keyless non-loopback address."""
         if not coalesce_s >= 0:
             raise ValueError(f"coalesce_s must be >= 0, got {coalesce_s!r}")
+        folder = k.resolve_folder(keys)
+        self.keys = k.for_client(folder, key_name) if folder is not None else None
+        """The pair this client authenticates with, and the dispatcher key it pins (None: no CURVE)."""
+        if exposure.check_connect(address, keyed=self.keys is not None, insecure=insecure):
+            log.warning("insecure", address=address, warning=exposure.INSECURE_WARNING)
         self.address = address
         self.coalesce_s = coalesce_s
         self.client_id = client_id or f"client-{uuid.uuid4().hex[:12]}"
@@ -186,8 +209,11 @@ class Client:
         self._thread.start()
         if not self._welcomed.wait(connect_timeout_s) or self._outbox.closed:
             why = self._outbox.closed or f"no dispatcher answered at {address} within {connect_timeout_s:g} s"
+            if self.keys is not None and not self._outbox.closed:
+                why += " (with keys: does the dispatcher there hold the dispatcher.key this client pins?)"
+            refused = self._outbox.closed is not None and self._outbox.closed.startswith(AccessRefused.PREFIX)
             self.close()
-            raise DispatcherUnavailable(why)
+            raise (AccessRefused if refused else DispatcherUnavailable)(why)
 
     # ------------------------------------------------------------------ public API
 
@@ -300,6 +326,9 @@ class Client:
         reason = f"client {self.client_id} closed before the task resolved"
         try:
             self._serve()
+        except AccessRefused as exc:  # expected, and said once: no traceback
+            log.error("client_refused", client_id=self.client_id, reason=str(exc))  # noqa: TRY400
+            self._fail_all(exc)
         except BaseException as exc:
             log.exception("client_io_failed", client_id=self.client_id)
             reason = f"client {self.client_id}'s I/O thread failed: {exc!r}"
@@ -335,15 +364,27 @@ class Client:
             sock.setsockopt(zmq.SNDHWM, 0)
             sock.setsockopt(zmq.RCVHWM, 0)
             sock.setsockopt(zmq.MAXMSGSIZE, p.MAX_FRAME_BYTES)
-            sock.connect(self.address)
-            self._loop(sock)
+            sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
+            watch = None
+            if self.keys is not None:
+                use_curve(sock, self.keys.public, self.keys.secret, self.keys.server)
+                watch = HandshakeWatch(sock)
+            try:
+                sock.connect(self.address)
+                self._loop(sock, watch)
+            finally:
+                if watch is not None:
+                    watch.close()
         finally:
             sock.close(linger=0)
 
-    def _loop(self, sock: zmq.Socket[bytes]) -> None:
+    def _loop(self, sock: zmq.Socket[bytes], watch: HandshakeWatch | None) -> None:
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
+        if watch is not None:
+            poller.register(watch.monitor, zmq.POLLIN)
+        said = None
         hello = p.encode(p.Hello(self.client_id))
         sock.send(hello)
         last_sent = time.monotonic()
@@ -357,6 +398,13 @@ class Client:
                     os.read(self._wake_r, 4096)
             if sock in ready:
                 self._receive(sock)
+            if watch is not None and watch.monitor in ready:
+                failure = watch.failure()
+                if failure == KEY_REFUSED:
+                    raise AccessRefused(f"{AccessRefused.PREFIX}{self.address}: {failure}")
+                if failure is not None and failure != said:
+                    log.error("dispatcher_handshake_failed", client_id=self.client_id, reason=failure)
+                said = failure
             if self._welcomed.is_set() and self._flush(sock):
                 last_sent = time.monotonic()
             if time.monotonic() - last_sent >= self.heartbeat_interval_s:
@@ -397,6 +445,11 @@ class Client:
         batch: list[p.TaskSpec] = []
         for item in items:
             if isinstance(item, _Task):
+                if len(item.spec.payload) > MAX_PAYLOAD:
+                    why = f"task of {len(item.spec.payload)} bytes exceeds the largest frame ({MAX_PAYLOAD} bytes)"
+                    resolution = p.Resolution(item.spec.task_id, p.Outcome.REJECTED, why.encode(), "")
+                    self._settling.append((item.future, resolution))
+                    continue
                 tasks[item.spec.task_id] = _Entry(item.future, item.spec)
                 batch.append(item.spec)
                 continue
@@ -521,5 +574,7 @@ class Client:
     def _error(self, sock: zmq.Socket[bytes], message: p.Error) -> None:
         if message.code is p.ErrorCode.UNKNOWN_CLIENT:
             sock.send(p.encode(p.Hello(self.client_id)))
+        elif message.code is p.ErrorCode.REFUSED:
+            raise AccessRefused(f"{AccessRefused.PREFIX}{self.address}: {message.message}")
         else:
             log.error("dispatcher_error", client_id=self.client_id, code=message.code.name, message=message.message)

@@ -13,6 +13,12 @@ class DispatcherUnavailable(DispatchError):
     """The dispatcher did not answer in time, or the client was closed with tasks outstanding."""
 
 
+class AccessRefused(DispatcherUnavailable):
+    """The dispatcher refused this client: its key is not allowed, or its id belongs to another key."""
+
+    PREFIX = "the dispatcher refused this client at "
+
+
 class TaskFailed(DispatchError):
     """A task ended without a value and without an exception of its own."""
 

@@ -111,6 +111,9 @@ class ErrorCode(IntEnum):
     VERSION_MISMATCH = 2
     """The client speaks a protocol version the dispatcher does not (the message says which it does)."""
     # 3 was BAD_REQUEST, never sent: retired, never to be reused.
+    REFUSED = 4
+    """The dispatcher refuses this request for good (e.g. the client id is bound to another key):
+    saying HELLO again will not help. Sent only to authenticated peers, which speak version 3."""
 
 
 # --------------------------------------------------------------------------- batch items

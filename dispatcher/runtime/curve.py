@@ -85,3 +85,45 @@ def use_curve(sock: zmq.Socket[bytes], public: bytes, secret: bytes, server_publ
     sock.curve_publickey = public
     sock.curve_secretkey = secret
     sock.curve_serverkey = server_public
+
+
+_HANDSHAKE_EVENTS: Final = (
+    zmq.EVENT_HANDSHAKE_SUCCEEDED
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+)
+KEY_REFUSED: Final = "the dispatcher refused our key: it is not on the dispatcher's allow-list for this socket"
+SERVER_KEY_MISMATCH: Final = (
+    "the CURVE handshake failed: the dispatcher at this address does not hold the key we pin "
+    "(dispatcher.key), or it does not use keys"
+)
+
+
+class HandshakeWatch:
+    """What the CURVE handshakes of a connecting socket said, from its libzmq monitor.
+
+    :meth:`failure` is None while nothing went wrong (or the last handshake succeeded), else why
+    the last one failed: :data:`KEY_REFUSED` (the server's ZAP handler said no: fatal for a
+    client) or :data:`SERVER_KEY_MISMATCH` (the server could not read our hello: a wrong pinned
+    key, or a keyless dispatcher). Owned by the thread that owns the socket."""
+
+    def __init__(self, sock: zmq.Socket[bytes]) -> None:
+        self.monitor: zmq.Socket[bytes] = sock.get_monitor_socket(_HANDSHAKE_EVENTS)
+        self._last: str | None = None
+
+    def failure(self) -> str | None:
+        from zmq.utils.monitor import recv_monitor_message
+
+        while self.monitor.poll(0):
+            event = int(recv_monitor_message(self.monitor, zmq.NOBLOCK)["event"])
+            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._last = None
+            elif event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                self._last = KEY_REFUSED
+            else:
+                self._last = SERVER_KEY_MISMATCH
+        return self._last
+
+    def close(self) -> None:
+        self.monitor.close(linger=0)

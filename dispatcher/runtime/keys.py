@@ -124,6 +124,18 @@ class PeerKeys:
     """Which pair: ``agent``, ``agent-NODE``, ``client`` or ``client-NAME``."""
 
 
+ENV: Final = "SAGA_KEYS"
+"""The key folder, where no ``--keys`` or ``keys=`` is given (every entry point honours it)."""
+
+
+def resolve_folder(given: str | os.PathLike[str] | None) -> Path | None:
+    """The key folder to use: ``given``; None: ``$SAGA_KEYS`` if set; "" (or an unset
+    ``SAGA_KEYS``): no keys."""
+    if given is None:
+        given = os.environ.get(ENV, "")
+    return Path(given) if str(given) else None
+
+
 def for_dispatcher(folder: Path) -> ServerKeys:
     public, secret = load_pair(folder, DISPATCHER)
     return ServerKeys(public, secret, allow_list(folder / AGENTS_DIR), allow_list(folder / CLIENTS_DIR))

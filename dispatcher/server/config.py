@@ -7,6 +7,7 @@ what it sets, so the dispatcher's defaults are these and nothing else.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from dispatcher import protocol as p
 
@@ -30,6 +31,9 @@ class CoreConfig:
     """Runtime assumed for a node that has not reported one yet."""
     bad_frame_log_every: int = 1000
     """Log the 1st bad frame and then every n-th, so garbage cannot flood the log."""
+    max_task_bytes: int = 128 * 1024 * 1024
+    """Largest task payload accepted: a larger one resolves REJECTED (frames beyond
+    ``DispatcherConfig.max_frame_bytes`` are dropped by ZeroMQ before they are read)."""
 
     @property
     def expiry_s(self) -> float:
@@ -38,7 +42,8 @@ class CoreConfig:
 
 @dataclass(frozen=True, slots=True)
 class DispatcherConfig:
-    host: str = "0.0.0.0"
+    host: str | None = None
+    """None: 127.0.0.1 without keys, every interface (0.0.0.0) with them (``runtime.exposure``)."""
     client_port: int = CLIENT_PORT
     """0 picks a free port (reported by :meth:`DispatcherService.bind`)."""
     agent_port: int = AGENT_PORT
@@ -46,3 +51,8 @@ class DispatcherConfig:
     """Liveness, grace and stealing settings; ``dispatcher_id`` is set at start."""
     tick_s: float = 0.05
     max_frame_bytes: int = p.MAX_FRAME_BYTES
+    keys: Path | None = None
+    """The key folder (``saga-dispatch keys generate``): CurveZMQ on both sockets. None: no keys,
+    loopback only unless ``insecure``."""
+    insecure: bool = False
+    """Allow a non-loopback bind without keys (warned at every start)."""

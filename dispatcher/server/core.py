@@ -23,6 +23,12 @@ Rules (the invariants ``validate_state()`` checks after every step in tests):
    and only the tasks the agent confirms it had not started, and that are still in flight on
    that agent, leave it. A reply to an unknown or stale request changes nothing else, so a task
    is never dispatched twice by a race. Strict tasks (the default) leave only a dead node.
+9. Identities are bound to keys (with CurveZMQ; without keys every key is "" and nothing is
+   refused). A client id belongs to the key that first said HELLO with it. An agent key bound to
+   a node name (``agents/agent-NAME.key``) registers that node only, and a node with a key of
+   its own is no longer accepted under the shared agent key. When the allow-lists change
+   (``KeysChanged``), a node whose agent's key no longer fits is dropped (DEAD: its work moves
+   on), and a client whose key was revoked is forgotten with its tasks: it gets nothing more.
 6. Bad input never raises out of ``handle``: malformed frames are counted, unknown peers are told
    to register or say hello, invalid submissions resolve as REJECTED. A step that raises all the
    same (a bug) is undone whole by the journal before the exception leaves ``handle``: the
@@ -32,6 +38,7 @@ Rules (the invariants ``validate_state()`` checks after every step in tests):
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping
 from typing import Final, assert_never
 
 from dispatcher import protocol as p
@@ -44,6 +51,7 @@ from dispatcher.server.events import (
     Command,
     Event,
     FrameRejected,
+    KeysChanged,
     Log,
     LogLevel,
     SendToAgent,
@@ -86,6 +94,19 @@ class DispatcherCore:
         self._steal_ids = 0
         self._out: list[Command] = []
         self._now = 0.0
+        self._agent_keys: Mapping[str, str] | None = None
+        """Allowed agent keys -> the node name each is bound to ("" for the shared key); None: no keys."""
+        self._bound_names: frozenset[str] = frozenset()
+        """Nodes that have a key of their own: the shared agent key cannot register them."""
+        self._client_key_set: frozenset[str] | None = None
+        self._node_keys: dict[str, str] = {}
+        """Node name -> the key its current agent registered with."""
+        self._client_keys: dict[str, str] = {}
+        """Client id -> the key that first said HELLO with it (kept after a revocation, so the id
+        stays taken)."""
+        self.clients_refused = 0
+        self.agents_refused = 0
+        """Registrations refused for a key that does not fit the node name (impersonation)."""
 
     # ------------------------------------------------------------------ entry point
 
@@ -96,7 +117,7 @@ class DispatcherCore:
         exception propagates; the state is as it was and no command was issued."""
         self._out = out = list[Command]()
         journal = self.journal
-        before = (self._now, self._counters())
+        before = (self._now, self._counters(), self._agent_keys, self._bound_names, self._client_key_set)
         journal.begin()
         self._now = event.now
         try:
@@ -109,12 +130,14 @@ class DispatcherCore:
                     self._handle_ticked(event)
                 case FrameRejected():
                     self._handle_frame_rejected(event)
+                case KeysChanged():
+                    self._handle_keys_changed(event)
                 case _:  # pragma: no cover - the Event union is closed
                     assert_never(event)
             self._check_step()
         except BaseException:
             journal.rollback()
-            self._now, counters = before
+            self._now, counters, self._agent_keys, self._bound_names, self._client_key_set = before
             self._set_counters(counters)
             self._out = []
             raise
@@ -129,13 +152,13 @@ class DispatcherCore:
     def _counters(self) -> tuple[int, ...]:
         return (
             self.tasks_submitted, self.tasks_resolved, self.duplicates_dropped, self.bad_frames,
-            self.tasks_stolen, self._soft, self._steal_ids,
+            self.tasks_stolen, self._soft, self._steal_ids, self.clients_refused, self.agents_refused,
         )  # fmt: skip
 
     def _set_counters(self, counters: tuple[int, ...]) -> None:
         (
             self.tasks_submitted, self.tasks_resolved, self.duplicates_dropped, self.bad_frames,
-            self.tasks_stolen, self._soft, self._steal_ids,
+            self.tasks_stolen, self._soft, self._steal_ids, self.clients_refused, self.agents_refused,
         ) = counters  # fmt: skip
 
     # ------------------------------------------------------------------ small helpers
@@ -271,7 +294,7 @@ class DispatcherCore:
     def _agent_message(self, event: AgentMessageReceived) -> None:
         message = event.message
         if type(message) is p.Register:
-            self._handle_register(event.peer, message)
+            self._handle_register(event.peer, message, event.key)
             return
         node = self._agents.get(event.peer)
         if node is None or node.state not in CONNECTED:
@@ -309,7 +332,7 @@ class DispatcherCore:
             case _:  # pragma: no cover - the AgentMessage union is closed
                 assert_never(message)
 
-    def _handle_register(self, peer: bytes, message: p.Register) -> None:
+    def _handle_register(self, peer: bytes, message: p.Register, key: str) -> None:
         name = message.node_name
         refusal = None
         node = self.nodes.get(name)
@@ -317,6 +340,8 @@ class DispatcherCore:
             refusal = f"protocol version {message.protocol_version}; the dispatcher speaks {_SPOKEN}"
         elif not p.is_node_name(name):
             refusal = f"{name!r} is not a valid Kubernetes node name (RFC 1123 subdomain)"
+        elif (refusal := _key_refusal(self._agent_keys, self._bound_names, name, key)) is not None:
+            self.agents_refused += 1
         elif node is not None and node.state in CONNECTED and node.agent_id != message.agent_id:
             refusal = f"node {name} is already registered by live agent {node.agent_id}"
         elif node is None and len(self.nodes) >= self.config.max_nodes:
@@ -355,6 +380,9 @@ class DispatcherCore:
             )
         journal.keep(self._agents, peer)
         self._agents[peer] = node
+        if self._node_keys.get(name) != key:
+            journal.keep(self._node_keys, name)
+            self._node_keys[name] = key
         cfg = self.config
         self._to_agent(
             node,
@@ -452,7 +480,7 @@ class DispatcherCore:
     def _client_message(self, event: ClientMessageReceived) -> None:
         message = event.message
         if type(message) is p.Hello:
-            self._handle_hello(event.peer, message)
+            self._handle_hello(event.peer, message, event.key)
             return
         client_id = self._client_ids.get(event.peer)
         if client_id is None:
@@ -477,13 +505,23 @@ class DispatcherCore:
             case _:  # pragma: no cover - the ClientMessage union is closed
                 assert_never(message)
 
-    def _handle_hello(self, peer: bytes, message: p.Hello) -> None:
+    def _handle_hello(self, peer: bytes, message: p.Hello, key: str) -> None:
         if message.protocol_version not in p.SUPPORTED_VERSIONS:
             text = f"protocol version {message.protocol_version}; the dispatcher speaks {_SPOKEN}"
             self._out.append(SendToClient(peer, p.Error(p.ErrorCode.VERSION_MISMATCH, text)))
             return
-        old_peer = self._clients.get(message.client_id)
         journal = self.journal
+        bound = self._client_keys.get(message.client_id)
+        if bound is not None and bound != key:  # another key: it may not take over this id's results
+            self.clients_refused += 1
+            self._log("client_refused", "warning", client_id=message.client_id, reason="id bound to another key")
+            text = f"client id {message.client_id} belongs to another key: choose another id"
+            self._out.append(SendToClient(peer, p.Error(p.ErrorCode.REFUSED, text)))
+            return
+        if bound is None:
+            journal.keep(self._client_keys, message.client_id)
+            self._client_keys[message.client_id] = key
+        old_peer = self._clients.get(message.client_id)
         if old_peer is not None and old_peer != peer and old_peer in self._client_ids:
             journal.keep(self._client_ids, old_peer)
             del self._client_ids[old_peer]
@@ -500,9 +538,14 @@ class DispatcherCore:
         touched: dict[str, NodeActor] = {}
         to_pool = False
         rejected: list[p.Resolution] = []
+        max_bytes = self.config.max_task_bytes
         for spec in message.tasks:
             key = (client_id, spec.task_id)
             if key in tasks:  # a re-send of a task we already hold
+                continue
+            if len(spec.payload) > max_bytes:
+                why = f"task of {len(spec.payload)} bytes exceeds the dispatcher's limit of {max_bytes} bytes"
+                rejected.append(p.Resolution(spec.task_id, p.Outcome.REJECTED, why.encode(), ""))
                 continue
             name = spec.node_name
             queue = self.pool
@@ -711,6 +754,44 @@ class DispatcherCore:
         self.tasks_stolen += len(moved)
         self._pump_pool()
 
+    def _handle_keys_changed(self, event: KeysChanged) -> None:
+        agents, clients = event.agents, event.clients
+        bound = frozenset(name for name in agents.values() if name)
+        for name, key in list(self._node_keys.items()):
+            node = self.nodes[name]
+            if node.state in CONNECTED and (why := _key_refusal(agents, bound, name, key)) is not None:
+                self.journal.save(node)
+                self._drop_agent(node.peer)
+                self._declare_dead(node, f"its agent's key no longer fits: {why}")
+                node.peer = None
+        revoked = {client_id for client_id, key in self._client_keys.items() if key not in clients}
+        for client_id in revoked & self._clients.keys():
+            self._revoke_client(client_id)
+        self._log("keys_changed", agent_keys=len(agents), bound_nodes=len(bound), client_keys=len(clients))
+        self._agent_keys, self._bound_names, self._client_key_set = agents, bound, clients
+
+    def _revoke_client(self, client_id: str) -> None:
+        """The client's key was revoked: forget its connection and its tasks (cancelled where they
+        run); it is told nothing, and its id stays bound to the revoked key."""
+        journal = self.journal
+        peer = self._clients[client_id]
+        journal.keep(self._clients, client_id)
+        del self._clients[client_id]
+        if peer in self._client_ids:
+            journal.keep(self._client_ids, peer)
+            del self._client_ids[peer]
+        records = [record for key, record in self.tasks.items() if key[0] == client_id]
+        to_agents: dict[str, list[p.TaskRef]] = defaultdict(list)
+        for record in records:
+            if record.holder is not None:
+                to_agents[record.holder].append(p.TaskRef(*record.key))
+            self._forget(record)
+        for name, refs in to_agents.items():
+            node = self.nodes[name]
+            if node.state in CONNECTED:
+                self._to_agent(node, p.CancelTasks(tuple(refs)))
+        self._log("client_revoked", "warning", client_id=client_id, tasks_dropped=len(records))
+
     def _handle_frame_rejected(self, event: FrameRejected) -> None:
         if event.version is not None and event.peer:  # readable, but a version we do not speak: say so
             reason = f"{event.reason} (dispatcher {self.config.dispatcher_id})"
@@ -730,3 +811,18 @@ class DispatcherCore:
         from dispatcher.server.invariants import check
 
         check(self)
+
+
+def _key_refusal(agents: Mapping[str, str] | None, bound: frozenset[str], name: str, key: str) -> str | None:
+    """Why the agent key ``key`` may not register node ``name`` (rule 9), or None. ``agents`` is
+    the allow-list (key -> bound node name, "" for the shared key); None: no keys in use."""
+    if agents is None:
+        return None
+    owner = agents.get(key)
+    if owner is None:
+        return "this agent's key is not on the dispatcher's allow-list"
+    if owner and owner != name:
+        return f"this agent's key belongs to node {owner}, not {name}"
+    if not owner and name in bound:
+        return f"node {name} has a key of its own; the shared agent key cannot register it"
+    return None

@@ -6,6 +6,7 @@ Events carry the time as data (``now``, seconds on the shell's monotonic clock) 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -22,6 +23,8 @@ class AgentMessageReceived:
     message: AgentMessage
     now: float
     stimulus_id: str = ""
+    key: str = ""
+    """The public key (Z85) the peer authenticated with; "" without keys."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +35,8 @@ class ClientMessageReceived:
     message: ClientMessage
     now: float
     stimulus_id: str = ""
+    key: str = ""
+    """The public key (Z85) the peer authenticated with; "" without keys."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +61,21 @@ class Ticked:
     stimulus_id: str = ""
 
 
-Event = AgentMessageReceived | ClientMessageReceived | FrameRejected | Ticked
+@dataclass(frozen=True, slots=True)
+class KeysChanged:
+    """The allow-lists were (re)loaded: these keys may connect from now on, and no others.
+
+    ``agents`` maps each agent key to the node name it is bound to ("" for the shared agent key);
+    ``clients`` is the client keys. Peers whose key left a list get nothing more: their frames
+    are dropped by the shell, and the core forgets them here."""
+
+    agents: Mapping[str, str]
+    clients: frozenset[str]
+    now: float
+    stimulus_id: str = ""
+
+
+Event = AgentMessageReceived | ClientMessageReceived | FrameRejected | Ticked | KeysChanged
 
 # --------------------------------------------------------------------------- commands
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from dispatcher.runtime.args import env, role_parser
 from dispatcher.runtime.lifeline import die_with_parent
 from dispatcher.server.config import AGENT_PORT, CLIENT_PORT, CoreConfig, DispatcherConfig
@@ -9,9 +11,33 @@ from dispatcher.server.service import DispatcherService
 
 
 def main(argv: list[str]) -> int:
-    defaults, core = DispatcherConfig(), CoreConfig()
+    core = CoreConfig()
     parser = role_parser("dispatcher", "run the dispatcher service")
-    parser.add_argument("--host", default=env("SAGA_HOST", defaults.host), help="address to bind (env SAGA_HOST)")
+    parser.add_argument(
+        "--host",
+        default=env("SAGA_HOST", "") or None,
+        help="address to bind (env SAGA_HOST; default 127.0.0.1 without keys, 0.0.0.0 with them)",
+    )
+    parser.add_argument(
+        "--keys",
+        type=Path,
+        default=env("SAGA_KEYS", "") or None,
+        metavar="DIR",
+        help="CurveZMQ key folder from saga-dispatch keys generate (env SAGA_KEYS)",
+    )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        default=env("SAGA_INSECURE", "") == "1",
+        help="allow binding beyond loopback without keys (anyone reaching the ports runs code on every node)",
+    )
+    parser.add_argument(
+        "--max-task-bytes",
+        type=int,
+        default=core.max_task_bytes,
+        metavar="BYTES",
+        help="a larger task payload resolves REJECTED",
+    )
     parser.add_argument("--client-port", type=int, default=int(env("SAGA_CLIENT_PORT", str(CLIENT_PORT))))
     parser.add_argument("--agent-port", type=int, default=int(env("SAGA_AGENT_PORT", str(AGENT_PORT))))
     parser.add_argument("--heartbeat-interval", type=float, default=core.heartbeat_interval_s, metavar="SECONDS")
@@ -32,8 +58,13 @@ def main(argv: list[str]) -> int:
         client_port=args.client_port,
         agent_port=args.agent_port,
         core=CoreConfig(
-            heartbeat_interval_s=args.heartbeat_interval, liveness=args.liveness, pending_grace_s=args.pending_grace
+            heartbeat_interval_s=args.heartbeat_interval,
+            liveness=args.liveness,
+            pending_grace_s=args.pending_grace,
+            max_task_bytes=args.max_task_bytes,
         ),
+        keys=args.keys,
+        insecure=args.insecure,
     )
     service = DispatcherService(config)
     service.install_signal_handlers()

@@ -7,6 +7,11 @@ batches merged (``protocol.coalesce``), so a burst of events costs a frame per p
 Nothing a peer sends can stop the loop: undecodable frames become ``FrameRejected`` events,
 and an event the core raises on is rejected: the core undid the step, nothing is sent, the
 rejection is counted and logged with its stimulus id.
+
+Who may send anything is :class:`Access`'s (``access.py``): with keys, both sockets are CURVE
+servers, a peer that fails the handshake never reaches this loop, and a message whose key was
+revoked is dropped before it is decoded. The one thing that stops the loop is the ZAP handler
+dying (``GateDied``): serving on would let every CURVE client in.
 """
 
 from __future__ import annotations
@@ -20,14 +25,16 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable
-from typing import Final, Literal, get_args
+from collections.abc import Callable, Sequence
+from typing import Final, get_args
 
 import zmq
 
 from dispatcher import protocol as p
+from dispatcher.runtime import exposure
 from dispatcher.runtime.logs import get_logger
 from dispatcher.runtime.sockets import drain
+from dispatcher.server.access import Access, Side
 from dispatcher.server.config import DispatcherConfig
 from dispatcher.server.core import DispatcherCore
 from dispatcher.server.events import (
@@ -48,10 +55,11 @@ _AGENT_TYPES: Final = get_args(p.AgentMessage)
 """What an agent may send: derived from the contract, so a new message cannot be forgotten here."""
 _CLIENT_TYPES: Final = get_args(p.ClientMessage)
 """What a client may send."""
-Side = Literal["agent", "client"]
 _MAX_OLDER_PEERS: Final = 100_000
 _READ_BURST: Final = 256
 """Frames read from one socket before looking at the other and at the clock (fairness)."""
+KEYS_CHECK_S: Final = 1.0
+"""How often the allow-list folders are looked at for added or revoked keys."""
 
 
 def _after_rejection(event: Event) -> list[Command]:
@@ -79,6 +87,12 @@ class DispatcherService:
         self._stimuli = itertools.count()
         self._stop = threading.Event()
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+        self.access = Access(self._ctx, config.keys, config.core.bad_frame_log_every)
+        """Reads the keys now, so a bad key file fails the start with a clear error."""
+        self.host = config.host or exposure.default_host(self.access.keyed)
+        self.insecure = exposure.check_bind(self.host, keyed=self.access.keyed, insecure=config.insecure)
+        self._reload_asked = False
+        """Set by SIGHUP (a signal handler runs on this thread, between bytecodes)."""
         self._agents = self._router()
         self._clients = self._router()
         self.client_port = 0
@@ -102,8 +116,16 @@ class DispatcherService:
     # ------------------------------------------------------------------ lifecycle
 
     def bind(self) -> tuple[int, int]:
-        """Bind both sockets; returns (client_port, agent_port), resolving port 0."""
-        host = self.config.host
+        """Bind both sockets, CURVE first where there are keys; returns (client_port,
+        agent_port), resolving port 0."""
+        host = self.host
+        if self.insecure:
+            log.warning("insecure", host=host, warning=exposure.INSECURE_WARNING)
+        self.access.secure(self._clients, "client")
+        self.access.secure(self._agents, "agent")
+        initial = self.access.initial_event(self._clock())
+        if initial is not None:
+            self._step(initial)
         self.client_port = self._bind(self._clients, host, self.config.client_port)
         self.agent_port = self._bind(self._agents, host, self.config.agent_port)
         log.info(
@@ -111,6 +133,8 @@ class DispatcherService:
             dispatcher_id=self.dispatcher_id,
             client_url=self.url(self.client_port),
             agent_url=self.url(self.agent_port),
+            curve=self.access.keyed,
+            keys=str(self.config.keys) if self.config.keys else None,
         )
         return self.client_port, self.agent_port
 
@@ -122,7 +146,7 @@ class DispatcherService:
         return port
 
     def url(self, port: int) -> str:
-        host = "127.0.0.1" if self.config.host in ("0.0.0.0", "*") else self.config.host
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "*") else self.host
         return f"tcp://{host}:{port}"
 
     def announcement(self) -> str:
@@ -141,10 +165,17 @@ class DispatcherService:
         self._stop.set()
 
     def install_signal_handlers(self) -> None:
+        """SIGTERM and SIGINT stop; SIGHUP re-reads the allow-lists."""
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stop())
+        signal.signal(signal.SIGHUP, lambda *_: self.request_reload())
+
+    def request_reload(self) -> None:
+        """Re-read the allow-list folders at the next tick (what SIGHUP does)."""
+        self._reload_asked = True
 
     def close(self) -> None:
+        self.access.close()
         self._agents.close(linger=0)
         self._clients.close(linger=0)
 
@@ -157,8 +188,12 @@ class DispatcherService:
         poller = zmq.Poller()
         poller.register(self._agents, zmq.POLLIN)
         poller.register(self._clients, zmq.POLLIN)
+        access = self.access
+        for monitor in access.monitors:
+            poller.register(monitor, zmq.POLLIN)
         tick_s = self.config.tick_s
         next_tick = self._clock() + tick_s
+        next_keys_check = self._clock() + KEYS_CHECK_S
         try:
             while not self._stop.is_set():
                 # Rounded up: rounding down would spin through the last millisecond before a tick.
@@ -168,10 +203,16 @@ class DispatcherService:
                     self._read(self._agents, "agent")
                 if self._clients in ready:
                     self._read(self._clients, "client")
+                if len(ready) > (self._agents in ready) + (self._clients in ready):
+                    access.read_monitors(ready)
                 now = self._clock()
                 if now >= next_tick:
+                    access.check()
                     self._step(Ticked(now, f"tick-{next(self._stimuli)}"))
                     next_tick = now + tick_s
+                    if self._reload_asked or now >= next_keys_check:
+                        self._reload_keys(now)
+                        next_keys_check = now + KEYS_CHECK_S
                 self._flush()
         finally:
             self._flush()
@@ -180,8 +221,20 @@ class DispatcherService:
                 tasks_submitted=self.core.tasks_submitted,
                 tasks_resolved=self.core.tasks_resolved,
                 unresolved=len(self.core.tasks),
+                bad_frames=self.core.bad_frames,
+                clients_refused=self.core.clients_refused,
+                agents_refused=self.core.agents_refused,
+                **access.counters.fields(),
             )
             self.close()
+
+    def _reload_keys(self, now: float) -> None:
+        asked, self._reload_asked = self._reload_asked, False
+        if not asked and not self.access.changed():
+            return
+        event = self.access.reload(now, "SIGHUP" if asked else "the allow-list folders changed")
+        if event is not None:
+            self._step(event)
 
     def _read(self, sock: zmq.Socket[bytes], side: Side) -> None:
         """Read up to a burst of frames from one socket and feed them to the core: at most
@@ -189,6 +242,9 @@ class DispatcherService:
         keeps agents' heartbeats unread long enough to declare their nodes dead."""
         clock = self._clock
         until = clock() + self.config.tick_s
+        if self.access.keyed:
+            self._read_keyed(sock, side)
+            return
         for frames in itertools.islice(drain(sock, sock.recv_multipart), _READ_BURST):
             now = clock()
             event, version = self._event(side, frames, now, f"{side}-{next(self._stimuli)}")
@@ -198,8 +254,33 @@ class DispatcherService:
             if now >= until:
                 return
 
+    def _read_keyed(self, sock: zmq.Socket[bytes], side: Side) -> None:
+        """:meth:`_read` with CURVE: each message is read as frames, to learn the key it came
+        with (its User-Id), and one whose key was revoked is dropped unread."""
+        clock = self._clock
+        until = clock() + self.config.tick_s
+        admit = self.access.admit
+
+        def recv(flags: int) -> list[zmq.Frame]:
+            return sock.recv_multipart(flags, copy=False)
+
+        for frames in itertools.islice(drain(sock, recv), _READ_BURST):
+            now = clock()
+            key = admit(side, frames[-1])
+            if key is not None:
+                peer = frames[0].bytes
+                parts: list[bytes | memoryview] = [peer, *(frame.buffer for frame in frames[1:])]
+                event, version = self._event(side, parts, now, f"{side}-{next(self._stimuli)}", key)
+                if version is not None:
+                    self._note_version(sock, peer, version)
+                self._step(event)
+            if now >= until:
+                return
+
     @staticmethod
-    def _event(side: Side, frames: list[bytes], now: float, stimulus_id: str) -> tuple[Event, int | None]:
+    def _event(
+        side: Side, frames: Sequence[bytes | memoryview], now: float, stimulus_id: str, key: str = ""
+    ) -> tuple[Event, int | None]:
         """The event for one ROUTER message (a decoded message, or a rejection saying why not),
         and the protocol version it was written in when it decoded."""
         if len(frames) != 2:
@@ -209,13 +290,13 @@ class DispatcherService:
             version, message = p.decode_versioned(frames[1])
         except p.VersionError as exc:
             seen = exc.version if type(exc.version) is int else -1
-            return FrameRejected(side, str(exc), now, stimulus_id, frames[0], seen), None
+            return FrameRejected(side, str(exc), now, stimulus_id, bytes(frames[0]), seen), None
         except p.ProtocolError as exc:
             return FrameRejected(side, str(exc), now, stimulus_id), None
         if side == "agent" and isinstance(message, _AGENT_TYPES):
-            return AgentMessageReceived(frames[0], message, now, stimulus_id), version
+            return AgentMessageReceived(bytes(frames[0]), message, now, stimulus_id, key), version
         if side == "client" and isinstance(message, _CLIENT_TYPES):
-            return ClientMessageReceived(frames[0], message, now, stimulus_id), version
+            return ClientMessageReceived(bytes(frames[0]), message, now, stimulus_id, key), version
         reason = f"{p.op_of(message).name} is not a message a {side} sends"
         return FrameRejected(side, reason, now, stimulus_id), None
 
