@@ -2,7 +2,8 @@
 
     ip netns exec <hub> python -m chaos.run --seed S --spec '<json>'
 
-Starts a dispatcher here and an agent in each node namespace, runs a seeded DAG through
+Starts a dispatcher here and an agent in each node namespace (with CurveZMQ keys generated for
+the run, a pair bound to each node's name: the dispatcher binds beyond loopback), runs a seeded DAG through
 SagaDispatchExecutor while a thread injects the seeded faults, and prints one JSON line: tasks,
 lost, wrong values, resolved twice, strict-affinity violations, and recovery times.
 """
@@ -13,6 +14,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -33,9 +35,10 @@ CLIENT_PORT, AGENT_PORT = 5560, 5561
 class Cluster:
     """The dispatcher (here, in the hub namespace) and one agent per node namespace."""
 
-    def __init__(self, spec: dict[str, Any], log_dir: Path) -> None:
+    def __init__(self, spec: dict[str, Any], log_dir: Path, keys_dir: Path) -> None:
         self.spec = spec
         self.log_dir = log_dir
+        self.keys_dir = keys_dir
         self.dispatcher: subprocess.Popen[bytes] | None = None
         self.agents: dict[str, subprocess.Popen[bytes]] = {}
         self.stopped: set[str] = set()
@@ -52,6 +55,7 @@ class Cluster:
         self.dispatcher = self._spawn("dispatcher", [
             sys.executable, "-m", "dispatcher", "--log-format", "json", "dispatcher",
             "--host", "0.0.0.0", "--client-port", str(CLIENT_PORT), "--agent-port", str(AGENT_PORT),
+            "--keys", str(self.keys_dir),
         ])  # fmt: skip
 
     def start_agent(self, i: int) -> None:
@@ -59,7 +63,7 @@ class Cluster:
         self.agents[name] = self._spawn(name, [
             "ip", "netns", "exec", ns, sys.executable, "-m", "dispatcher", "--log-format", "json", "agent",
             "--dispatcher", f"tcp://{self.spec['hub_ip']}:{AGENT_PORT}", "--node-name", name,
-            "--workers", "1", "--prefetch", "1", "--speed", repr(speed),
+            "--workers", "1", "--prefetch", "1", "--speed", repr(speed), "--keys", str(self.keys_dir),
         ])  # fmt: skip
 
     @staticmethod
@@ -118,23 +122,26 @@ def run(spec: dict[str, Any], seed: int, tasks: int, log_dir: Path) -> dict[str,
     from parsl import Config, python_app
 
     from dispatcher import Client
+    from dispatcher.runtime import keys
     from parsl_adapter import SagaDispatchExecutor
 
-    cluster = Cluster(spec, log_dir)
     names: list[str] = spec["names"]
+    keys_dir = Path(tempfile.mkdtemp(prefix="saga-chaos-keys-"))
+    keys.generate(keys_dir, nodes=names)
+    cluster = Cluster(spec, log_dir, keys_dir)
     faults = plan_faults(seed, names, spec["window_s"])
     injected: list[dict[str, Any]] = []
     cluster.start_dispatcher()
     try:
         for i in range(len(names)):
             cluster.start_agent(i)
-        with Client(f"tcp://127.0.0.1:{CLIENT_PORT}", connect_timeout_s=30) as probe:
+        with Client(f"tcp://127.0.0.1:{CLIENT_PORT}", connect_timeout_s=30, keys=keys_dir) as probe:
             deadline = time.monotonic() + 60
             while sum(n.state == "alive" for n in probe.nodes()) < len(names):
                 if time.monotonic() > deadline:
                     raise RuntimeError("agents did not register")
                 time.sleep(0.05)
-        ex = SagaDispatchExecutor(address=f"tcp://127.0.0.1:{CLIENT_PORT}", connect_timeout_s=30)
+        ex = SagaDispatchExecutor(address=f"tcp://127.0.0.1:{CLIENT_PORT}", connect_timeout_s=30, keys=str(keys_dir))
         dag = workload.dag(tasks, seed)
         with (
             tempfile.TemporaryDirectory() as run_dir,
@@ -163,6 +170,7 @@ def run(spec: dict[str, Any], seed: int, tasks: int, log_dir: Path) -> dict[str,
             replans = sum(1 for p in ex.plans if "replan_of" in p)
     finally:
         cluster.stop_all()
+        shutil.rmtree(keys_dir, ignore_errors=True)
         for i in range(len(names)):
             with contextlib.suppress(subprocess.CalledProcessError):
                 _link(i, up=True)

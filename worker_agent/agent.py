@@ -160,7 +160,7 @@ class Agent:
         keys = self.config.keys
         if keys is not None:
             use_curve(sock, keys.public, keys.secret, keys.server)
-            self._watch = HandshakeWatch(sock)
+        self._watch = HandshakeWatch(sock, keyed=keys is not None)
         sock.connect(self.config.dispatcher_url)
         self._sock = sock
         self.phase = Phase.REGISTERING

@@ -46,7 +46,7 @@ from dispatcher.client.errors import AccessRefused, DispatcherUnavailable, TaskC
 from dispatcher.client.outbox import Outbox
 from dispatcher.runtime import exposure
 from dispatcher.runtime import keys as k
-from dispatcher.runtime.curve import KEY_REFUSED, HandshakeWatch, use_curve
+from dispatcher.runtime.curve import KEY_REFUSED, KEYS_REQUIRED, HandshakeWatch, use_curve
 from dispatcher.runtime.logs import get_logger
 from dispatcher.runtime.sockets import drain
 
@@ -365,25 +365,22 @@ class Client:
             sock.setsockopt(zmq.RCVHWM, 0)
             sock.setsockopt(zmq.MAXMSGSIZE, p.MAX_FRAME_BYTES)
             sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
-            watch = None
             if self.keys is not None:
                 use_curve(sock, self.keys.public, self.keys.secret, self.keys.server)
-                watch = HandshakeWatch(sock)
+            watch = HandshakeWatch(sock, keyed=self.keys is not None)
             try:
                 sock.connect(self.address)
                 self._loop(sock, watch)
             finally:
-                if watch is not None:
-                    watch.close()
+                watch.close()
         finally:
             sock.close(linger=0)
 
-    def _loop(self, sock: zmq.Socket[bytes], watch: HandshakeWatch | None) -> None:
+    def _loop(self, sock: zmq.Socket[bytes], watch: HandshakeWatch) -> None:
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
-        if watch is not None:
-            poller.register(watch.monitor, zmq.POLLIN)
+        poller.register(watch.monitor, zmq.POLLIN)
         said = None
         hello = p.encode(p.Hello(self.client_id))
         sock.send(hello)
@@ -398,9 +395,9 @@ class Client:
                     os.read(self._wake_r, 4096)
             if sock in ready:
                 self._receive(sock)
-            if watch is not None and watch.monitor in ready:
+            if watch.monitor in ready:
                 failure = watch.failure()
-                if failure == KEY_REFUSED:
+                if failure in (KEY_REFUSED, KEYS_REQUIRED):
                     raise AccessRefused(f"{AccessRefused.PREFIX}{self.address}: {failure}")
                 if failure is not None and failure != said:
                     log.error("dispatcher_handshake_failed", client_id=self.client_id, reason=failure)

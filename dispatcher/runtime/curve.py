@@ -98,18 +98,21 @@ SERVER_KEY_MISMATCH: Final = (
     "the CURVE handshake failed: the dispatcher at this address does not hold the key we pin "
     "(dispatcher.key), or it does not use keys"
 )
+KEYS_REQUIRED: Final = "the dispatcher requires CurveZMQ keys: give the key folder (--keys DIR, keys=DIR or SAGA_KEYS)"
 
 
 class HandshakeWatch:
-    """What the CURVE handshakes of a connecting socket said, from its libzmq monitor.
+    """What the handshakes of a connecting socket said, from its libzmq monitor.
 
     :meth:`failure` is None while nothing went wrong (or the last handshake succeeded), else why
-    the last one failed: :data:`KEY_REFUSED` (the server's ZAP handler said no: fatal for a
-    client) or :data:`SERVER_KEY_MISMATCH` (the server could not read our hello: a wrong pinned
-    key, or a keyless dispatcher). Owned by the thread that owns the socket."""
+    the last one failed: :data:`KEY_REFUSED` (the dispatcher's ZAP handler said no),
+    :data:`KEYS_REQUIRED` (we have no keys and it wants CURVE) — both final for a client — or
+    :data:`SERVER_KEY_MISMATCH` (it could not read our CURVE hello: a wrong pinned key, or a
+    keyless dispatcher). Owned by the thread that owns the socket."""
 
-    def __init__(self, sock: zmq.Socket[bytes]) -> None:
+    def __init__(self, sock: zmq.Socket[bytes], *, keyed: bool) -> None:
         self.monitor: zmq.Socket[bytes] = sock.get_monitor_socket(_HANDSHAKE_EVENTS)
+        self.keyed = keyed
         self._last: str | None = None
 
     def failure(self) -> str | None:
@@ -122,7 +125,7 @@ class HandshakeWatch:
             elif event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
                 self._last = KEY_REFUSED
             else:
-                self._last = SERVER_KEY_MISMATCH
+                self._last = SERVER_KEY_MISMATCH if self.keyed else KEYS_REQUIRED
         return self._last
 
     def close(self) -> None:

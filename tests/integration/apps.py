@@ -57,3 +57,9 @@ def crash_leaving_grandchild(pid_file: str, code: int) -> None:
         os._exit(0)
     Path(pid_file).write_text(str(child))
     os._exit(code)
+
+
+def probe(path: str) -> str:
+    """What an attacker's task would do: leave a mark. A refused probe leaves none."""
+    Path(path).write_text(os.environ.get("NODE_NAME", "?"))
+    return path

@@ -15,6 +15,7 @@ from dispatcher.server.events import (
     ClientMessageReceived,
     Command,
     FrameRejected,
+    KeysChanged,
     Log,
     SendToAgent,
     SendToClient,
@@ -49,6 +50,11 @@ def fingerprint(core: DispatcherCore) -> Any:
         sorted(core._clients.items()),
         sorted(core._client_ids.items()),
         sorted(core._steals.items()),
+        sorted(core._node_keys.items()),
+        sorted(core._client_keys.items()),
+        None if core._agent_keys is None else sorted(core._agent_keys.items()),
+        sorted(core._bound_names),
+        None if core._client_key_set is None else sorted(core._client_key_set),
         core._counters(),
         core._now,
     )
@@ -92,11 +98,15 @@ class Transcript:
         assert after == before, "a failed step left changes behind"
         self.core.validate_state()
 
-    def agent(self, peer: bytes, message: Any, at: float | None = None) -> list[Command]:
-        return self._step(AgentMessageReceived(peer, message, self.now if at is None else at, "t"))
+    def agent(self, peer: bytes, message: Any, at: float | None = None, key: str = "") -> list[Command]:
+        return self._step(AgentMessageReceived(peer, message, self.now if at is None else at, "t", key))
 
-    def client(self, message: Any, at: float | None = None, peer: bytes = CLIENT) -> list[Command]:
-        return self._step(ClientMessageReceived(peer, message, self.now if at is None else at, "t"))
+    def client(self, message: Any, at: float | None = None, peer: bytes = CLIENT, key: str = "") -> list[Command]:
+        return self._step(ClientMessageReceived(peer, message, self.now if at is None else at, "t", key))
+
+    def keys(self, agents: dict[str, str], clients: set[str]) -> list[Command]:
+        """The allow-lists (re)loaded: agent key -> bound node name ("" shared), client keys."""
+        return self._step(KeysChanged(agents, frozenset(clients), self.now, "keys"))
 
     def tick(self, at: float) -> list[Command]:
         return self._step(Ticked(at, "tick"))
