@@ -26,6 +26,11 @@ def saga(workers: int, *, logging: bool, **kwargs: Any) -> Config:
     return Config(executors=[ex], initialize_logging=logging)
 
 
+def saga_insecure(workers: int, *, logging: bool) -> Config:
+    """saga-dispatch without CurveZMQ (``insecure=True``): what the encryption costs, side by side."""
+    return saga(workers, logging=logging, insecure=True)
+
+
 def htex(workers: int, *, logging: bool) -> Config:
     # HTEX caps workers at the core count unless cores_per_worker is lowered.
     cores = os.cpu_count() or 1
@@ -43,7 +48,12 @@ def threads(workers: int, *, logging: bool) -> Config:
     return Config(executors=[ThreadPoolExecutor(label="bench", max_threads=workers)], initialize_logging=logging)
 
 
-CONTENDERS: dict[str, Factory] = {"saga-dispatch": saga, "htex": htex, "threadpool": threads}
+CONTENDERS: dict[str, Factory] = {
+    "saga-dispatch": saga,
+    "saga-dispatch (no CURVE)": saga_insecure,
+    "htex": htex,
+    "threadpool": threads,
+}
 _selected: list[str] = list(CONTENDERS)
 
 

@@ -35,7 +35,6 @@ from parsl.serialize import deserialize, pack_apply_message, serialize, unpack_a
 
 from bench import apps
 from bench.stats import cpu_seconds, markdown, median, percentile
-from dispatcher.client.client import Client
 from dispatcher.local import LocalCluster
 
 _BATCH = 100
@@ -211,13 +210,13 @@ def _bare_chain(rounds: int, work: bool) -> list[float]:
     return rtts
 
 
-def _client(n: int, rounds: int = 1000) -> tuple[float, list[float], dict[str, float]]:
+def _client(n: int, rounds: int = 1000, *, insecure: bool = False) -> tuple[float, list[float], dict[str, float]]:
     """(tasks/s, sequential round trips, CPU us per task per process) through saga-dispatch's
-    Client, one node, 2 workers."""
+    Client, one node, 2 workers; with CurveZMQ unless ``insecure``."""
     with (
         tempfile.TemporaryDirectory(prefix="saga-bench-") as logs,
-        LocalCluster(1, workers=2, log_dir=Path(logs)) as cluster,
-        Client(cluster.client_url) as client,
+        LocalCluster(1, workers=2, log_dir=Path(logs), insecure=insecure) as cluster,
+        cluster.client() as client,
     ):
         [f.result() for f in [client.submit(apps.noop, i) for i in range(200)]]
         rtts = []
@@ -252,7 +251,7 @@ def client_vs_pyzmq(rounds: int, n: int, round_trips: int) -> str:
         p99[name].append(percentile(times, 0.99) * 1e3)
 
     for r in range(rounds):
-        steps = ["raw", "batched", "chain", "chain+work", "client"]
+        steps = ["raw", "batched", "chain", "chain+work", "client", "client-nocurve"]
         for step in steps[r % len(steps) :] + steps[: r % len(steps)]:
             if step == "raw":
                 rate, times = _raw_echo(n * 4, 1)
@@ -266,11 +265,13 @@ def client_vs_pyzmq(rounds: int, n: int, round_trips: int) -> str:
             elif step == "chain+work":
                 note("bare chain + task work (pack, unpack, call, serialize)", _bare_chain(round_trips, work=True))
             else:
-                rate, times, used = _client(n, round_trips)
+                insecure = step == "client-nocurve"
+                rate, times, used = _client(n, round_trips, insecure=insecure)
+                label = "saga-dispatch Client (2 workers, no CURVE)" if insecure else "saga-dispatch Client (2 workers)"
                 for name, us in used.items():
-                    cpu[name].append(us)
-                rates["saga-dispatch Client (2 workers)"].append(rate)
-                note("saga-dispatch Client (2 workers)", times)
+                    cpu[f"{name} (no CURVE)" if insecure else name].append(us)
+                rates[label].append(rate)
+                note(label, times)
     base = median(rates["raw echo, 1 task/frame"])
     rows = [
         [name, f"{median(v):,.0f}", f"{median(v) / base:.3f}", ", ".join(f"{x:,.0f}" for x in v)]

@@ -95,8 +95,8 @@ _HANDSHAKE_EVENTS: Final = (
 )
 KEY_REFUSED: Final = "the dispatcher refused our key: it is not on the dispatcher's allow-list for this socket"
 SERVER_KEY_MISMATCH: Final = (
-    "the CURVE handshake failed: the dispatcher at this address does not hold the key we pin "
-    "(dispatcher.key), or it does not use keys"
+    "the CURVE handshake did not complete: if this repeats, the dispatcher at this address does not "
+    "hold the key we pin (dispatcher.key), or does not use keys (a restart can break one handshake)"
 )
 KEYS_REQUIRED: Final = "the dispatcher requires CurveZMQ keys: give the key folder (--keys DIR, keys=DIR or SAGA_KEYS)"
 

@@ -79,10 +79,12 @@ def test_agent_killed_mid_run_its_tasks_finish_on_the_others(logs: Path) -> None
 
 
 def test_garbage_frames_do_not_stop_or_bloat_the_dispatcher(logs: Path) -> None:
+    """Keyless (``insecure``), so garbage reaches the decoder from any socket; with keys,
+    ``test_fuzz_auth.py`` sends it through authenticated connections."""
     import zmq
 
     rng = random.Random(1)
-    with LocalCluster(2, workers=1, log_dir=logs) as cluster, cluster.client() as client:
+    with LocalCluster(2, workers=1, log_dir=logs, insecure=True) as cluster, cluster.client() as client:
         assert cluster.dispatcher is not None
         dispatcher = psutil.Process(cluster.dispatcher.pid)
         ctx = zmq.Context.instance()

@@ -326,7 +326,7 @@ def test_a_node_that_joins_before_the_first_plan_does_not_hide_the_others(tmp_pa
         for name in cluster.node_names[:2]:
             cluster.start_agent(name)
         cluster.wait_for_nodes(2)
-        ex = SagaDispatchExecutor(address=cluster.client_url)
+        ex = SagaDispatchExecutor(address=cluster.client_url, keys=str(cluster.keys_dir))
         with load(ex, tmp_path):
             cluster.start_agent(cluster.node_names[2])
             deadline = time.monotonic() + 30

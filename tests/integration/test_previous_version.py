@@ -49,7 +49,8 @@ class Peer:
 def dispatcher_only(logs: Path) -> Iterator[tuple[LocalCluster, zmq.Context[zmq.Socket[bytes]]]]:
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     try:
-        with LocalCluster(1, start_agents=False, log_dir=logs) as cluster:
+        # Keyless: the previous version's peers had no CurveZMQ (the subject here is the codec).
+        with LocalCluster(1, start_agents=False, log_dir=logs, insecure=True) as cluster:
             yield cluster, ctx
     finally:
         ctx.destroy(linger=0)
