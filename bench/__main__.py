@@ -16,7 +16,7 @@ from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
 
-from bench import contenders, core_steps, makespan, paired, parsl_overhead, planning, scale, startup, zmq_floor
+from bench import contenders, core_steps, curve, makespan, paired, parsl_overhead, planning, scale, startup, zmq_floor
 
 
 def header(quick: bool) -> str:
@@ -35,6 +35,7 @@ BENCHMARKS: dict[str, Callable[[parsl_overhead.Sizes], str]] = {
     "roundtrip-nolog": lambda s: parsl_overhead.round_trip(s, logging=False),
     "sleep": parsl_overhead.sleep_efficiency,
     "client": lambda s: zmq_floor.client_vs_pyzmq(s.rounds, s.client_tasks, s.round_trips),
+    "curve": lambda s: curve.curve_cost(2 if s.rounds == 1 else 8, 5 * s.noop_tasks[0], s.round_trips, s.client_tasks),
     "makespan": lambda s: makespan.makespans(("montage", "epigenomics"), s.wf_tasks, s.wf_busy_s, s.rounds),
     "scale": lambda s: scale.scale(s.sim_agents, s.sim_tasks),
     "startup": lambda s: startup.startup(s.rounds, _baseline),

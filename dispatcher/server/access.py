@@ -29,6 +29,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from dispatcher.runtime import keys as k
 from dispatcher.runtime.curve import AGENTS, CLIENTS, Gate, serve_curve
+from dispatcher.runtime.errors import DispatchError
 from dispatcher.runtime.logs import get_logger
 from dispatcher.server.events import KeysChanged
 
@@ -51,7 +52,7 @@ _FAILURES: Final[dict[int, str]] = {
 }
 
 
-class GateDied(RuntimeError):
+class GateDied(DispatchError):
     """The ZAP handler stopped: every CURVE client would be let in. The dispatcher must stop."""
 
 

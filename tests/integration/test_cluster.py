@@ -225,7 +225,16 @@ def test_status_command_prints_nodes_and_counters(logs: Path) -> None:
     with LocalCluster(2, workers=1, log_dir=logs) as cluster, cluster.client() as client:
         client.submit(apps.square, 3, node="local-1").result(timeout=30)
         out = subprocess.run(
-            [sys.executable, "-m", "dispatcher", "status", "--dispatcher", cluster.client_url],
+            [
+                sys.executable,
+                "-m",
+                "dispatcher",
+                "status",
+                "--dispatcher",
+                cluster.client_url,
+                "--keys",
+                str(cluster.keys_dir),
+            ],
             capture_output=True,
             text=True,
             timeout=60,
@@ -271,8 +280,13 @@ def test_local_command_serves_until_interrupted_and_cleans_up() -> None:
         first = proc.stdout.readline()
         assert first.startswith("dispatcher client URL: tcp://127.0.0.1:"), first
         url = first.split(": ", 1)[1].strip()
+        proc.stdout.readline()  # the agent URL
+        said = proc.stdout.readline()
+        assert said.startswith("keys (removed at exit): "), said  # the embedded mode's ephemeral keys
+        keys_dir = Path(said.split(": ", 1)[1].split()[0])
+        assert keys_dir.stat().st_mode & 0o777 == 0o700
         descendants = all_pids(proc.pid)
-        with Client(url) as client:
+        with Client(url, keys=keys_dir) as client:
             assert client.submit(apps.square, 7, node="local-1").result(timeout=30) == 49
             speeds = {n.node_name: n.speed for n in client.nodes()}
         assert speeds == {"local-0": 1.0, "local-1": 2.0}
@@ -281,6 +295,7 @@ def test_local_command_serves_until_interrupted_and_cleans_up() -> None:
     finally:
         proc.kill()
         proc.wait()
+    assert not keys_dir.exists()
     time.sleep(0.2)
     alive = [p for p in descendants if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
     assert not alive

@@ -159,7 +159,7 @@ def test_a_missing_dispatcher_is_a_clear_error_at_load(tmp_path: Path) -> None:
 
 def test_no_live_node_fails_held_tasks_explicitly(tmp_path: Path) -> None:
     with LocalCluster(1, start_agents=False, log_dir=tmp_path / "logs") as cluster:
-        ex = SagaDispatchExecutor(address=cluster.client_url, node_wait_timeout_s=1.0)
+        ex = SagaDispatchExecutor(address=cluster.client_url, node_wait_timeout_s=1.0, keys=str(cluster.keys_dir))
         with load(ex, tmp_path):
             add = python_app(dag_apps.add, executors=[ex.label])
             with pytest.raises(NoLiveNodes, match="no node registered with the dispatcher within 1 s"):

@@ -384,3 +384,32 @@ def test_a_root_owned_group_readable_secret_is_what_a_kubernetes_secret_gives_an
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=30)
     assert proc.returncode == 0
+
+
+def test_the_dispatcher_stops_when_its_zap_handler_dies(tmp_path: Path) -> None:
+    """libzmq lets every CURVE client in when no ZAP handler answers: serving on is not an option."""
+    import threading
+
+    from dispatcher.server import DispatcherConfig, DispatcherService
+    from dispatcher.server.access import GateDied
+
+    folder = tmp_path / "keys"
+    keys.generate(folder)
+    service = DispatcherService(DispatcherConfig(host="127.0.0.1", client_port=0, agent_port=0, keys=folder))
+    service.bind()
+    failures: list[BaseException] = []
+
+    def serve() -> None:
+        try:
+            service.run()
+        except BaseException as exc:
+            failures.append(exc)
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    gate = service.access._gate
+    assert gate is not None and gate.alive()
+    gate._auth.stop()  # the authenticator's thread ends, as if it had crashed
+    thread.join(timeout=30)
+    assert not thread.is_alive()
+    assert len(failures) == 1 and isinstance(failures[0], GateDied)

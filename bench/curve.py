@@ -1,0 +1,86 @@
+"""What CurveZMQ costs: the same workloads with keys (the default) and without (``insecure``),
+in alternating pairs (on-off, off-on, ...), reported as the median of the per-pair ratios.
+
+On this noisy VM a whole run of one setting after a whole run of the other measures the machine;
+neighbours in time measure the setting. Three workloads, each in a fresh cluster per run:
+
+* no-op throughput through Parsl (``SagaDispatchExecutor``, 2 workers, Parsl logging off; the
+  default batching);
+* the sequential round trip through Parsl (same config);
+* no-op throughput through the standalone Client (2 workers, no Parsl): the most frames per
+  second, so where encryption shows most.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from parsl import python_app
+
+from bench import apps
+from bench.contenders import CONTENDERS, loaded
+from bench.stats import markdown, median
+from dispatcher.local import LocalCluster
+
+_SETTINGS = {"CURVE": "saga-dispatch", "no CURVE": "saga-dispatch (no CURVE)"}
+
+
+def _parsl(contender: str, tasks: int, round_trips: int) -> tuple[float, float]:
+    """(no-op tasks/s, median round trip ms) through Parsl."""
+    with loaded(CONTENDERS[contender](2, logging=False)):
+        app = python_app(apps.noop, executors=["bench"])
+        [f.result() for f in [app(i) for i in range(100)]]
+        started = time.perf_counter()
+        for f in [app(i) for i in range(tasks)]:
+            f.result()
+        rate = tasks / (time.perf_counter() - started)
+        times = []
+        for i in range(round_trips):
+            t = time.perf_counter()
+            app(i).result()
+            times.append(time.perf_counter() - t)
+        return rate, median(times) * 1e3
+
+
+def _client(insecure: bool, tasks: int) -> float:
+    """No-op tasks/s through the standalone Client."""
+    with (
+        tempfile.TemporaryDirectory(prefix="saga-bench-") as logs,
+        LocalCluster(1, workers=2, log_dir=Path(logs), insecure=insecure) as cluster,
+        cluster.client() as client,
+    ):
+        [f.result() for f in [client.submit(apps.noop, i) for i in range(200)]]
+        started = time.perf_counter()
+        for f in [client.submit(apps.noop, i) for i in range(tasks)]:
+            f.result()
+        return tasks / (time.perf_counter() - started)
+
+
+def curve_cost(pairs: int, tasks: int, round_trips: int, client_tasks: int) -> str:
+    seen: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for k in range(pairs):
+        order = list(_SETTINGS) if k % 2 == 0 else list(reversed(_SETTINGS))
+        for setting in order:
+            rate, rtt = _parsl(_SETTINGS[setting], tasks, round_trips)
+            seen["throughput", setting].append(rate)
+            seen["roundtrip", setting].append(rtt)
+            seen["client", setting].append(_client(setting == "no CURVE", client_tasks))
+    rows = []
+    for what, label, unit, higher_better in (
+        ("throughput", f"Parsl no-op throughput ({tasks:,} tasks, 2 workers, logging off)", "tasks/s", True),
+        ("roundtrip", "Parsl sequential round trip", "ms", False),
+        ("client", f"Client no-op throughput ({client_tasks:,} tasks, 2 workers)", "tasks/s", True),
+    ):
+        on, off = seen[what, "CURVE"], seen[what, "no CURVE"]
+        ratios = [a / b for a, b in zip(on, off, strict=True)]
+        cost = 1 - median(ratios) if higher_better else median(ratios) - 1
+        rows.append([
+            label, unit, f"{median(on):,.3g}", f"{median(off):,.3g}", f"{median(ratios):.3f}", f"{100 * cost:+.1f} %",
+            ", ".join(f"{r:.2f}" for r in ratios),
+        ])  # fmt: skip
+    head = f"### What CurveZMQ costs ({pairs} alternating pairs, median of per-pair ratios)\n\n"
+    headers = ["workload", "unit", "CURVE (median)", "no CURVE (median)", "on / off", "cost", "per pair"]
+    return head + markdown(headers, rows)
