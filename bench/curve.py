@@ -7,8 +7,8 @@ neighbours in time measure the setting. Three workloads, each in a fresh cluster
 * no-op throughput through Parsl (``SagaDispatchExecutor``, 2 workers, Parsl logging off; the
   default batching);
 * the sequential round trip through Parsl (same config);
-* no-op throughput through the standalone Client (2 workers, no Parsl): the most frames per
-  second, so where encryption shows most.
+* no-op throughput and the round trip through the standalone Client (2 workers, no Parsl): the
+  most frames per second, so where encryption shows most.
 """
 
 from __future__ import annotations
@@ -45,8 +45,8 @@ def _parsl(contender: str, tasks: int, round_trips: int) -> tuple[float, float]:
         return rate, median(times) * 1e3
 
 
-def _client(insecure: bool, tasks: int) -> float:
-    """No-op tasks/s through the standalone Client."""
+def _client(insecure: bool, tasks: int, round_trips: int) -> tuple[float, float]:
+    """(no-op tasks/s, median round trip ms) through the standalone Client."""
     with (
         tempfile.TemporaryDirectory(prefix="saga-bench-") as logs,
         LocalCluster(1, workers=2, log_dir=Path(logs), insecure=insecure) as cluster,
@@ -56,7 +56,13 @@ def _client(insecure: bool, tasks: int) -> float:
         started = time.perf_counter()
         for f in [client.submit(apps.noop, i) for i in range(tasks)]:
             f.result()
-        return tasks / (time.perf_counter() - started)
+        rate = tasks / (time.perf_counter() - started)
+        times = []
+        for i in range(round_trips):
+            t = time.perf_counter()
+            client.submit(apps.noop, i).result()
+            times.append(time.perf_counter() - t)
+        return rate, median(times) * 1e3
 
 
 def curve_cost(pairs: int, tasks: int, round_trips: int, client_tasks: int) -> str:
@@ -67,12 +73,15 @@ def curve_cost(pairs: int, tasks: int, round_trips: int, client_tasks: int) -> s
             rate, rtt = _parsl(_SETTINGS[setting], tasks, round_trips)
             seen["throughput", setting].append(rate)
             seen["roundtrip", setting].append(rtt)
-            seen["client", setting].append(_client(setting == "no CURVE", client_tasks))
+            rate, rtt = _client(setting == "no CURVE", client_tasks, round_trips)
+            seen["client", setting].append(rate)
+            seen["client-rt", setting].append(rtt)
     rows = []
     for what, label, unit, higher_better in (
         ("throughput", f"Parsl no-op throughput ({tasks:,} tasks, 2 workers, logging off)", "tasks/s", True),
         ("roundtrip", "Parsl sequential round trip", "ms", False),
         ("client", f"Client no-op throughput ({client_tasks:,} tasks, 2 workers)", "tasks/s", True),
+        ("client-rt", "Client sequential round trip", "ms", False),
     ):
         on, off = seen[what, "CURVE"], seen[what, "no CURVE"]
         ratios = [a / b for a, b in zip(on, off, strict=True)]
