@@ -8,7 +8,9 @@ neighbours in time measure the setting. Three workloads, each in a fresh cluster
   default batching);
 * the sequential round trip through Parsl (same config);
 * no-op throughput and the round trip through the standalone Client (2 workers, no Parsl): the
-  most frames per second, so where encryption shows most.
+  most frames per second, so where encryption shows most;
+* libzmq alone: a DEALER/ROUTER echo of 100-byte messages in one process, so what CURVE's
+  encryption costs per hop, apart from everything of ours.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+import zmq
 from parsl import python_app
 
 from bench import apps
@@ -65,6 +68,34 @@ def _client(insecure: bool, tasks: int, round_trips: int) -> tuple[float, float]
         return rate, median(times) * 1e3
 
 
+def _raw_echo(curve: bool, n: int) -> float:
+    """Median round trip (us) of a 100-byte echo between a DEALER and a ROUTER over loopback TCP."""
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    server, client = ctx.socket(zmq.ROUTER), ctx.socket(zmq.DEALER)
+    try:
+        if curve:
+            public, secret = zmq.curve_keypair()
+            server.curve_server = True
+            server.curve_publickey, server.curve_secretkey = public, secret
+            client.curve_publickey, client.curve_secretkey = zmq.curve_keypair()
+            client.curve_serverkey = public
+        port = server.bind_to_random_port("tcp://127.0.0.1")
+        client.connect(f"tcp://127.0.0.1:{port}")
+        message, times = b"x" * 100, []
+        for i in range(n + 100):
+            t = time.perf_counter()
+            client.send(message)
+            server.send_multipart(server.recv_multipart())
+            client.recv()
+            if i >= 100:
+                times.append(time.perf_counter() - t)
+        return median(times) * 1e6
+    finally:
+        server.close(0)
+        client.close(0)
+        ctx.term()
+
+
 def curve_cost(pairs: int, tasks: int, round_trips: int, client_tasks: int) -> str:
     seen: dict[tuple[str, str], list[float]] = defaultdict(list)
     for k in range(pairs):
@@ -76,12 +107,14 @@ def curve_cost(pairs: int, tasks: int, round_trips: int, client_tasks: int) -> s
             rate, rtt = _client(setting == "no CURVE", client_tasks, round_trips)
             seen["client", setting].append(rate)
             seen["client-rt", setting].append(rtt)
+            seen["raw", setting].append(_raw_echo(setting == "CURVE", 20 * round_trips))
     rows = []
     for what, label, unit, higher_better in (
         ("throughput", f"Parsl no-op throughput ({tasks:,} tasks, 2 workers, logging off)", "tasks/s", True),
         ("roundtrip", "Parsl sequential round trip", "ms", False),
         ("client", f"Client no-op throughput ({client_tasks:,} tasks, 2 workers)", "tasks/s", True),
         ("client-rt", "Client sequential round trip", "ms", False),
+        ("raw", "libzmq alone: DEALER/ROUTER echo, 100 B", "us", False),
     ):
         on, off = seen[what, "CURVE"], seen[what, "no CURVE"]
         ratios = [a / b for a, b in zip(on, off, strict=True)]
