@@ -56,6 +56,11 @@ class GateDied(DispatchError):
     """The ZAP handler stopped: every CURVE client would be let in. The dispatcher must stop."""
 
 
+class KeysNotApplied(DispatchError):
+    """The core could not apply reloaded allow-lists (a bug): the dispatcher stops rather than
+    serve peers the gate has already cut off, or not."""
+
+
 @dataclass(slots=True)
 class AccessCounters:
     """Per socket: what the handshakes and the key checks turned away (the loop thread's)."""
@@ -250,10 +255,13 @@ class Access:
                     if n == 1 or n % self._log_every == 0:
                         log.warning("handshake_refused", side=side, reason=reason, total=n)
 
-    def close(self) -> None:
+    def close_monitors(self) -> None:
         for mon in self._monitors:
             mon.close(linger=0)
         self._monitors.clear()
+
+    def stop(self) -> None:
+        """Stop the ZAP handler (after the sockets it answers for are closed)."""
         if self._gate is not None:
             self._gate.stop()
             self._gate = None

@@ -9,7 +9,9 @@ Rules (the invariants ``validate_state()`` checks after every step in tests):
 3. A node receives tasks only while ALIVE and only up to its credit; credit plus in-flight never
    exceeds ``slots + prefetch``. It takes the lowest rank first from its own queue and the pool.
 4. The first result for a task id resolves it and goes to the client that submitted it; every
-   later result for that id is dropped (counted in ``duplicates_dropped``).
+   later result for that id is dropped (counted in ``duplicates_dropped``). A result counts only
+   from a node the task was given to, or could have been (``_may_resolve``); any other is
+   refused (``results_refused``): an agent cannot resolve another node's work.
 5. A node silent for ``heartbeat_interval_s x liveness`` is DEAD: its queued and in-flight tasks
    move to the pool (in-flight ones run again elsewhere: at-least-once execution), except
    in-flight tasks flagged NO_RETRY_ON_NODE_LOSS, which resolve NODE_LOST. A PENDING node never
@@ -26,7 +28,8 @@ Rules (the invariants ``validate_state()`` checks after every step in tests):
 9. Identities are bound to keys (with CurveZMQ; without keys every key is "" and nothing is
    refused). A client id belongs to the key that first said HELLO with it. An agent key bound to
    a node name (``agents/agent-NAME.key``) registers that node only, and a node with a key of
-   its own is no longer accepted under the shared agent key. When the allow-lists change
+   its own is no longer accepted under the shared agent key (nor after its own key is revoked).
+   Every later message must come with the key its peer registered or said HELLO with. When the allow-lists change
    (``KeysChanged``), a node whose agent's key no longer fits is dropped (DEAD: its work moves
    on), and a client whose key was revoked is forgotten with its tasks: it gets nothing more.
 6. Bad input never raises out of ``handle``: malformed frames are counted, unknown peers are told
@@ -106,6 +109,8 @@ class DispatcherCore:
         stays taken)."""
         self.clients_refused = 0
         self.agents_refused = 0
+        self.results_refused = 0
+        """Results from a node a task was never sent to (forged, or from an unknown peer): dropped."""
         """Registrations refused for a key that does not fit the node name (impersonation)."""
 
     # ------------------------------------------------------------------ entry point
@@ -153,12 +158,14 @@ class DispatcherCore:
         return (
             self.tasks_submitted, self.tasks_resolved, self.duplicates_dropped, self.bad_frames,
             self.tasks_stolen, self._soft, self._steal_ids, self.clients_refused, self.agents_refused,
+            self.results_refused,
         )  # fmt: skip
 
     def _set_counters(self, counters: tuple[int, ...]) -> None:
         (
             self.tasks_submitted, self.tasks_resolved, self.duplicates_dropped, self.bad_frames,
             self.tasks_stolen, self._soft, self._steal_ids, self.clients_refused, self.agents_refused,
+            self.results_refused,
         ) = counters  # fmt: skip
 
     # ------------------------------------------------------------------ small helpers
@@ -297,6 +304,8 @@ class DispatcherCore:
             self._handle_register(event.peer, message, event.key)
             return
         node = self._agents.get(event.peer)
+        if node is not None and self._node_keys.get(node.name, "") != event.key:
+            node = None  # a routing id taken over by another connection, with another key
         if node is None or node.state not in CONNECTED:
             # A peer we do not know, or an incarnation we declared dead. Its results are still
             # welcome (first result wins); anything else is answered with "register again".
@@ -408,7 +417,7 @@ class DispatcherCore:
             journal.keep(node.in_flight, record.key)
             del node.in_flight[record.key]
             journal.save(record)
-            record.holder = None
+            record.release()
             record.steal_id = 0
         self._requeue(lost)
         journal.save(node)
@@ -428,6 +437,7 @@ class DispatcherCore:
         ran_on = node.name if node is not None else ""
         if node is not None:  # also a dead incarnation's late results: they still count there
             self.journal.save(node)
+        refused = 0
         by_client: dict[str, list[p.Resolution]] = defaultdict(list)
         cancels: dict[str, list[p.TaskRef]] = defaultdict(list)
         tasks = self.tasks
@@ -436,6 +446,10 @@ class DispatcherCore:
             if record is None:
                 self.duplicates_dropped += 1
                 continue
+            if record.holder != ran_on and not _may_resolve(record, ran_on):
+                self.results_refused += 1
+                refused += 1
+                continue
             if record.holder is not None and record.holder != ran_on:  # another copy is out there
                 cancels[record.holder].append(p.TaskRef(*record.key))
             self._forget(record)
@@ -443,6 +457,14 @@ class DispatcherCore:
                 node.runtime_s = ema(node.runtime_s, result.runtime_s)
             resolution = p.Resolution(result.task_id, result.outcome, result.payload, ran_on, result.runtime_s)
             by_client[result.client_id].append(resolution)
+        if refused:
+            total = self.results_refused
+            if (
+                total == refused
+                or total // self.config.bad_frame_log_every != (total - refused) // self.config.bad_frame_log_every
+            ):
+                self._log("results_refused", "warning", node=ran_on or None, refused=refused, total=total,
+                          reason="results for tasks never sent to this node")  # fmt: skip
         if node is not None:
             node.done += sum(len(v) for v in by_client.values())
         self._resolve(by_client)
@@ -465,7 +487,7 @@ class DispatcherCore:
                 returned.append(node.in_flight.pop(key))
         for record in returned:
             journal.save(record)
-            record.holder = None
+            record.release()
         self._requeue(returned + node.queue.take_all())
         self._log("node_draining", node=node.name, returned=len(returned), running=len(node.in_flight))
         self._pump_pool()
@@ -483,6 +505,8 @@ class DispatcherCore:
             self._handle_hello(event.peer, message, event.key)
             return
         client_id = self._client_ids.get(event.peer)
+        if client_id is not None and self._client_keys.get(client_id) != event.key:
+            client_id = None  # a routing id taken over by another connection, with another key
         if client_id is None:
             error = p.Error(p.ErrorCode.UNKNOWN_CLIENT, "say HELLO first (the dispatcher may have restarted)")
             self._out.append(SendToClient(event.peer, error))
@@ -746,7 +770,7 @@ class DispatcherCore:
             journal.keep(node.in_flight, record.key)
             del node.in_flight[record.key]
             journal.save(record)
-            record.holder = None
+            record.release()
             record.stolen = True
             moved.append(record)
         for record in moved:
@@ -755,24 +779,37 @@ class DispatcherCore:
         self._pump_pool()
 
     def _handle_keys_changed(self, event: KeysChanged) -> None:
+        """Rule 9 on a reload. Order matters, so that nothing goes to a peer that is out: every
+        revoked agent is cut off (no credit, no routing) before any of their work moves, and
+        every revoked client is forgotten before the nodes die (their notices and results go
+        to the clients that are left). A name once bound to a key of its own stays bound: a
+        node whose own key is revoked cannot come back under the shared key."""
         agents, clients = event.agents, event.clients
-        bound = frozenset(name for name in agents.values() if name)
-        for name, key in list(self._node_keys.items()):
+        bound = self._bound_names | frozenset(name for name in agents.values() if name)
+        journal = self.journal
+        unfit: list[tuple[NodeActor, str]] = []
+        for name, key in self._node_keys.items():
             node = self.nodes[name]
             if node.state in CONNECTED and (why := _key_refusal(agents, bound, name, key)) is not None:
-                self.journal.save(node)
-                self._drop_agent(node.peer)
-                self._declare_dead(node, f"its agent's key no longer fits: {why}")
-                node.peer = None
-        revoked = {client_id for client_id, key in self._client_keys.items() if key not in clients}
-        for client_id in revoked & self._clients.keys():
-            self._revoke_client(client_id)
+                unfit.append((node, why))
+        for node, _ in unfit:
+            journal.save(node)
+            node.credit = 0
+            self._unhungry(node)
+            self._drop_agent(node.peer)
+        cut = {node.name for node, _ in unfit}
+        for client_id in [c for c, key in self._client_keys.items() if key not in clients and c in self._clients]:
+            self._revoke_client(client_id, cut)
+        for node, why in unfit:
+            self._declare_dead(node, f"its agent's key no longer fits: {why}")
+            node.peer = None
         self._log("keys_changed", agent_keys=len(agents), bound_nodes=len(bound), client_keys=len(clients))
         self._agent_keys, self._bound_names, self._client_key_set = agents, bound, clients
 
-    def _revoke_client(self, client_id: str) -> None:
-        """The client's key was revoked: forget its connection and its tasks (cancelled where they
-        run); it is told nothing, and its id stays bound to the revoked key."""
+    def _revoke_client(self, client_id: str, cut: set[str]) -> None:
+        """The client's key was revoked: forget its connection and its tasks (the agents holding
+        them are told to drop those not yet started, except the nodes in ``cut``, being cut off
+        too); it is told nothing, and its id stays bound to the revoked key."""
         journal = self.journal
         peer = self._clients[client_id]
         journal.keep(self._clients, client_id)
@@ -788,7 +825,7 @@ class DispatcherCore:
             self._forget(record)
         for name, refs in to_agents.items():
             node = self.nodes[name]
-            if node.state in CONNECTED:
+            if node.state in CONNECTED and name not in cut:
                 self._to_agent(node, p.CancelTasks(tuple(refs)))
         self._log("client_revoked", "warning", client_id=client_id, tasks_dropped=len(records))
 
@@ -811,6 +848,20 @@ class DispatcherCore:
         from dispatcher.server.invariants import check
 
         check(self)
+
+
+def _may_resolve(record: TaskRecord, node: str) -> bool:
+    """Whether a result from ``node`` (not the record's holder) may resolve ``record`` (rule 4):
+    it ran there before (a late result of a dead or resynced copy), or it is queued and
+    ``node`` could have been given it (pinned there, or to no node: e.g. a task it was running
+    when the dispatcher restarted). Never a task pinned to another node and never given to this
+    one, and never from a peer that is not a registered node (``node`` ""): an agent cannot
+    resolve, with a payload of its choosing, work that is not its own."""
+    if not node:
+        return False
+    if node in record.earlier:
+        return True
+    return record.holder is None and record.node_name in (None, node)
 
 
 def _key_refusal(agents: Mapping[str, str] | None, bound: frozenset[str], name: str, key: str) -> str | None:

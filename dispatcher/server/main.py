@@ -20,8 +20,7 @@ def main(argv: list[str]) -> int:
     )
     parser.add_argument(
         "--keys",
-        type=Path,
-        default=env("SAGA_KEYS", "") or None,
+        default=env("SAGA_KEYS", ""),
         metavar="DIR",
         help="CurveZMQ key folder from saga-dispatch keys generate (env SAGA_KEYS)",
     )
@@ -63,7 +62,7 @@ def main(argv: list[str]) -> int:
             pending_grace_s=args.pending_grace,
             max_task_bytes=args.max_task_bytes,
         ),
-        keys=args.keys,
+        keys=Path(args.keys) if args.keys else None,
         insecure=args.insecure,
     )
     service = DispatcherService(config)

@@ -152,7 +152,7 @@ class NodeActor:
         for record in work:
             journal.keep(self.in_flight, record.key)
             journal.save(record)
-            record.holder = None
+            record.release()
         self.in_flight.clear()
         work.extend(self.queue.take_all())
         return work

@@ -34,7 +34,7 @@ from dispatcher import protocol as p
 from dispatcher.runtime import exposure
 from dispatcher.runtime.logs import get_logger
 from dispatcher.runtime.sockets import drain
-from dispatcher.server.access import Access, Side
+from dispatcher.server.access import Access, KeysNotApplied, Side
 from dispatcher.server.config import DispatcherConfig
 from dispatcher.server.core import DispatcherCore
 from dispatcher.server.events import (
@@ -175,9 +175,10 @@ class DispatcherService:
         self._reload_asked = True
 
     def close(self) -> None:
-        self.access.close()
+        self.access.close_monitors()
         self._agents.close(linger=0)
         self._clients.close(linger=0)
+        self.access.stop()  # last: while a socket is open, a ZAP handler must answer for it
 
     # ------------------------------------------------------------------ the loop
 
@@ -210,10 +211,11 @@ class DispatcherService:
                     access.check()
                     self._step(Ticked(now, f"tick-{next(self._stimuli)}"))
                     next_tick = now + tick_s
-                    if self._reload_asked or now >= next_keys_check:
-                        self._reload_keys(now)
-                        next_keys_check = now + KEYS_CHECK_S
                 self._flush()
+                if self._reload_asked or now >= next_keys_check:  # after the flush: nothing queued
+                    self._reload_keys(now)  # this turn may still go to a peer the reload cuts off
+                    next_keys_check = now + KEYS_CHECK_S
+                    self._flush()
         finally:
             self._flush()
             log.info(
@@ -224,6 +226,7 @@ class DispatcherService:
                 bad_frames=self.core.bad_frames,
                 clients_refused=self.core.clients_refused,
                 agents_refused=self.core.agents_refused,
+                results_refused=self.core.results_refused,
                 **access.counters.fields(),
             )
             self.close()
@@ -233,8 +236,12 @@ class DispatcherService:
         if not asked and not self.access.changed():
             return
         event = self.access.reload(now, "SIGHUP" if asked else "the allow-list folders changed")
-        if event is not None:
-            self._step(event)
+        if event is not None and not self._step(event):
+            # The gate has the new lists and the core does not: revoked peers would keep what
+            # they hold. Fail closed; a restart reads the lists afresh.
+            raise KeysNotApplied(
+                f"the core failed to apply the reloaded allow-lists ({event.stimulus_id}); see the log"
+            )
 
     def _read(self, sock: zmq.Socket[bytes], side: Side) -> None:
         """Read up to a burst of frames from one socket and feed them to the core: at most
@@ -311,7 +318,7 @@ class DispatcherService:
         if len(self._older) > _MAX_OLDER_PEERS:
             self._older.popitem(last=False)
 
-    def _step(self, event: Event) -> None:
+    def _step(self, event: Event) -> bool:
         """One event through the core. A step that raises changed nothing (the core undoes it)
         and issued nothing: the event is rejected, counted and logged, and the loop goes on. Not
         failing hard is deliberate: clients re-send what they sent, so a crash on one bad input
@@ -327,8 +334,9 @@ class DispatcherService:
                 total=self.events_rejected,
             )
             self._carry_out(_after_rejection(event))
-            return
+            return False
         self._carry_out(commands)
+        return True
 
     def _carry_out(self, commands: list[Command]) -> None:
         outgoing = self._outgoing

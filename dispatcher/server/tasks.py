@@ -25,7 +25,8 @@ class TaskRecord:
     """One unresolved task. ``node_name`` is where it is pinned (None: anywhere)."""
 
     __slots__ = (
-        "_jstep", "flags", "holder", "key", "node_name", "payload", "queue", "rank", "seq", "steal_id", "stolen",
+        "_jstep", "earlier", "flags", "holder", "key", "node_name", "payload", "queue", "rank", "seq", "steal_id",
+        "stolen",
     )  # fmt: skip
 
     def __init__(self, key: TaskKey, node_name: str | None, rank: float, payload: bytes, flags: int = 0) -> None:
@@ -40,12 +41,23 @@ class TaskRecord:
         """Ticket of its live heap entry; older entries for it are stale."""
         self.holder: str | None = None
         """The node running it, while in flight."""
+        self.earlier: tuple[str, ...] = ()
+        """Nodes it was in flight on before (it died, resynced, drained or was stolen from): a
+        late result from one of them still counts (first result wins); from any other node it
+        is refused, so an agent cannot resolve tasks it was never given."""
         self.steal_id = 0
         """The pending two-phase steal asking for it back from its agent, if any."""
         self.stolen = False
         """Taken from its (live) pinned node by soft-affinity stealing."""
         self._jstep = 0
         """The journal's step that last saved it (``journal.py``)."""
+
+    def release(self) -> None:
+        """No longer in flight on its holder (the caller saved it in the journal first)."""
+        if self.holder is not None:
+            if self.holder not in self.earlier:
+                self.earlier = (*self.earlier, self.holder)
+            self.holder = None
 
     def __repr__(self) -> str:
         where = self.queue.name if self.queue is not None else f"on {self.holder}"

@@ -59,6 +59,12 @@ def crash_leaving_grandchild(pid_file: str, code: int) -> None:
     os._exit(code)
 
 
+def node_and_parent(x: int) -> tuple[str, int, int]:
+    """Where it ran: the node name the agent gave its worker, and the worker's parent process
+    (the local cluster's zygote, or a spawning agent itself)."""
+    return os.environ["NODE_NAME"], x, os.getppid()
+
+
 def probe(path: str) -> str:
     """What an attacker's task would do: leave a mark. A refused probe leaves none."""
     Path(path).write_text(os.environ.get("NODE_NAME", "?"))

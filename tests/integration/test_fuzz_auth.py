@@ -76,13 +76,28 @@ def fuzzed(rng: random.Random, side: str) -> list[bytes]:
     return [bytes(frame)]
 
 
-def flood(peer: RawPeer, side: str, seed: int) -> None:
+def flood(peer: RawPeer, side: str, seed: int, last: p.Message, answer: type) -> None:
+    """FRAMES fuzzed messages, then ``last``; returns once ``answer`` to it came back, so every
+    frame before it was read (one connection's frames are handled in order)."""
     rng = random.Random(seed)
     for _ in range(FRAMES):
         peer.sock.send_multipart(fuzzed(rng, side))
-        if peer.sock.poll(0):  # answers (errors, register-again): read them, so nothing piles up here
-            while peer.sock.poll(0):
-                peer.sock.recv_multipart()
+        while peer.sock.poll(0):  # answers (errors, register-again): read them, so nothing piles up
+            peer.sock.recv_multipart()
+    peer.send(last)
+    while True:
+        assert peer.sock.poll(120_000), f"no answer to {last} after the flood"
+        frames = peer.sock.recv_multipart()
+        try:
+            if isinstance(p.decode(frames[-1]), answer):
+                return
+        except p.ProtocolError:
+            continue
+
+
+def bad_frames(cluster: LocalCluster) -> int:
+    with cluster.client() as client:
+        return client.status().bad_frames
 
 
 def rss(pid: int) -> int:
@@ -110,8 +125,11 @@ def test_fuzzed_frames_and_refused_connections_leave_the_dispatcher_serving_and_
             assert client_peer.handshake() == "ok" and agent_peer.handshake() == "ok"
             client_peer.send(p.Hello("fuzzer"))
             agent_peer.send(p.Register("fuzz-node", "fuzz-agent", 1, 0, 1.0))
-            flood(client_peer, "client", seed=1)
-            flood(agent_peer, "agent", seed=2)
+            start = bad_frames(cluster)
+            flood(agent_peer, "agent", 2, p.Register("fuzz-node", "fuzz-agent", 1, 0, 1.0), p.Registered | p.Refused)
+            after_agents = bad_frames(cluster)
+            flood(client_peer, "client", 1, p.NodesQuery(10**9), p.Nodes)
+            after_clients = bad_frames(cluster)
         finally:
             client_peer.close()
             agent_peer.close()
@@ -139,7 +157,12 @@ def test_fuzzed_frames_and_refused_connections_leave_the_dispatcher_serving_and_
     seen = counters(logs)
     growth = (after_fuzz - before) / MIB, (after_connections - before) / MIB
     assert max(growth) < 32, f"RSS grew {growth[0]:.1f} MiB over the fuzz, {growth[1]:.1f} MiB with the connections"
-    assert seen["bad_frames"] >= FRAMES // 6  # the undecodable ones at least, counted
+    # Each flood reached the decoder (a sixth of the frames are random bytes: at least those count).
+    assert after_agents - start >= FRAMES // 6 and after_clients - after_agents >= FRAMES // 6, (
+        start,
+        after_agents,
+        after_clients,
+    )
     for side in ("client", "agent"):
         assert seen[f"{side}_refused"] == 2 * CONNECTIONS, (side, seen)  # each connection once (no reconnects)
         assert seen[f"{side}_handshakes_failed_key_not_allowed"] == CONNECTIONS, (side, seen)

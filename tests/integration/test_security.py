@@ -306,12 +306,18 @@ def test_a_node_key_cannot_register_another_node(cluster: LocalCluster, logs: Pa
         refused_a = wait_for_log(logs / "with-a.log", "registration_refused", timeout_s=90)
         refused_shared = wait_for_log(logs / "shared.log", "registration_refused", timeout_s=90)
         assert "belongs to node local-0, not local-1" in refused_a["reason"]
+        assert cluster.zygote is not None  # so the real workers' parent is the zygote, never an agent
         assert "has a key of its own" in refused_shared["reason"]
+        impostor_pids = {proc.pid for proc in impostors.values()}
         with cluster.client() as client:
-            pinned = [client.submit(apps.where, i, node="local-1") for i in range(6)]
+            pinned = [client.submit(apps.node_and_parent, i, node="local-1") for i in range(6)]
             cluster.start_agent("local-1")  # the real one, with its own key
             ran = [f.result(timeout=90) for f in pinned]
-            assert {node for node, _, _ in ran} <= {"local-0", "local-1"}  # never an impostor's workers
+            assert [x for _, x, _ in ran] == list(range(6))
+            assert {node for node, _, _ in ran} <= {"local-0", "local-1"}
+            # The impostors call themselves local-1 too: their workers would say so. Their workers'
+            # parent is the impostor (it spawns them); the real nodes' workers come from the zygote.
+            assert not {parent for _, _, parent in ran} & impostor_pids
     finally:
         for proc in impostors.values():
             stop(proc)

@@ -128,14 +128,16 @@ def test_results_carry_the_credit_they_free_and_it_is_used_after_them(t: Transcr
     assert sent_tasks(t.agent(b"node-a", p.Results((), credit=1)), b"node-a") == []  # still busy with 2
 
 
-def test_an_unknown_peers_results_count_but_its_credit_does_not(t: Transcript) -> None:
+def test_an_unknown_peers_results_and_credit_do_not_count(t: Transcript) -> None:
     t.register("node-a", slots=1, credit=0)
     t.submit((1, "node-a", 0.0), (2, "node-a", 1.0))
     assert sent_tasks(t.agent(b"node-a", p.Credit(1)), b"node-a") == [1]
     out = t.agent(b"stranger", p.Results((p.TaskResult(CLIENT_ID, 1, p.Outcome.OK, b"r"),), credit=1))
-    assert [r.task_id for r in resolved(out)] == [1]
+    assert resolved(out) == [] and t.core.results_refused == 1  # who it is, nobody can say
     assert (b"stranger", p.Reregister()) in to_agents(out)
     assert sent_tasks(out, b"stranger") == [] and sent_tasks(out, b"node-a") == []
+    out = t.agent(b"node-a", p.Results((p.TaskResult(CLIENT_ID, 1, p.Outcome.OK, b"r"),)))
+    assert [r.task_id for r in resolved(out)] == [1]  # the real one still resolves it
 
 
 def test_pinned_tasks_go_only_to_their_node(t: Transcript) -> None:

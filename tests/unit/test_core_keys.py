@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 
 from dispatcher import protocol as p
+from dispatcher.server.events import SendToAgent, SendToClient
 from dispatcher.server.node import NodeState
 from tests.unit.transcript import CLIENT, CLIENT_ID, Transcript, logs, resolved, sent_tasks, to_agents, to_client
 
@@ -55,7 +56,7 @@ def test_a_node_with_a_key_of_its_own_refuses_the_shared_key_and_others_take_it(
 def test_an_impostor_never_receives_the_pinned_work_of_the_node_it_claims() -> None:
     t = keyed()
     t.client(p.Hello(CLIENT_ID), key=ALICE)
-    out = t.submit((1, "node-b", 0.0))
+    out = t.client(p.Submit((p.TaskSpec(1, "node-b", 0.0, b"fn"),)), key=ALICE)
     out += t.agent(b"impostor", p.Register("node-b", "evil", 1, 0, 1.0), key=KEY_A)
     out += t.agent(b"impostor", p.Credit(1), key=KEY_A)
     assert sent_tasks(out, b"impostor") == []
@@ -151,3 +152,63 @@ def test_a_task_above_the_size_limit_is_rejected_and_the_rest_of_its_batch_runs(
     assert rejected.task_id == 1 and rejected.outcome is p.Outcome.REJECTED
     assert b"101 bytes exceeds the dispatcher's limit of 100" in rejected.payload
     assert sent_tasks(out, b"node-a") == [2]
+
+
+def test_a_routing_id_taken_over_by_another_key_is_a_stranger() -> None:
+    """libzmq lets a new connection reuse a vanished peer's routing id: identity is the key too."""
+    t = keyed()
+    register(t, "node-a", KEY_A, b"a")
+    t.client(p.Hello(CLIENT_ID), key=ALICE)
+    out = t.client(p.NodesQuery(1), key=BOB)  # alice's routing id, bob's key
+    (error,) = to_client(out)
+    assert isinstance(error, p.Error) and error.code is p.ErrorCode.UNKNOWN_CLIENT
+    out = t.agent(b"a", p.Credit(1), key=SHARED)  # node-a's routing id, the shared key
+    assert to_agents(out) == [(b"a", p.Reregister())]
+    assert t.core.nodes["node-a"].credit == 0
+
+
+def test_an_agent_cannot_resolve_work_that_is_not_its_own() -> None:
+    t = keyed()
+    register(t, "node-a", KEY_A, b"a")
+    register(t, "node-b", KEY_B, b"b")
+    t.client(p.Hello(CLIENT_ID), key=ALICE)
+    t.client(p.Submit((p.TaskSpec(1, "node-b", 0.0, b"fn"), p.TaskSpec(2, "node-b", 1.0, b"fn"))), key=ALICE)
+    out = t.agent(b"b", p.Credit(1), key=KEY_B)
+    assert sent_tasks(out, b"b") == [1]
+    forged = p.Results(
+        (p.TaskResult(CLIENT_ID, 1, p.Outcome.OK, b"pickle"), p.TaskResult(CLIENT_ID, 2, p.Outcome.OK, b"pickle"))
+    )
+    out = t.agent(b"a", forged, key=KEY_A)  # one in flight on node-b, one queued there
+    assert resolved(out) == [] and t.core.results_refused == 2
+    assert to_agents(out) == []  # and node-b's copy is not cancelled
+    out = t.agent(b"b", p.Results((p.TaskResult(CLIENT_ID, 1, p.Outcome.OK, b"r"),)), key=KEY_B)
+    assert [(r.task_id, r.node_name) for r in resolved(out)] == [(1, "node-b")]
+
+
+def test_revoking_agents_and_clients_together_sends_nothing_to_any_of_them() -> None:
+    t = keyed({SHARED: "", KEY_B: "node-b"})
+    register(t, "node-a", SHARED, b"a")
+    register(t, "node-c", SHARED, b"c")
+    register(t, "node-b", KEY_B, b"b")
+    t.client(p.Hello(CLIENT_ID), key=ALICE)
+    t.client(p.Hello("bob"), peer=b"bob-peer", key=BOB)
+    t.agent(b"a", p.Credit(1), key=SHARED)
+    out = t.client(p.Submit((p.TaskSpec(1, None, 0.0, b"fn"),)), key=ALICE)  # runs on node-a
+    out += t.client(p.Submit((p.TaskSpec(5, None, 0.0, b"fn"),)), peer=b"bob-peer", key=BOB)  # waits in the pool
+    t.agent(b"c", p.Credit(1), key=SHARED)  # node-c hungry: it would take bob's task... if it were not revoked
+    out = t.keys({KEY_B: "node-b"}, {ALICE})  # the shared agent key and bob revoked at once
+    sent_to = {c.peer for c in out if isinstance(c, SendToAgent | SendToClient)}
+    assert sent_to.isdisjoint({b"a", b"c", b"bob-peer"}), sent_to
+    assert t.core.nodes["node-a"].state is NodeState.DEAD and t.core.nodes["node-c"].state is NodeState.DEAD
+    assert resolved(out, CLIENT) == []  # alice's task waits for a live node; it is not lost
+    assert (CLIENT_ID, 1) in t.core.tasks and t.core.nodes["node-b"].state is NodeState.ALIVE
+    out = t.agent(b"b", p.Credit(1), key=KEY_B)
+    assert sent_tasks(out, b"b") == [1]  # and bob's task is gone with bob
+
+
+def test_a_node_whose_own_key_is_revoked_cannot_come_back_under_the_shared_key() -> None:
+    t = keyed()
+    register(t, "node-b", KEY_B, b"b")
+    t.keys({SHARED: "", KEY_A: "node-a"}, {ALICE})
+    assert t.core.nodes["node-b"].state is NodeState.DEAD
+    assert "has a key of its own" in refusal(register(t, "node-b", SHARED, b"b2"))

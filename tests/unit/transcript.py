@@ -32,7 +32,7 @@ def fingerprint(core: DispatcherCore) -> Any:
 
     def record(r: Any) -> Any:
         queue = r.queue.name if r.queue is not None else None
-        return (r.key, r.node_name, r.rank, r.flags, queue, r.seq, r.holder, r.steal_id, r.stolen, r.payload)
+        return (r.key, r.node_name, r.rank, r.flags, queue, r.seq, r.holder, r.earlier, r.steal_id, r.stolen, r.payload)
 
     def queued(q: Any) -> Any:
         return (len(q), sorted((r.rank, r.seq, r.key) for r in q.records()))
