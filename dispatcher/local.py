@@ -329,13 +329,13 @@ def _read_line(proc: subprocess.Popen[bytes], timeout_s: float) -> str | None:
 
 def main(argv: list[str]) -> int:
     """``saga-dispatch local``: a dispatcher and N agents until Ctrl-C."""
-    from dispatcher.runtime.args import role_parser
+    from dispatcher.runtime.args import role_parser, security_flags
 
     parser = role_parser("local", "run a dispatcher and N agents locally until Ctrl-C")
     parser.add_argument("--nodes", type=int, default=4)
     parser.add_argument("--speeds", default=None, help="comma-separated node speeds, e.g. 1,1,2,4")
     parser.add_argument("--workers", type=int, default=LOCAL_WORKERS, help="workers per node")
-    parser.add_argument("--insecure", action="store_true", help="no CurveZMQ keys (for measurements)")
+    security_flags(parser, keys=None, insecure="no CurveZMQ keys (for measurements)")
     args = parser.parse_args(argv)
     speeds = [float(s) for s in args.speeds.split(",")] if args.speeds else None
     stop = threading.Event()

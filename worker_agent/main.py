@@ -8,7 +8,7 @@ import os
 import structlog
 
 from dispatcher.runtime import exposure
-from dispatcher.runtime.args import env, role_parser
+from dispatcher.runtime.args import env, role_parser, security_flags
 from dispatcher.runtime.keys import for_agent, resolve_folder
 from dispatcher.runtime.lifeline import die_with_parent
 from worker_agent.agent import Agent
@@ -45,17 +45,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--zygote", default=None, metavar="SOCKET", help="fork workers from this worker zygote (the local cluster's)"
     )
-    parser.add_argument(
-        "--keys",
-        default=None,
-        metavar="DIR",
-        help="CurveZMQ keys: agent-NODE.key_secret or agent.key_secret, and dispatcher.key (env SAGA_KEYS)",
-    )
-    parser.add_argument(
-        "--insecure",
-        action="store_true",
-        default=env("SAGA_INSECURE", "") == "1",
-        help="allow a dispatcher beyond loopback without keys",
+    security_flags(
+        parser,
+        keys="agent-NODE.key_secret or agent.key_secret, and dispatcher.key",
+        insecure="allow a dispatcher beyond loopback without keys",
     )
     args = parser.parse_args(argv)
 

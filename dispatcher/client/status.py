@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dispatcher.client.client import Client
 from dispatcher.protocol import Status
-from dispatcher.runtime.args import env, role_parser
+from dispatcher.runtime.args import env, role_parser, security_flags
 from dispatcher.runtime.report import table
 
 
@@ -26,11 +26,10 @@ def main(argv: list[str]) -> int:
     parser = role_parser("status", "print a dispatcher's nodes, queues and counters")
     parser.add_argument("--dispatcher", default=env("SAGA_DISPATCHER_CLIENT", "tcp://127.0.0.1:5560"), metavar="URL")
     parser.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS")
-    parser.add_argument(
-        "--keys", default=None, metavar="DIR", help="the client pair and dispatcher.key (env SAGA_KEYS)"
+    security_flags(
+        parser, keys="client.key_secret and dispatcher.key", insecure="allow a dispatcher beyond loopback without keys"
     )
     parser.add_argument("--key-name", default=None, metavar="NAME", help="use the client-NAME pair of DIR")
-    parser.add_argument("--insecure", action="store_true", help="allow a dispatcher beyond loopback without keys")
     args = parser.parse_args(argv)
     with Client(
         args.dispatcher, connect_timeout_s=args.timeout, keys=args.keys, key_name=args.key_name, insecure=args.insecure

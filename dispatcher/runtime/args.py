@@ -19,3 +19,17 @@ def role_parser(command: str, description: str) -> argparse.ArgumentParser:
 def env(name: str, default: str) -> str:
     """The environment's value for ``name`` (the pod manifests set these), else ``default``."""
     return os.environ.get(name, default)
+
+
+def security_flags(parser: argparse.ArgumentParser, *, keys: str | None, insecure: str) -> None:
+    """``--keys DIR`` (``keys``: what this role reads there; None: no such flag) and
+    ``--insecure``, the same on every role. ``--keys`` defaults to None, which the key loaders
+    read as ``SAGA_KEYS`` (``keys.resolve_folder``); ``--keys ""`` means none."""
+    if keys is not None:
+        parser.add_argument("--keys", default=None, metavar="DIR", help=f"CurveZMQ keys: {keys} (env SAGA_KEYS)")
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        default=env("SAGA_INSECURE", "") == "1",
+        help=f"{insecure} (env SAGA_INSECURE=1)",
+    )

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from dispatcher.runtime.args import env, role_parser
+from dispatcher.runtime.args import env, role_parser, security_flags
+from dispatcher.runtime.keys import resolve_folder
 from dispatcher.runtime.lifeline import die_with_parent
 from dispatcher.server.config import AGENT_PORT, CLIENT_PORT, CoreConfig, DispatcherConfig
 from dispatcher.server.service import DispatcherService
@@ -18,17 +17,10 @@ def main(argv: list[str]) -> int:
         default=env("SAGA_HOST", "") or None,
         help="address to bind (env SAGA_HOST; default 127.0.0.1 without keys, 0.0.0.0 with them)",
     )
-    parser.add_argument(
-        "--keys",
-        default=env("SAGA_KEYS", ""),
-        metavar="DIR",
-        help="CurveZMQ key folder from saga-dispatch keys generate (env SAGA_KEYS)",
-    )
-    parser.add_argument(
-        "--insecure",
-        action="store_true",
-        default=env("SAGA_INSECURE", "") == "1",
-        help="allow binding beyond loopback without keys (anyone reaching the ports runs code on every node)",
+    security_flags(
+        parser,
+        keys="dispatcher.key_secret, agents/, clients/ (saga-dispatch keys generate DIR)",
+        insecure="allow binding beyond loopback without keys (anyone reaching the ports runs code on every node)",
     )
     parser.add_argument(
         "--max-task-bytes",
@@ -62,7 +54,7 @@ def main(argv: list[str]) -> int:
             pending_grace_s=args.pending_grace,
             max_task_bytes=args.max_task_bytes,
         ),
-        keys=Path(args.keys) if args.keys else None,
+        keys=resolve_folder(args.keys),
         insecure=args.insecure,
     )
     service = DispatcherService(config)

@@ -31,15 +31,11 @@ from dispatcher import protocol as p
 from dispatcher.runtime import keys
 from dispatcher.runtime.curve import use_curve
 from tests.integration import apps
+from tests.integration.test_curve import _DONE
 
 pytestmark = pytest.mark.integration
 
-_OUTCOMES = {
-    zmq.EVENT_HANDSHAKE_SUCCEEDED: "ok",
-    zmq.EVENT_HANDSHAKE_FAILED_AUTH: "refused",
-    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "protocol",
-    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "failed",
-}
+_OUTCOMES = _DONE
 
 
 # --------------------------------------------------------------------------- helpers
@@ -80,6 +76,33 @@ def pair_folder(root: Path, name: str, secret_of: Path, dispatcher_key: Path, ro
     (folder / f"{role}.key_secret").chmod(0o600)
     shutil.copy(dispatcher_key, folder / "dispatcher.key")
     return folder
+
+
+def add_client_key(cluster: LocalCluster, logs: Path, root: Path, name: str) -> tuple[Path, Path]:
+    """A new client pair, its public key added to the running dispatcher's allow-list (the
+    folder change is its reload, awaited): (the client's key folder, the allow-list file)."""
+    import zmq.auth
+
+    folder = cluster.keys_dir
+    assert folder is not None
+    pair_dir = root / f"{name}-pair"
+    pair_dir.mkdir()
+    public, secret = (Path(f) for f in zmq.auth.create_certificates(pair_dir, f"client-{name}"))
+    secret.chmod(0o600)
+
+    def reloads() -> int:
+        return sum(
+            1 for line in log_lines(logs / "dispatcher.log") if line.get("event") == "keys_reloaded" and line["changed"]
+        )
+
+    before = reloads()
+    allowed = folder / "clients" / public.name
+    shutil.copy(public, allowed)
+    deadline = time.monotonic() + 60
+    while reloads() <= before:
+        assert time.monotonic() < deadline, "the dispatcher did not reload its allow-lists"
+        time.sleep(0.05)
+    return pair_folder(root, name, secret, folder / "dispatcher.key"), allowed
 
 
 class RawPeer:
@@ -147,6 +170,17 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
+def stop_all(agents: dict[str, subprocess.Popen[bytes]]) -> None:
+    for proc in agents.values():
+        stop(proc)
+
+
+def assert_idle(agents: dict[str, subprocess.Popen[bytes]], logs: Path) -> None:
+    """Each agent (logging to ``logs/NAME.log``) stopped having run no task."""
+    for name in agents:
+        assert wait_for_log(logs / f"{name}.log", "agent_stopped")["tasks_done"] == 0, name
+
+
 @pytest.fixture
 def cluster(logs: Path) -> Iterator[LocalCluster]:
     with LocalCluster(2, log_dir=logs) as c:
@@ -204,17 +238,7 @@ def test_clients_without_the_right_key_get_nothing_run(cluster: LocalCluster, lo
 def test_a_client_cannot_take_over_another_client_s_id(cluster: LocalCluster, logs: Path, tmp_path: Path) -> None:
     """Bob's key is added while the dispatcher runs (the folder change is its reload); his key
     works under his own id, never under alice's."""
-    folder = cluster.keys_dir
-    assert folder is not None
-    bob_dir = tmp_path / "bob-pair"
-    bob_dir.mkdir()
-    import zmq.auth
-
-    public, secret = (Path(f) for f in zmq.auth.create_certificates(bob_dir, "client-bob"))
-    secret.chmod(0o600)
-    shutil.copy(public, folder / "clients" / public.name)
-    bob = pair_folder(tmp_path, "bob", secret, folder / "dispatcher.key")
-    wait_for_log(logs / "dispatcher.log", "keys_reloaded", changed=True)
+    bob, _ = add_client_key(cluster, logs, tmp_path, "bob")
     with cluster.client() as alice:
         first = alice.submit(apps.slow_where, 1, 0.3, node="local-0")
         with pytest.raises(AccessRefused, match="belongs to another key"):
@@ -230,21 +254,13 @@ def test_a_client_cannot_take_over_another_client_s_id(cluster: LocalCluster, lo
 
 
 def test_a_revoked_client_gets_nothing_after_the_reload(cluster: LocalCluster, logs: Path, tmp_path: Path) -> None:
+    carol_keys, public = add_client_key(cluster, logs, tmp_path, "carol")
     folder = cluster.keys_dir
     assert folder is not None
-    carol_dir = tmp_path / "carol-pair"
-    carol_dir.mkdir()
-    import zmq.auth
-
-    public, secret = (Path(f) for f in zmq.auth.create_certificates(carol_dir, "client-carol"))
-    secret.chmod(0o600)
-    shutil.copy(public, folder / "clients" / public.name)
-    carol_keys = pair_folder(tmp_path, "carol", secret, folder / "dispatcher.key")
-    wait_for_log(logs / "dispatcher.log", "keys_reloaded", changed=True)
     mark = tmp_path / "after-revocation"
     with cluster.client(keys=carol_keys) as carol, cluster.client() as alice:
         assert carol.submit(apps.square, 3, node="local-0").result(timeout=60) == 9  # control: carol was allowed
-        (folder / "clients" / public.name).unlink()
+        public.unlink()
         assert cluster.dispatcher is not None
         cluster.dispatcher.send_signal(signal.SIGHUP)
         wait_for_log(logs / "dispatcher.log", "client_revoked", client_id=carol.client_id)
@@ -281,10 +297,8 @@ def test_agents_without_the_right_key_get_no_task(cluster: LocalCluster, logs: P
             assert {node for node, _, _ in ran} <= {"local-0", "local-1"}
             assert {n.node_name for n in client.nodes()} == {"local-0", "local-1"}
     finally:
-        for proc in rogues.values():
-            stop(proc)
-    for name in rogues:
-        assert wait_for_log(logs / f"{name}.log", "agent_stopped")["tasks_done"] == 0
+        stop_all(rogues)
+    assert_idle(rogues, logs)
     cluster.stop()
     assert counters(logs)["agent_refused"] >= 2
 
@@ -319,10 +333,8 @@ def test_a_node_key_cannot_register_another_node(cluster: LocalCluster, logs: Pa
             # parent is the impostor (it spawns them); the real nodes' workers come from the zygote.
             assert not {parent for _, _, parent in ran} & impostor_pids
     finally:
-        for proc in impostors.values():
-            stop(proc)
-    for name in impostors:
-        assert wait_for_log(logs / f"{name}.log", "agent_stopped")["tasks_done"] == 0
+        stop_all(impostors)
+    assert_idle(impostors, logs)
     cluster.stop()
     assert counters(logs)["agents_refused"] >= 2
 
