@@ -18,6 +18,11 @@ IGNORED_MODULES: dict[str, str] = {
 
 DESELECTED: dict[str, str] = {
     "test_staging/test_docs_1.py::test": "fetches ftp://ftp.iana.org: needs the internet (unmarked cleannet)",
+    "test_staging/test_staging_stdout.py::test_stdout_stderr_staging_zip": (
+        "races in the test: it reads the zip without Parsl's file lock right after the stdout stage-out, while "
+        "the stderr stage-out appends to the same zip (BadZipFile: bad magic number for central directory, "
+        "about 1 run in 8 on a loaded machine)"
+    ),
 }
 """Test node id suffix -> reason."""
 
