@@ -29,9 +29,10 @@ Rules (the invariants ``validate_state()`` checks after every step in tests):
    refused). A client id belongs to the key that first said HELLO with it. An agent key bound to
    a node name (``agents/agent-NAME.key``) registers that node only, and a node with a key of
    its own is no longer accepted under the shared agent key (nor after its own key is revoked).
-   Every later message must come with the key its peer registered or said HELLO with. When the allow-lists change
-   (``KeysChanged``), a node whose agent's key no longer fits is dropped (DEAD: its work moves
-   on), and a client whose key was revoked is forgotten with its tasks: it gets nothing more.
+   Every later message must come with the key its peer registered or said HELLO with. When the
+   allow-lists change (``KeysChanged``), a node whose agent's key no longer fits is dropped
+   (DEAD: its work moves on), and a client whose key was revoked is forgotten with its tasks:
+   it gets nothing more.
 6. Bad input never raises out of ``handle``: malformed frames are counted, unknown peers are told
    to register or say hello, invalid submissions resolve as REJECTED. A step that raises all the
    same (a bug) is undone whole by the journal before the exception leaves ``handle``: the
@@ -108,10 +109,11 @@ class DispatcherCore:
         """Client id -> the key that first said HELLO with it (kept after a revocation, so the id
         stays taken)."""
         self.clients_refused = 0
+        """HELLOs refused: the client id belongs to another key."""
         self.agents_refused = 0
+        """Registrations refused for a key that does not fit the node name (impersonation)."""
         self.results_refused = 0
         """Results from a node a task was never sent to (forged, or from an unknown peer): dropped."""
-        """Registrations refused for a key that does not fit the node name (impersonation)."""
 
     # ------------------------------------------------------------------ entry point
 
