@@ -27,14 +27,18 @@ import zmq
 from bench.stats import cpu_seconds, markdown
 from dispatcher import protocol as p
 from dispatcher.local import LocalCluster
+from dispatcher.runtime import keys
+from dispatcher.runtime.curve import use_curve
 
 _HEARTBEAT_S = 1.0
 _CAPACITY = 128
 _PAYLOAD = b"x" * 64
 
 
-def _sim_agents(url: str, names: list[str], control: multiprocessing.connection.Connection) -> None:
-    """Run one DEALER per name in this process until told to stop; see the module docstring."""
+def _sim_agents(url: str, names: list[str], control: multiprocessing.connection.Connection, keys_dir: str) -> None:
+    """Run one DEALER per name in this process until told to stop; see the module docstring.
+    With the cluster's keys (``keys_dir``; "" for none): the shared agent pair, as a DaemonSet's."""
+    pair = keys.for_agent(Path(keys_dir), "sim") if keys_dir else None
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     socks: dict[zmq.Socket[bytes], str] = {}
     poller = zmq.Poller()
@@ -42,6 +46,8 @@ def _sim_agents(url: str, names: list[str], control: multiprocessing.connection.
         sock: zmq.Socket[bytes] = ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.SNDHWM, 0)
         sock.setsockopt(zmq.RCVHWM, 0)
+        if pair is not None:
+            use_curve(sock, pair.public, pair.secret, pair.server)
         sock.connect(url)
         sock.send(p.encode(p.Register(name, f"{name}-sim", _CAPACITY // 2, _CAPACITY // 2, 1.0)))
         socks[sock] = name
@@ -87,10 +93,13 @@ def _sim_agents(url: str, names: list[str], control: multiprocessing.connection.
             next_beat = now + _HEARTBEAT_S
 
 
-def _raw_client(url: str) -> zmq.Socket[bytes]:
+def _raw_client(url: str, keys_dir: Path | None) -> zmq.Socket[bytes]:
     sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.SNDHWM, 0)
     sock.setsockopt(zmq.RCVHWM, 0)
+    if keys_dir is not None:
+        pair = keys.for_client(keys_dir)
+        use_curve(sock, pair.public, pair.secret, pair.server)
     sock.connect(url)
     sock.send(p.encode(p.Hello("bench-scale")))
     while type(p.decode(sock.recv())) is not p.Welcome:
@@ -121,14 +130,17 @@ def scale(agents: int, tasks: int, processes: int = 4) -> str:
         started = time.perf_counter()
         for k in range(processes):
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_sim_agents, args=(cluster.agent_url, names[k::processes], child), daemon=True)
+            keys_dir = str(cluster.keys_dir or "")
+            proc = ctx.Process(
+                target=_sim_agents, args=(cluster.agent_url, names[k::processes], child, keys_dir), daemon=True
+            )
             proc.start()
             sims.append((proc, parent))
         for _, conn in sims:
             if not conn.poll(300) or conn.recv() != "registered":
                 raise RuntimeError("simulated agents did not register")
         register_s = time.perf_counter() - started
-        client = _raw_client(cluster.client_url)
+        client = _raw_client(cluster.client_url, cluster.keys_dir)
 
         # (1) heartbeats only
         time.sleep(2 * _HEARTBEAT_S)
