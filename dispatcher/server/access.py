@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, Literal
@@ -31,6 +32,7 @@ from dispatcher.runtime import keys as k
 from dispatcher.runtime.curve import AGENTS, CLIENTS, Gate, serve_curve
 from dispatcher.runtime.errors import DispatchError
 from dispatcher.runtime.logs import get_logger
+from dispatcher.runtime.throttle import log_due
 from dispatcher.server.events import KeysChanged
 
 log = get_logger("dispatcher")
@@ -120,7 +122,7 @@ class Access:
             if self._gate is None:
                 self._gate = Gate(self._ctx)
                 self._gate.start()
-                self._apply(self._load())
+                self._apply(_as_lists(self._keys.agents, self._keys.clients))  # as read at start
             serve_curve(sock, self._keys.public, self._keys.secret, _DOMAIN[side])
         self._monitors[sock.get_monitor_socket(_WATCHED)] = side
 
@@ -152,7 +154,7 @@ class Access:
             return key
         self.counters.frames_unauthorized[side] += 1
         n = self.counters.frames_unauthorized[side]
-        if n == 1 or n % self._log_every == 0:
+        if log_due(n, every=self._log_every):
             log.warning("frame_unauthorized", side=side, reason="its key is no longer allowed", total=n)
         return None
 
@@ -176,13 +178,10 @@ class Access:
             return None
         try:
             lists = self._load()
-        except k.KeyFileError as exc:  # an expected failure (a half-written Secret): no traceback
-            failure = str(exc)
-        else:
-            failure = ""
-        if failure:
+        except k.KeyFileError as exc:
             self.counters.reload_failures += 1
-            log.error("keys_reload_failed", why=why, error=failure, kept="the previous allow-lists")
+            # An expected failure (a half-written Secret): one line, no traceback.
+            log.error("keys_reload_failed", why=why, error=str(exc), kept="the previous allow-lists")  # noqa: TRY400
             return None
         before = (dict(self._agents), self._allowed["client"])
         self._apply(lists)
@@ -204,9 +203,7 @@ class Access:
 
     def _load(self) -> tuple[dict[str, str], frozenset[str]]:
         assert self.folder is not None
-        agents = {key.decode(): name for key, name in k.allow_list(self.folder / k.AGENTS_DIR).items()}
-        clients = frozenset(key.decode() for key in k.allow_list(self.folder / k.CLIENTS_DIR))
-        return agents, clients
+        return _as_lists(k.allow_list(self.folder / k.AGENTS_DIR), k.allow_list(self.folder / k.CLIENTS_DIR))
 
     def _apply(self, lists: tuple[dict[str, str], frozenset[str]]) -> None:
         agents, clients = lists
@@ -252,7 +249,7 @@ class Access:
                     reason = _FAILURES[event]
                     self.counters.handshakes_failed[side, reason] += 1
                     n = sum(v for (s, _), v in self.counters.handshakes_failed.items() if s == side)
-                    if n == 1 or n % self._log_every == 0:
+                    if log_due(n, every=self._log_every):
                         log.warning("handshake_refused", side=side, reason=reason, total=n)
 
     def close_monitors(self) -> None:
@@ -265,3 +262,9 @@ class Access:
         if self._gate is not None:
             self._gate.stop()
             self._gate = None
+
+
+def _as_lists(agents: Mapping[bytes, str], clients: Mapping[bytes, str]) -> tuple[dict[str, str], frozenset[str]]:
+    """Allow-lists as the ZAP User-Id spells keys (Z85 text): agent key -> bound node name, and
+    the client keys."""
+    return {key.decode(): name for key, name in agents.items()}, frozenset(key.decode() for key in clients)

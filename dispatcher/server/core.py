@@ -48,6 +48,7 @@ from typing import Final, assert_never
 from dispatcher import protocol as p
 from dispatcher.protocol import TaskKey
 from dispatcher.runtime.smoothing import ema
+from dispatcher.runtime.throttle import log_due
 from dispatcher.server.config import CoreConfig
 from dispatcher.server.events import (
     AgentMessageReceived,
@@ -459,14 +460,9 @@ class DispatcherCore:
                 node.runtime_s = ema(node.runtime_s, result.runtime_s)
             resolution = p.Resolution(result.task_id, result.outcome, result.payload, ran_on, result.runtime_s)
             by_client[result.client_id].append(resolution)
-        if refused:
-            total = self.results_refused
-            if (
-                total == refused
-                or total // self.config.bad_frame_log_every != (total - refused) // self.config.bad_frame_log_every
-            ):
-                self._log("results_refused", "warning", node=ran_on or None, refused=refused, total=total,
-                          reason="results for tasks never sent to this node")  # fmt: skip
+        if refused and log_due(self.results_refused, refused, self.config.bad_frame_log_every):
+            self._log("results_refused", "warning", node=ran_on or None, refused=refused, total=self.results_refused,
+                      reason="results for tasks never sent to this node")  # fmt: skip
         if node is not None:
             node.done += sum(len(v) for v in by_client.values())
         self._resolve(by_client)
@@ -839,8 +835,7 @@ class DispatcherCore:
             else:
                 self._out.append(SendToClient(event.peer, p.Error(p.ErrorCode.VERSION_MISMATCH, reason[: p.MAX_TEXT])))
         self.bad_frames += 1
-        every = self.config.bad_frame_log_every
-        if self.bad_frames == 1 or self.bad_frames % every == 0:
+        if log_due(self.bad_frames, every=self.config.bad_frame_log_every):
             self._log("bad_frame", "warning", side=event.side, reason=event.reason, total=self.bad_frames)
 
     # ------------------------------------------------------------------ checking

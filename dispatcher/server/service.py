@@ -246,43 +246,38 @@ class DispatcherService:
     def _read(self, sock: zmq.Socket[bytes], side: Side) -> None:
         """Read up to a burst of frames from one socket and feed them to the core: at most
         ``_READ_BURST`` frames and at most a tick's time, so a flood of large submissions never
-        keeps agents' heartbeats unread long enough to declare their nodes dead."""
+        keeps agents' heartbeats unread long enough to declare their nodes dead. With CURVE a
+        message whose key was revoked is dropped unread (:meth:`_receiver`)."""
         clock = self._clock
         until = clock() + self.config.tick_s
-        if self.access.keyed:
-            self._read_keyed(sock, side)
-            return
-        for frames in itertools.islice(drain(sock, sock.recv_multipart), _READ_BURST):
+        for frames, key in itertools.islice(drain(sock, self._receiver(sock, side)), _READ_BURST):
             now = clock()
-            event, version = self._event(side, frames, now, f"{side}-{next(self._stimuli)}")
-            if version is not None:
-                self._note_version(sock, frames[0], version)
-            self._step(event)
-            if now >= until:
-                return
-
-    def _read_keyed(self, sock: zmq.Socket[bytes], side: Side) -> None:
-        """:meth:`_read` with CURVE: each message is read as frames, to learn the key it came
-        with (its User-Id), and one whose key was revoked is dropped unread."""
-        clock = self._clock
-        until = clock() + self.config.tick_s
-        admit = self.access.admit
-
-        def recv(flags: int) -> list[zmq.Frame]:
-            return sock.recv_multipart(flags, copy=False)
-
-        for frames in itertools.islice(drain(sock, recv), _READ_BURST):
-            now = clock()
-            key = admit(side, frames[-1])
             if key is not None:
-                peer = frames[0].bytes
-                parts: list[bytes | memoryview] = [peer, *(frame.buffer for frame in frames[1:])]
-                event, version = self._event(side, parts, now, f"{side}-{next(self._stimuli)}", key)
+                event, version = self._event(side, frames, now, f"{side}-{next(self._stimuli)}", key)
                 if version is not None:
-                    self._note_version(sock, peer, version)
+                    self._note_version(sock, bytes(frames[0]), version)
                 self._step(event)
             if now >= until:
                 return
+
+    def _receiver(
+        self, sock: zmq.Socket[bytes], side: Side
+    ) -> Callable[[int], tuple[Sequence[bytes | memoryview], str | None]]:
+        """How :meth:`_read` takes one message: its frames and the key it came with ("" without
+        keys; None: revoked, to be dropped). With CURVE it is read as frames, to learn the key
+        from the ZAP User-Id (``Access.admit``), and decoded from their buffers."""
+        if not self.access.keyed:
+            return lambda flags: (sock.recv_multipart(flags), "")
+        admit = self.access.admit
+
+        def recv(flags: int) -> tuple[Sequence[bytes | memoryview], str | None]:
+            frames = sock.recv_multipart(flags, copy=False)
+            key = admit(side, frames[-1])
+            if key is None:
+                return (), None
+            return [frames[0].bytes, *(frame.buffer for frame in frames[1:])], key
+
+        return recv
 
     @staticmethod
     def _event(
