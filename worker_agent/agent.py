@@ -36,6 +36,7 @@ from dispatcher import protocol as p
 from dispatcher.runtime.curve import HandshakeWatch, use_curve
 from dispatcher.runtime.logs import get_logger
 from dispatcher.runtime.sockets import drain
+from dispatcher.runtime.versions import runtime_versions
 from worker_agent.config import AgentConfig
 from worker_agent.pool import WorkerPool
 
@@ -57,6 +58,8 @@ class Agent:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
         self.agent_id = f"{config.node_name}-{uuid.uuid4().hex[:8]}"
+        self._versions = runtime_versions()
+        """What its workers run (REGISTER's ``versions``): the agent and its workers share one environment."""
         self.capacity = config.workers + config.prefetch_tasks
         self._credit_step = max(1, self.capacity // 4)
         self.phase = Phase.REGISTERING
@@ -104,7 +107,7 @@ class Agent:
             speed=cfg.speed,
             dispatcher=cfg.dispatcher_url,
         )
-        self._pool = WorkerPool(cfg.workers, cfg.node_name, cfg.speed, cfg.pipeline, cfg.zygote)
+        self._pool = WorkerPool(cfg.workers, cfg.node_name, cfg.speed or 1.0, cfg.pipeline, cfg.zygote)
         if not self._pool.wait_ready(cfg.worker_start_timeout_s):
             log.warning("workers_slow_to_start", ready=self._pool.idle, workers=cfg.workers)
         try:
@@ -167,7 +170,10 @@ class Agent:
         self._granted = 0
         running = tuple(p.TaskRef(c, t) for c, t in self._pool.running) if self._pool is not None else ()
         cfg = self.config
-        register = p.Register(cfg.node_name, self.agent_id, cfg.workers, cfg.prefetch_tasks, cfg.speed, running=running)
+        register = p.Register(
+            cfg.node_name, self.agent_id, cfg.workers, cfg.prefetch_tasks, cfg.speed or 0.0, running=running,
+            versions=self._versions,
+        )  # fmt: skip
         self._send(register, now)
         self._retry_at = now + self._backoff_s * random.uniform(1.0, 1.5)
         self._backoff_s = min(self._backoff_s * 2, self.config.reconnect_max_s)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
 
 from dispatcher.protocol import is_node_name
 from dispatcher.runtime import exposure
@@ -20,15 +23,17 @@ NODE_SPEED_ENV = "NODE_SPEED"
 class AgentConfig:
     dispatcher_url: str
     node_name: str
-    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
-    """Worker processes (default: the machine's cores, as HTEX's ``max_workers_per_node``)."""
+    workers: int = field(default_factory=lambda: default_workers())  # noqa: PLW0108 - defined below
+    """Worker processes (default: the container's CPU limit, its cgroup quota rounded up, else
+    the machine's cores, as HTEX's ``max_workers_per_node``)."""
     prefetch: int | None = None
     """Tasks held beyond the worker count, so a worker never waits for a round trip (default:
     as many as there are workers)."""
     pipeline: int = 1
     """Tasks written ahead into a busy worker's pipe when every worker is busy (0: none)."""
-    speed: float = 1.0
-    """Relative speed advertised to the planner (1.0 = reference node)."""
+    speed: float | None = None
+    """Relative speed advertised to the planner (1.0 = reference node); None: the agent gives
+    none, and its Node's ``saga-dispatch.io/speed`` label (else 1.0) is its speed."""
     reconnect_min_s: float = 0.1
     reconnect_max_s: float = 5.0
     worker_start_timeout_s: float = 60.0
@@ -55,7 +60,7 @@ class AgentConfig:
             raise ValueError(f"prefetch must be >= 0, got {self.prefetch}")
         if self.pipeline < 0:
             raise ValueError(f"pipeline must be >= 0, got {self.pipeline}")
-        if not self.speed > 0:
+        if self.speed is not None and not self.speed > 0:
             raise ValueError(f"speed must be > 0, got {self.speed}")
         exposure.check_connect(self.dispatcher_url, keyed=self.keys is not None, insecure=self.insecure)
 
@@ -64,6 +69,33 @@ class AgentConfig:
         """``prefetch``, resolved (never None after construction)."""
         assert self.prefetch is not None
         return self.prefetch
+
+
+CGROUP: Final = Path("/sys/fs/cgroup")
+
+
+def default_workers(cgroup: Path = CGROUP) -> int:
+    """The CPUs this process may use: its cgroup's CPU quota (v2 ``cpu.max``, v1
+    ``cpu.cfs_quota_us``), rounded up and at most the cores; the cores where there is none."""
+    cores = os.cpu_count() or 1
+    quota = cpu_quota(cgroup)
+    return max(1, min(cores, math.ceil(quota))) if quota is not None else cores
+
+
+def cpu_quota(cgroup: Path = CGROUP) -> float | None:
+    """The CPU limit in CPUs, or None if there is none (or it cannot be read)."""
+    try:
+        v2 = cgroup / "cpu.max"
+        if v2.exists():
+            limit, _, period = v2.read_text().strip().partition(" ")
+            return None if limit == "max" else int(limit) / int(period or "100000")
+        v1 = cgroup / "cpu" / "cpu.cfs_quota_us"
+        if v1.exists():
+            quota = int(v1.read_text())
+            return None if quota <= 0 else quota / int((cgroup / "cpu" / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError, ZeroDivisionError):
+        return None
+    return None
 
 
 def resolve_node_name(cli_value: str | None, env: Mapping[str, str] = os.environ) -> str:

@@ -40,7 +40,12 @@ def main(argv: list[str]) -> int:
         default=defaults["pipeline"],
         help="tasks written ahead into a busy worker's pipe when all are busy",
     )
-    parser.add_argument("--speed", type=float, default=float(env("SAGA_NODE_SPEED", str(defaults["speed"]))))
+    parser.add_argument(
+        "--speed",
+        type=float,
+        default=float(env("SAGA_NODE_SPEED", "0")) or None,
+        help="relative speed for the planner (env SAGA_NODE_SPEED; default: the Node's speed label, else 1)",
+    )
     parser.add_argument("--drain-timeout", type=float, default=defaults["drain_timeout_s"], metavar="SECONDS")
     parser.add_argument(
         "--zygote", default=None, metavar="SOCKET", help="fork workers from this worker zygote (the local cluster's)"

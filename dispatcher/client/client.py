@@ -49,6 +49,7 @@ from dispatcher.runtime import keys as k
 from dispatcher.runtime.curve import KEY_REFUSED, KEYS_REQUIRED, HandshakeWatch, use_curve
 from dispatcher.runtime.logs import get_logger
 from dispatcher.runtime.sockets import drain
+from dispatcher.runtime.versions import runtime_versions
 
 log = get_logger("client")
 
@@ -177,6 +178,8 @@ class Client:
         self.address = address
         self.coalesce_s = coalesce_s
         self.client_id = client_id or f"client-{uuid.uuid4().hex[:12]}"
+        self._versions = runtime_versions()
+        """What packs its tasks (HELLO's ``versions``): tasks pinned to a node that differs are refused."""
         self.heartbeat_interval_s = heartbeat_interval_s
         self._ids = itertools.count(1)
         self._wake_r, self._wake_w = os.pipe()
@@ -382,7 +385,7 @@ class Client:
         poller.register(self._wake_r, zmq.POLLIN)
         poller.register(watch.monitor, zmq.POLLIN)
         said = None
-        hello = p.encode(p.Hello(self.client_id))
+        hello = p.encode(p.Hello(self.client_id, versions=self._versions))
         sock.send(hello)
         last_sent = time.monotonic()
         while not self._closing.is_set():
@@ -570,7 +573,7 @@ class Client:
 
     def _error(self, sock: zmq.Socket[bytes], message: p.Error) -> None:
         if message.code is p.ErrorCode.UNKNOWN_CLIENT:
-            sock.send(p.encode(p.Hello(self.client_id)))
+            sock.send(p.encode(p.Hello(self.client_id, versions=self._versions)))
         elif message.code is p.ErrorCode.REFUSED:
             raise AccessRefused(f"{AccessRefused.PREFIX}{self.address}: {message.message}")
         else:

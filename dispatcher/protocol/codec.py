@@ -124,7 +124,7 @@ def _outcome(value: Any) -> Outcome:
 
 
 def _nodes(value: Any, width: int = len(NodeInfo._fields)) -> tuple[NodeInfo, ...]:
-    """NodeInfo rows: 9 fields since version 3, 8 before (no worker_respawns)."""
+    """NodeInfo rows: 11 fields since version 4, 9 in version 3 (no reason, no versions)."""
     return tuple(
         NodeInfo(
             _str(row[0], "node_name", MAX_NAME),
@@ -135,10 +135,15 @@ def _nodes(value: Any, width: int = len(NodeInfo._fields)) -> tuple[NodeInfo, ..
             _int(row[5], "queued"),
             _int(row[6], "in_flight"),
             _int(row[7], "done"),
-            *(_int(r, "worker_respawns") for r in row[8:]),
+            _int(row[8], "worker_respawns"),
+            *((_str(row[9], "node reason", MAX_ID, 0), _versions(row[10])) if width > 9 else ()),
         )
         for row in _items(value, "nodes", width)
     )
+
+
+def _versions(value: Any) -> str:
+    return _str(value, "versions", MAX_TEXT, 0)
 
 
 # --------------------------------------------------------------------------- codecs per op
@@ -147,14 +152,20 @@ def _nodes(value: Any, width: int = len(NodeInfo._fields)) -> tuple[NodeInfo, ..
 
 
 def _register(f: list[Any]) -> Register:
+    """Version 4 adds ``versions`` and lets ``speed`` be 0 ("the agent gives none")."""
+    current = len(f) > 7
+    speed = _float(f[4], "speed", positive=not current)
+    if speed < 0.0:
+        raise _fail("speed", speed)
     return Register(
         node_name=_str(f[0], "node_name", MAX_NAME),
         agent_id=_str(f[1], "agent_id", MAX_ID),
         slots=_int(f[2], "slots", 1, MAX_SLOTS),
         prefetch=_int(f[3], "prefetch", 0, MAX_SLOTS),
-        speed=_float(f[4], "speed", positive=True),
+        speed=speed,
         protocol_version=_int(f[5], "protocol_version"),
         running=_refs(f[6], "running"),
+        versions=_versions(f[7]) if current else "",
     )
 
 
@@ -240,7 +251,7 @@ def _status(f: list[Any], width: int = len(NodeInfo._fields)) -> Status:
         tasks_resolved=_int(f[5], "tasks_resolved"),
         duplicates_dropped=_int(f[6], "duplicates_dropped"),
         bad_frames=_int(f[7], "bad_frames"),
-        tasks_stolen=_int(f[8], "tasks_stolen") if len(f) > 8 else 0,
+        tasks_stolen=_int(f[8], "tasks_stolen"),
     )
 
 
@@ -254,7 +265,7 @@ def _error(f: list[Any]) -> Error:
 
 _DECODERS: Final[dict[type[Any], tuple[int, Any]]] = {
     AgentStatus: (2, lambda f: AgentStatus(_int(f[0], "worker_respawns"), _int(f[1], "busy_workers", 0, MAX_SLOTS))),
-    Register: (7, _register),
+    Register: (8, _register),
     Credit: (1, lambda f: Credit(_int(f[0], "credit", 1, MAX_SLOTS * 2))),
     Results: (2, _results),
     Drain: (1, lambda f: Drain(_refs(f[0], "returned"))),
@@ -274,7 +285,7 @@ _DECODERS: Final[dict[type[Any], tuple[int, Any]]] = {
     Reregister: (0, lambda _: Reregister()),
     Refused: (1, lambda f: Refused(_str(f[0], "reason", MAX_TEXT, 0))),
     Heartbeat: (0, lambda _: Heartbeat()),
-    Hello: (2, lambda f: Hello(_str(f[0], "client_id", MAX_ID), _int(f[1], "protocol_version"))),
+    Hello: (3, lambda f: Hello(_str(f[0], "client_id", MAX_ID), _int(f[1], "protocol_version"), _versions(f[2]))),
     Submit: (1, _submit),
     Cancel: (1, _cancel),
     NodesQuery: (1, lambda f: NodesQuery(_int(f[0], "request_id"))),
@@ -303,13 +314,14 @@ _DECODERS: Final[dict[type[Any], tuple[int, Any]]] = {
 """Message class -> (field count, fields -> message), for the current version."""
 
 _BY_OP: Final[dict[Op, tuple[type[Any], int, Any]]] = {cls.op: (cls, n, build) for cls, (n, build) in _DECODERS.items()}
-_NODE_WIDTH_V2: Final = len(NodeInfo._fields) - 1
+_NODE_WIDTH_V3: Final = len(NodeInfo._fields) - 2
 
 _CHANGED_IN: Final[dict[int, dict[type[Any], tuple[int, Any] | None]]] = {
     PROTOCOL_VERSION - 1: {
-        AgentStatus: None,  # not in version 2
-        Nodes: (2, lambda f: Nodes(_int(f[0], "request_id"), _nodes(f[1], _NODE_WIDTH_V2))),
-        Status: (8, lambda f: _status(f, _NODE_WIDTH_V2)),
+        Nodes: (2, lambda f: Nodes(_int(f[0], "request_id"), _nodes(f[1], _NODE_WIDTH_V3))),
+        Status: (9, lambda f: _status(f, _NODE_WIDTH_V3)),
+        Register: (7, _register),
+        Hello: (2, lambda f: Hello(_str(f[0], "client_id", MAX_ID), _int(f[1], "protocol_version"))),
     },
 }
 """Per older supported version: the messages that differ from the current version there (None:
@@ -324,9 +336,13 @@ def _older_fields(message: Message, fields: list[Any], version: int) -> list[Any
     if changed[type(message)] is None:
         raise ValueError(f"{message.op.name} does not exist in protocol version {version}")
     if isinstance(message, Nodes):
-        return [message.request_id, [list(n)[:_NODE_WIDTH_V2] for n in message.nodes]]
-    assert isinstance(message, Status)
-    return [*fields[:2], [list(n)[:_NODE_WIDTH_V2] for n in message.nodes], *fields[3:8]]
+        return [message.request_id, [list(n)[:_NODE_WIDTH_V3] for n in message.nodes]]
+    if isinstance(message, Status):
+        return [*fields[:2], [list(n)[:_NODE_WIDTH_V3] for n in message.nodes], *fields[3:]]
+    if isinstance(message, Register):  # a version 3 dispatcher wants a speed: 0 meant "none", i.e. 1
+        return [*fields[:4], fields[4] or 1.0, *fields[5:7]]
+    assert isinstance(message, Hello)
+    return fields[:2]
 
 
 def op_of(message: Message) -> Op:

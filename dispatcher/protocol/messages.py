@@ -10,8 +10,10 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import ClassVar, Final, NamedTuple
 
-PROTOCOL_VERSION: Final = 3
-"""3: AGENT_STATUS (an agent's own counters); NODES and STATUS report worker respawns and steals.
+PROTOCOL_VERSION: Final = 4
+"""4: what the cluster says of a node (NodeInfo's ``reason``); REGISTER and HELLO carry their
+side's runtime versions; REGISTER's speed may be 0 (the agent gives none: the Node's label or 1).
+3: AGENT_STATUS (an agent's own counters); NODES and STATUS report worker respawns and steals.
 2: RESULTS carries the credit its results free (one frame where version 1 sent two)."""
 SUPPORTED_VERSIONS: Final = (PROTOCOL_VERSION - 1, PROTOCOL_VERSION)
 """What the dispatcher decodes and answers in (each peer in its own version): this one and the
@@ -197,6 +199,11 @@ class NodeInfo(NamedTuple):
     done: int
     worker_respawns: int = 0
     """Worker processes its agent started again after one died (since version 3)."""
+    reason: str = ""
+    """Why it is in its state, where the cluster or the agent says ("cordoned", "deleted",
+    "suspect", "not-in-api", "draining"; "" otherwise). Since version 4."""
+    versions: str = ""
+    """Its agent's runtime versions (``runtime_versions``), "" when unknown. Since version 4."""
 
 
 # --------------------------------------------------------------------------- messages
@@ -217,6 +224,9 @@ class Register:
     running: tuple[TaskRef, ...] = ()
     """Tasks this agent is running right now (non-empty when it registers again after losing its
     connection: everything else the dispatcher thought it held was dropped or never arrived)."""
+    versions: str = ""
+    """What its workers run: ``python=3.13.5 parsl=2026.10.26`` (space-separated ``name=version``;
+    since version 4). A client whose own differ is told so for tasks pinned here."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -351,6 +361,8 @@ class Hello:
 
     client_id: str
     protocol_version: int = PROTOCOL_VERSION
+    versions: str = ""
+    """What packs this client's tasks (as REGISTER's ``versions``; since version 4)."""
 
 
 @dataclass(frozen=True, slots=True)

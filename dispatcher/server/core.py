@@ -33,6 +33,18 @@ Rules (the invariants ``validate_state()`` checks after every step in tests):
    allow-lists change (``KeysChanged``), a node whose agent's key no longer fits is dropped
    (DEAD: its work moves on), and a client whose key was revoked is forgotten with its tasks:
    it gets nothing more.
+10. The cluster's word (the Node watch: ``NodesListed``, ``NodeObserved``, ``NodeDeleted``;
+   without it nothing here applies). A cordoned Node holds its ALIVE node in DRAINING
+   ("cordoned"): running tasks finish; its queued tasks, and those its agent prefetched but has
+   not started (asked back in two phases, as a steal), go to the pool; uncordoned, it is ALIVE
+   again (an agent that is itself draining stays draining). A Node not Ready makes its node
+   suspect: dead at its first missed heartbeat. A deleted Node's node is GONE at once (its
+   in-flight work runs again elsewhere, first result wins) and its agent is refused until a
+   Node of that name is listed again; the entry is dropped once no task names it. An agent
+   whose Node is not listed (once a first list has come) waits, held ("not-in-api"), until it
+   is. Heartbeats stay the ground truth for liveness: the API being away changes nothing.
+11. A task pinned to a node whose agent's runtime versions differ from its client's (Python
+   major.minor, Parsl, dill: ``runtime.versions``) resolves REJECTED, saying which differ.
 6. Bad input never raises out of ``handle``: malformed frames are counted, unknown peers are told
    to register or say hello, invalid submissions resolve as REJECTED. A step that raises all the
    same (a bug) is undone whole by the journal before the exception leaves ``handle``: the
@@ -49,26 +61,33 @@ from dispatcher import protocol as p
 from dispatcher.protocol import TaskKey
 from dispatcher.runtime.smoothing import ema
 from dispatcher.runtime.throttle import log_due
+from dispatcher.runtime.versions import mismatch
 from dispatcher.server.config import CoreConfig
 from dispatcher.server.events import (
     AgentMessageReceived,
     ClientMessageReceived,
+    ClusterNode,
     Command,
     Event,
     FrameRejected,
     KeysChanged,
     Log,
     LogLevel,
+    NodeDeleted,
+    NodeObserved,
+    NodesListed,
     SendToAgent,
     SendToClient,
     Ticked,
 )
 from dispatcher.server.journal import Journal
-from dispatcher.server.node import ACCEPTS_PINS, CONNECTED, NodeActor, NodeState
+from dispatcher.server.node import ACCEPTS_PINS, CONNECTED, HELD, NodeActor, NodeState
 from dispatcher.server.stealing import ThiefView, plan_steals, victim_view
 from dispatcher.server.tasks import POOL, TaskQueue, TaskRecord
 
 _SPOKEN: Final = " and ".join(map(str, p.SUPPORTED_VERSIONS))
+SWEEP_S: Final = 1.0
+"""How often deleted Nodes' entries are looked at, to drop those no task names any more."""
 
 
 class DispatcherCore:
@@ -115,6 +134,13 @@ class DispatcherCore:
         """Registrations refused for a key that does not fit the node name (impersonation)."""
         self.results_refused = 0
         """Results from a node a task was never sent to (forged, or from an unknown peer): dropped."""
+        self._client_versions: dict[str, str] = {}
+        """Client id -> the runtime versions its HELLO said (rule 11)."""
+        self._api: dict[str, ClusterNode] | None = None
+        """The Nodes the API lists, by name; None until the Node watch's first list (rule 10)."""
+        self._deleted: dict[str, None] = {}
+        """Nodes deleted in the API and not listed since: their agents are refused."""
+        self._swept = 0.0
 
     # ------------------------------------------------------------------ entry point
 
@@ -125,7 +151,8 @@ class DispatcherCore:
         exception propagates; the state is as it was and no command was issued."""
         self._out = out = list[Command]()
         journal = self.journal
-        before = (self._now, self._counters(), self._agent_keys, self._bound_names, self._client_key_set)
+        before = (self._now, self._counters(), self._agent_keys, self._bound_names, self._client_key_set,
+                  self._api, self._swept)  # fmt: skip
         journal.begin()
         self._now = event.now
         try:
@@ -140,12 +167,19 @@ class DispatcherCore:
                     self._handle_frame_rejected(event)
                 case KeysChanged():
                     self._handle_keys_changed(event)
+                case NodesListed():
+                    self._handle_nodes_listed(event)
+                case NodeObserved():
+                    self._handle_node_observed(event)
+                case NodeDeleted():
+                    self._handle_node_deleted(event)
                 case _:  # pragma: no cover - the Event union is closed
                     assert_never(event)
             self._check_step()
         except BaseException:
             journal.rollback()
-            self._now, counters, self._agent_keys, self._bound_names, self._client_key_set = before
+            (self._now, counters, self._agent_keys, self._bound_names, self._client_key_set,
+             self._api, self._swept) = before  # fmt: skip
             self._set_counters(counters)
             self._out = []
             raise
@@ -354,6 +388,8 @@ class DispatcherCore:
             refusal = f"{name!r} is not a valid Kubernetes node name (RFC 1123 subdomain)"
         elif (refusal := _key_refusal(self._agent_keys, self._bound_names, name, key)) is not None:
             self.agents_refused += 1
+        elif name in self._deleted:
+            refusal = f"the Kubernetes Node {name} was deleted: refused until a Node of that name is listed again"
         elif node is not None and node.state in CONNECTED and node.agent_id != message.agent_id:
             refusal = f"node {name} is already registered by live agent {node.agent_id}"
         elif node is None and len(self.nodes) >= self.config.max_nodes:
@@ -378,7 +414,11 @@ class DispatcherCore:
         else:
             self._drop_agent(node.peer)
             slots, prefetch, speed = message.slots, message.prefetch, message.speed
-            node.attach(peer, message.agent_id, slots=slots, prefetch=prefetch, speed=speed, now=self._now)
+            node.attach(
+                peer, message.agent_id, slots=slots, prefetch=prefetch, speed=speed, now=self._now,
+                versions=message.versions,
+            )  # fmt: skip
+            self._learn_speed(node)
             self._reclaim(node)
             self._broadcast(node)
             self._log(
@@ -400,6 +440,7 @@ class DispatcherCore:
             node,
             p.Registered(name, node.incarnation, cfg.dispatcher_id, cfg.heartbeat_interval_s, cfg.liveness),
         )
+        self._apply_cluster(node)
 
     def _new_node(self, name: str) -> NodeActor:
         self.journal.keep(self.nodes, name)
@@ -474,6 +515,7 @@ class DispatcherCore:
     def _handle_drain(self, node: NodeActor, message: p.Drain) -> None:
         journal = self.journal
         node.state = NodeState.DRAINING
+        node.reason = "draining"  # its agent's word: the cluster cannot undo it
         node.credit = 0
         self._unhungry(node)
         self._broadcast(node)
@@ -543,6 +585,9 @@ class DispatcherCore:
         if bound is None:
             journal.keep(self._client_keys, message.client_id)
             self._client_keys[message.client_id] = key
+        if self._client_versions.get(message.client_id) != message.versions:
+            journal.keep(self._client_versions, message.client_id)
+            self._client_versions[message.client_id] = message.versions
         old_peer = self._clients.get(message.client_id)
         if old_peer is not None and old_peer != peer and old_peer in self._client_ids:
             journal.keep(self._client_ids, old_peer)
@@ -561,6 +606,7 @@ class DispatcherCore:
         to_pool = False
         rejected: list[p.Resolution] = []
         max_bytes = self.config.max_task_bytes
+        versions = self._client_versions.get(client_id, "")
         for spec in message.tasks:
             key = (client_id, spec.task_id)
             if key in tasks:  # a re-send of a task we already hold
@@ -571,8 +617,12 @@ class DispatcherCore:
                 continue
             name = spec.node_name
             queue = self.pool
-            if name is not None:
+            if name is not None and name not in self._deleted:
                 node = self.nodes.get(name)
+                if node is not None and versions and node.versions and (differ := mismatch(versions, node.versions)):
+                    why = f"node {name} cannot run this client's tasks: {differ}"
+                    rejected.append(p.Resolution(spec.task_id, p.Outcome.REJECTED, why.encode(), ""))
+                    continue
                 if node is None:
                     reason = self._unplaceable(name)
                     if reason is not None:
@@ -616,7 +666,7 @@ class DispatcherCore:
             if record is None or record.queue is None:
                 continue
             name = placement.node_name
-            if name is not None and name not in self.nodes:
+            if name is not None and name not in self.nodes and name not in self._deleted:
                 if self._unplaceable(name) is not None:
                     continue
                 self._new_node(name)
@@ -655,7 +705,7 @@ class DispatcherCore:
         return tuple(
             p.NodeInfo(
                 n.name,
-                n.state.value,
+                "pending" if n.reason == "not-in-api" else n.state.value,
                 n.speed,
                 n.slots,
                 n.incarnation,
@@ -663,9 +713,16 @@ class DispatcherCore:
                 len(n.in_flight),
                 n.done,
                 n.worker_respawns,
+                "suspect" if n.state is NodeState.ALIVE and self._suspect(n.name) else n.reason,
+                n.versions,
             )
             for n in sorted(self.nodes.values(), key=lambda n: n.name)
         )
+
+    def _suspect(self, name: str) -> bool:
+        """Its Node is listed not Ready (rule 10)."""
+        facts = self._api.get(name) if self._api is not None else None
+        return facts is not None and not facts.ready
 
     def _status(self, request_id: int) -> p.Status:
         return p.Status(
@@ -684,17 +741,22 @@ class DispatcherCore:
 
     def _handle_ticked(self, event: Ticked) -> None:
         now, cfg = event.now, self.config
+        suspect_s = min(cfg.expiry_s, 2 * cfg.heartbeat_interval_s)  # one heartbeat missed
         for node in list(self.nodes.values()):
             if node.state in CONNECTED:
                 silent_s = now - node.last_seen
                 if silent_s > cfg.expiry_s:
                     self._declare_dead(node, f"silent for {silent_s:.2f} s")
+                elif silent_s > suspect_s and self._suspect(node.name):
+                    self._declare_dead(node, f"its Node is not Ready and it missed a heartbeat ({silent_s:.2f} s)")
                 elif now - node.last_sent >= cfg.heartbeat_interval_s:
                     self._to_agent(node, p.Heartbeat())
             elif node.state is NodeState.PENDING and now - node.pending_since > cfg.pending_grace_s:
                 self._declare_dead(node, f"never registered within {cfg.pending_grace_s:g} s")
         if self._soft:
             self._steal_round()
+        if self._deleted and now - self._swept >= SWEEP_S:
+            self._sweep_deleted()
 
     # ------------------------------------------------------------------ soft-affinity stealing
 
@@ -826,6 +888,162 @@ class DispatcherCore:
             if node.state in CONNECTED and name not in cut:
                 self._to_agent(node, p.CancelTasks(tuple(refs)))
         self._log("client_revoked", "warning", client_id=client_id, tasks_dropped=len(records))
+
+    # ------------------------------------------------------------------ the cluster's word (rule 10)
+
+    def _handle_nodes_listed(self, event: NodesListed) -> None:
+        """A full list: what is not in it was deleted (e.g. in the gap a 410 Gone left)."""
+        listed = {facts.name: facts for facts in event.nodes}
+        gone = [name for name in (self._api or ()) if name not in listed]
+        first = self._api is None
+        self._api = listed  # replaced whole: the step's rollback restores the old one
+        for name in gone:
+            self._mark_deleted(name)
+        for name in [n for n in self._deleted if n in listed]:
+            self.journal.keep(self._deleted, name)
+            del self._deleted[name]
+        for node in list(self.nodes.values()):
+            self._apply_cluster(node)
+        self._log("nodes_listed", nodes=len(listed), deleted_meanwhile=len(gone), first=first)
+
+    def _handle_node_observed(self, event: NodeObserved) -> None:
+        if self._api is None:  # before the first list: that list will say it
+            return
+        facts = event.node
+        self.journal.keep(self._api, facts.name)
+        self._api[facts.name] = facts
+        if facts.name in self._deleted:
+            self.journal.keep(self._deleted, facts.name)
+            del self._deleted[facts.name]
+        node = self.nodes.get(facts.name)
+        if node is not None:
+            self._apply_cluster(node)
+
+    def _handle_node_deleted(self, event: NodeDeleted) -> None:
+        if self._api is None:
+            return
+        if event.name in self._api:
+            self.journal.keep(self._api, event.name)
+            del self._api[event.name]
+        self._mark_deleted(event.name)
+        node = self.nodes.get(event.name)
+        if node is not None:
+            self._apply_cluster(node)
+
+    def _mark_deleted(self, name: str) -> None:
+        if name not in self._deleted:
+            self.journal.keep(self._deleted, name)
+            self._deleted[name] = None
+
+    def _apply_cluster(self, node: NodeActor) -> None:
+        """Bring ``node`` in line with what the API says of its Node (rule 10)."""
+        if self._api is None:
+            return
+        facts = self._api.get(node.name)
+        if facts is None:
+            if node.name in self._deleted:
+                self._delete(node)
+            elif node.state is NodeState.ALIVE:
+                self._hold(node, "not-in-api")
+            return
+        self._learn_speed(node)
+        if node.state is NodeState.GONE and node.reason == "deleted":
+            self.journal.save(node)
+            node.reason = ""  # listed again: its agent may register
+        elif node.state is NodeState.ALIVE and facts.cordoned:
+            self._hold(node, "cordoned")
+        elif node.state is NodeState.DRAINING and node.reason in HELD:
+            if facts.cordoned and node.reason != "cordoned":
+                self.journal.save(node)
+                node.reason = "cordoned"
+                self._broadcast(node)
+            elif not facts.cordoned:
+                self._release(node)
+
+    def _learn_speed(self, node: NodeActor) -> None:
+        """Where its agent gives no speed, the Node's ``saga-dispatch.io/speed`` label is it."""
+        facts = self._api.get(node.name) if self._api is not None else None
+        speed = node.own_speed or (facts.speed if facts is not None and facts.speed else 1.0)
+        if speed != node.speed:
+            self.journal.save(node)
+            node.speed = speed
+            if node.state in CONNECTED:
+                self._broadcast(node)
+
+    def _hold(self, node: NodeActor, reason: str) -> None:
+        """The cluster holds a live node: no new work; queued tasks go to the pool, prefetched
+        ones are asked back (two phases: only those the agent confirms it had not started
+        leave it), running ones finish. Its agent's credit keeps counting."""
+        journal = self.journal
+        journal.save(node)
+        node.state = NodeState.DRAINING
+        node.reason = reason
+        self._unhungry(node)
+        queued = node.queue.take_all()
+        self._requeue(queued)
+        asked = [record for record in node.in_flight.values() if not record.steal_id]
+        if asked:
+            self._steal_ids += 1
+            request_id = self._steal_ids
+            for record in asked:
+                journal.save(record)
+                record.steal_id = request_id
+            journal.keep(self._steals, request_id)
+            self._steals[request_id] = (node.name, "", [r.key for r in asked])
+            self._to_agent(node, p.StealRequest(request_id, tuple(p.TaskRef(*r.key) for r in asked)))
+        self._broadcast(node)
+        self._log("node_held", "warning", node=node.name, reason=reason, requeued=len(queued), asked_back=len(asked))
+        self._pump_pool()
+
+    def _release(self, node: NodeActor) -> None:
+        """The cluster lets a held node work again: its pinned tasks come back from the pool."""
+        journal = self.journal
+        journal.save(node)
+        held_for = node.reason
+        node.state = NodeState.ALIVE
+        node.reason = ""
+        self._reclaim(node)
+        self._broadcast(node)
+        self._log("node_released", node=node.name, was=held_for, queued=len(node.queue))
+        self._pump(node)
+
+    def _delete(self, node: NodeActor) -> None:
+        """Its Node was deleted: GONE now, its work moves on, its agent is cut off."""
+        if node.state is NodeState.GONE and node.reason == "deleted":
+            return
+        if node.state in CONNECTED:
+            journal = self.journal
+            journal.save(node)
+            node.credit = 0
+            self._unhungry(node)
+            self._drop_agent(node.peer)
+            self._declare_dead(node, "its Kubernetes Node was deleted", NodeState.GONE)
+            node.peer = None
+        else:
+            self.journal.save(node)
+            node.state = NodeState.GONE
+            self._requeue(node.queue.take_all())
+            self._broadcast(node)
+            self._pump_pool()
+        node.reason = "deleted"
+
+    def _sweep_deleted(self) -> None:
+        """Drop the entries of deleted Nodes that no unresolved task names any more."""
+        self._swept = self._now
+        names = {name for name in self._deleted if name in self.nodes}
+        if not names:
+            return
+        for record in self.tasks.values():
+            names.discard(record.node_name or "")
+            if not names:
+                return
+        for name in names:
+            node = self.nodes[name]
+            if node.in_flight or node.state is not NodeState.GONE:
+                continue
+            self.journal.keep(self.nodes, name)
+            del self.nodes[name]
+            self._log("node_forgotten", node=name, reason="its Node was deleted and no task names it")
 
     def _handle_frame_rejected(self, event: FrameRejected) -> None:
         if event.version is not None and event.peer:  # readable, but a version we do not speak: say so

@@ -75,7 +75,54 @@ class KeysChanged:
     stimulus_id: str = ""
 
 
-Event = AgentMessageReceived | ClientMessageReceived | FrameRejected | Ticked | KeysChanged
+@dataclass(frozen=True, slots=True)
+class ClusterNode:
+    """What the Kubernetes API says of one Node (the Node watch's reading of a ``V1Node``)."""
+
+    name: str
+    cordoned: bool = False
+    """``spec.unschedulable``, or the ``node.kubernetes.io/unschedulable`` taint."""
+    ready: bool = True
+    """False when its Ready condition is False or Unknown, or it has the ``unreachable`` or
+    ``not-ready`` taint: its node is then suspect (dead at its first missed heartbeat)."""
+    speed: float | None = None
+    """The ``saga-dispatch.io/speed`` label: the node's speed where its agent gives none."""
+    zone: str = ""
+    """``topology.kubernetes.io/zone``."""
+
+
+@dataclass(frozen=True, slots=True)
+class NodesListed:
+    """The Node watch listed every Node (at its start, and again after a 410 Gone or an error):
+    this is all of them, so a Node the core knew and that is not here was deleted meanwhile."""
+
+    nodes: tuple[ClusterNode, ...]
+    now: float
+    stimulus_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class NodeObserved:
+    """A Node was added or changed (a watch event ADDED or MODIFIED)."""
+
+    node: ClusterNode
+    now: float
+    stimulus_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class NodeDeleted:
+    """A Node was deleted (a watch event DELETED)."""
+
+    name: str
+    now: float
+    stimulus_id: str = ""
+
+
+ClusterEvent = NodesListed | NodeObserved | NodeDeleted
+"""What the Node watch reports (``nodewatch.py``), in the order the API said it."""
+
+Event = AgentMessageReceived | ClientMessageReceived | FrameRejected | Ticked | KeysChanged | ClusterEvent
 
 # --------------------------------------------------------------------------- commands
 

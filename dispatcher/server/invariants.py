@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from dispatcher import protocol as p
 from dispatcher.protocol import TaskKey
-from dispatcher.server.node import ACCEPTS_PINS, CONNECTED, NodeState
+from dispatcher.server.node import ACCEPTS_PINS, CONNECTED, HELD, NodeState
 from dispatcher.server.tasks import POOL
 
 if TYPE_CHECKING:
@@ -20,8 +20,12 @@ def check(core: DispatcherCore) -> None:
     for node in core.nodes.values():
         assert node.credit >= 0, node
         assert node.credit + len(node.in_flight) <= max(node.capacity, len(node.in_flight)), node
-        if node.state is not NodeState.ALIVE:
+        if node.state is not NodeState.ALIVE and not (node.state is NodeState.DRAINING and node.reason in HELD):
             assert node.credit == 0, node
+        if node.reason in HELD:
+            assert node.state is NodeState.DRAINING, node
+        if node.name in core._deleted:  # rule 10: a deleted Node's node is gone and refused
+            assert node.state in (NodeState.DEAD, NodeState.GONE), node
         assert (node.name in core._hungry) == (node.state is NodeState.ALIVE and node.credit > 0), node
         if node.state not in ACCEPTS_PINS:
             assert not node.queue, node

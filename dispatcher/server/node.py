@@ -15,11 +15,18 @@ Lifecycle::
 * DRAINING: its agent is stopping: no new tasks, running ones finish.
 * DEAD / GONE: no agent (silent or cleanly left). Its work moved to the shared pool; tasks pinned
   to it later go to the pool too, until an agent registers under its name again.
+
+With the Node watch, the cluster's word moves a node too (``reason`` says why): a cordoned Node
+holds its ALIVE node in DRAINING until it is uncordoned; an agent whose Node the API does not
+list waits in DRAINING ("not-in-api", reported as pending) until it is listed; a deleted Node's
+node is GONE at once. A *held* node (cordoned, not-in-api) keeps counting its agent's credit, so
+it takes work again the moment it is released.
 """
 
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Final
 
 from dispatcher.protocol import TaskKey
 from dispatcher.server.journal import Journal
@@ -34,6 +41,8 @@ class NodeState(StrEnum):
     GONE = "gone"
 
 
+HELD: Final = frozenset({"cordoned", "not-in-api"})
+"""Reasons a DRAINING node may become ALIVE again (the cluster holds it, not its agent)."""
 ACCEPTS_PINS = frozenset({NodeState.PENDING, NodeState.ALIVE})
 """States in which a task pinned to the node waits in the node's own queue."""
 CONNECTED = frozenset({NodeState.ALIVE, NodeState.DRAINING})
@@ -55,14 +64,17 @@ class NodeActor:
         "last_seen",
         "last_sent",
         "name",
+        "own_speed",
         "peer",
         "pending_since",
         "prefetch",
         "queue",
+        "reason",
         "runtime_s",
         "slots",
         "speed",
         "state",
+        "versions",
         "worker_respawns",
     )
 
@@ -72,6 +84,9 @@ class NodeActor:
         """The core's undo log: every change below is noted there first."""
         self._jstep = 0
         self.state = NodeState.PENDING
+        self.reason = ""
+        """Why it is in its state where the cluster or its agent said (``HELD``, "draining",
+        "deleted"); "" otherwise."""
         self.queue = TaskQueue(name, journal)
         self.in_flight: dict[TaskKey, TaskRecord] = {}
         self.peer: bytes | None = None
@@ -83,6 +98,10 @@ class NodeActor:
         self.slots = 0
         self.prefetch = 0
         self.speed = 1.0
+        self.own_speed = 0.0
+        """The speed its agent advertised; 0: none (the Node's label, else 1.0, is its speed)."""
+        self.versions = ""
+        """Its agent's runtime versions (REGISTER's ``versions``)."""
         self.credit = 0
         self.done = 0
         self.runtime_s: float | None = None
@@ -102,25 +121,31 @@ class NodeActor:
         """Most tasks this node may hold at once: running plus prefetched."""
         return self.slots + self.prefetch
 
-    def attach(self, peer: bytes, agent_id: str, *, slots: int, prefetch: int, speed: float, now: float) -> None:
-        """A new agent incarnation registered under this name."""
+    def attach(
+        self, peer: bytes, agent_id: str, *, slots: int, prefetch: int, speed: float, now: float, versions: str = ""
+    ) -> None:
+        """A new agent incarnation registered under this name (``speed`` 0: it gives none)."""
         assert not self.in_flight, self
         self.journal.save(self)
         self.state = NodeState.ALIVE
+        self.reason = ""
+        self.versions = versions
+        self.own_speed = speed
         self.peer = peer
         self.agent_id = agent_id
         self.incarnation += 1
         self.slots = slots
         self.prefetch = prefetch
-        self.speed = speed
+        self.speed = speed or 1.0
         self.credit = 0
         self.last_seen = now
         self.last_sent = now
         self.worker_respawns = self.busy_workers = 0  # a new agent counts from zero
 
     def grant(self, n: int) -> None:
-        """The agent asked for ``n`` more tasks; never beyond its capacity, never unless ALIVE."""
-        if self.state is not NodeState.ALIVE:
+        """The agent asked for ``n`` more tasks; never beyond its capacity, never unless ALIVE
+        or held (it gets them once released)."""
+        if self.state is not NodeState.ALIVE and not (self.state is NodeState.DRAINING and self.reason in HELD):
             return
         self.journal.save(self)
         self.credit = max(0, min(self.credit + n, self.capacity - len(self.in_flight)))

@@ -34,10 +34,13 @@ class Peer:
     def send(self, op: Op, *fields: Any) -> None:
         self.sock.send(msgpack.packb([self.version, int(op), *fields], use_bin_type=True))
 
-    def expect(self, op: Op, timeout_s: float = 30.0) -> list[Any]:
-        """The fields of the next frame with ``op`` (heartbeats skipped); every frame is checked."""
+    def expect(self, op: Op, timeout_s: float = 30.0, heartbeat: bool = False) -> list[Any]:
+        """The fields of the next frame with ``op`` (heartbeats skipped); every frame is checked.
+        ``heartbeat``: answer every heartbeat, as a live agent does, while waiting."""
         while True:
             assert self.sock.poll(int(timeout_s * 1000)), f"no {op.name} within {timeout_s} s"
+            if heartbeat:
+                self.send(Op.HEARTBEAT)
             version, got, *fields = msgpack.unpackb(self.sock.recv(), raw=False)
             assert version == self.version, f"a version {self.version} peer was sent a version {version} frame"
             if got != Op.HEARTBEAT:
@@ -78,10 +81,10 @@ def test_an_agent_and_a_client_of_the_previous_version_run_a_task_end_to_end(log
 
         client.send(Op.STATUS_QUERY, 7)
         status = client.expect(Op.STATUS)
-        assert len(status) == 8, status  # the previous version's STATUS: no tasks_stolen
-        request_id, _, nodes, pool_queued, submitted, resolved, duplicates, _ = status
+        assert len(status) == 9, status
+        request_id, _, nodes, pool_queued, submitted, resolved, duplicates, _, _ = status
         assert (request_id, pool_queued, submitted, resolved, duplicates) == (7, 0, 1, 1, 0)
-        assert [len(n) for n in nodes] == [8]  # and NodeInfo rows without worker_respawns
+        assert [len(n) for n in nodes] == [9]  # the previous version's NodeInfo: no reason, no versions
         client.send(Op.NODES_QUERY, 8)
         assert [row[:2] for row in client.expect(Op.NODES)[1]] == [["old-node", "alive"]]
 
@@ -101,3 +104,28 @@ def test_a_peer_of_a_version_no_longer_spoken_is_told_which_versions_are(logs: P
         version, op, code, message = msgpack.unpackb(old_client.sock.recv(), raw=False)
         assert (version, op, code) == (p.PROTOCOL_VERSION, Op.ERROR, p.ErrorCode.VERSION_MISMATCH)
         assert f"protocol version {OLD - 1}" in message
+
+
+def test_a_rolling_update_mixes_old_and_new_agents_under_one_dispatcher(logs: Path) -> None:
+    """The DaemonSet's rolling update, half way: node local-0 runs a current agent, old-node an
+    agent of the previous version. One current client's tasks, pinned to each, all resolve on
+    their node; the old client still reads STATUS in its version."""
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    try:
+        with LocalCluster(1, log_dir=logs, insecure=True) as cluster:
+            with cluster.client() as client:
+                old = Peer(ctx, cluster.agent_url, OLD)
+                old.send(Op.REGISTER, "old-node", "old-agent-1", 1, 0, 1.0, OLD, [])
+                old.expect(Op.REGISTERED)
+                old.send(Op.CREDIT, 1)
+                new_task = client.submit(pow, 3, 2, node="local-0")
+                client.submit_payload(b"for-the-old-agent", node="old-node")
+                [[client_id, task_id, _, payload]] = old.expect(Op.TASKS, heartbeat=True)[0]
+                nodes = {n.node_name: n for n in client.nodes()}
+                assert nodes["old-node"].versions == "" and "python=" in nodes["local-0"].versions
+                assert payload == b"for-the-old-agent"
+                old.send(Op.RESULTS, [[client_id, task_id, int(p.Outcome.OK), b"", 0.01]], 1)
+                assert new_task.result(timeout=60) == 9
+                assert new_task.node_name == "local-0"
+    finally:
+        ctx.destroy(linger=0)

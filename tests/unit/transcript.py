@@ -13,10 +13,14 @@ from dispatcher.server.core import CoreConfig, DispatcherCore
 from dispatcher.server.events import (
     AgentMessageReceived,
     ClientMessageReceived,
+    ClusterNode,
     Command,
     FrameRejected,
     KeysChanged,
     Log,
+    NodeDeleted,
+    NodeObserved,
+    NodesListed,
     SendToAgent,
     SendToClient,
     Ticked,
@@ -57,6 +61,10 @@ def fingerprint(core: DispatcherCore) -> Any:
         None if core._client_key_set is None else sorted(core._client_key_set),
         core._counters(),
         core._now,
+        None if core._api is None else sorted(core._api.items()),
+        sorted(core._deleted),
+        sorted(core._client_versions.items()),
+        core._swept,
     )
 
 
@@ -107,6 +115,17 @@ class Transcript:
     def keys(self, agents: dict[str, str], clients: set[str]) -> list[Command]:
         """The allow-lists (re)loaded: agent key -> bound node name ("" shared), client keys."""
         return self._step(KeysChanged(agents, frozenset(clients), self.now, "keys"))
+
+    def listed(self, *nodes: ClusterNode | str) -> list[Command]:
+        """The Node watch listed these Nodes (and no others)."""
+        facts = tuple(n if isinstance(n, ClusterNode) else ClusterNode(n) for n in nodes)
+        return self._step(NodesListed(facts, self.now, "list"))
+
+    def observed(self, name: str, **facts: Any) -> list[Command]:
+        return self._step(NodeObserved(ClusterNode(name, **facts), self.now, "watch"))
+
+    def deleted(self, name: str) -> list[Command]:
+        return self._step(NodeDeleted(name, self.now, "watch"))
 
     def tick(self, at: float) -> list[Command]:
         return self._step(Ticked(at, "tick"))
