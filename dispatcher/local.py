@@ -30,7 +30,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, Self
 
@@ -72,6 +72,9 @@ class LocalCluster:
         startup_timeout_s: float = 30.0,
         zygote: bool = True,
         insecure: bool = False,
+        http: bool = False,
+        dispatcher_args: Sequence[str] = (),
+        dispatcher_env: Mapping[str, str] | None = None,
     ) -> None:
         if nodes < 1:
             raise ValueError(f"a local cluster needs at least one node, got {nodes}")
@@ -106,6 +109,13 @@ class LocalCluster:
         self.keys_dir: Path | None = None
         """The ephemeral key folder, while the cluster runs (None when ``insecure``)."""
         self._logs: list[IO[Any]] = []
+        self.http = http
+        """Serve the dispatcher's /healthz and /readyz on a free port (``http_url``)."""
+        self.http_url = ""
+        self.dispatcher_args = list(dispatcher_args)
+        """More flags for the dispatcher (e.g. ``--watch-nodes``)."""
+        self.dispatcher_env = dict(dispatcher_env or {})
+        """More environment for the dispatcher (e.g. ``KUBECONFIG``)."""
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -139,8 +149,9 @@ class LocalCluster:
             "--client-port", str(client_port), "--agent-port", str(agent_port), "--announce",
             *_given("--heartbeat-interval", self.heartbeat_interval_s), *_given("--liveness", self.liveness),
             *_given("--pending-grace", self.pending_grace_s), *self._keys_flag(),
+            *(["--http-port", "0"] if self.http else []), *self.dispatcher_args,
         ]  # fmt: skip
-        proc = self._spawn("dispatcher", argv, stdout=subprocess.PIPE)
+        proc = self._spawn("dispatcher", argv, stdout=subprocess.PIPE, extra_env=self.dispatcher_env)
         self.dispatcher = proc
         announced = _read_line(proc, self.startup_timeout_s)
         if announced is None:
@@ -148,6 +159,7 @@ class LocalCluster:
             raise LocalClusterError(f"dispatcher did not start within {self.startup_timeout_s:g} s (exit code {code})")
         info = json.loads(announced)
         self.client_url, self.agent_url = info["client_url"], info["agent_url"]
+        self.http_url = f"http://127.0.0.1:{info['http_port']}" if info.get("http_port") else ""
 
     def _start_zygote(self) -> None:
         self._zygote_dir = Path(tempfile.mkdtemp(prefix="saga-zygote-"))  # 0700
@@ -199,9 +211,11 @@ class LocalCluster:
         stdout: int | None = None,
         module: str | None = None,
         pass_fds: tuple[int, ...] = (),
+        extra_env: Mapping[str, str] | None = None,
     ) -> subprocess.Popen[bytes]:
         """Start ``saga-dispatch argv...`` (or ``python -m module argv...``)."""
         env = {k: v for k, v in os.environ.items() if k not in ("NODE_NAME", keys.ENV)}
+        env.update(extra_env or {})
         env[PARENT_ENV] = str(os.getpid())
         stderr: IO[Any] | None = None
         if self.log_dir is not None:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dispatcher import protocol as p
+from dispatcher.server.nodewatch import WatchConfig
 
 CLIENT_PORT = 5560
 AGENT_PORT = 5561
@@ -56,3 +57,8 @@ class DispatcherConfig:
     loopback only unless ``insecure``."""
     insecure: bool = False
     """Allow a non-loopback bind without keys (warned at every start)."""
+    http_port: int | None = None
+    """``/healthz`` and ``/readyz`` on this port (0: a free one); None: no HTTP server."""
+    watch: WatchConfig = field(default_factory=WatchConfig)
+    """The Node watch's timeouts and backoff (it runs when the service is given a Kubernetes
+    configuration: ``--watch-nodes``)."""

@@ -6,6 +6,7 @@ from dispatcher.runtime.args import env, role_parser, security_flags
 from dispatcher.runtime.keys import resolve_folder
 from dispatcher.runtime.lifeline import die_with_parent
 from dispatcher.server.config import AGENT_PORT, CLIENT_PORT, CoreConfig, DispatcherConfig
+from dispatcher.server.nodewatch import WatchConfig, load_configuration
 from dispatcher.server.service import DispatcherService
 
 
@@ -40,6 +41,26 @@ def main(argv: list[str]) -> int:
         metavar="SECONDS",
         help="how long tasks wait for a named node that never registers",
     )
+    parser.add_argument(
+        "--http-port",
+        type=int,
+        default=int(env("SAGA_HTTP_PORT", "-1")),
+        metavar="PORT",
+        help="serve /healthz and /readyz on this port (env SAGA_HTTP_PORT; 0: a free port; default: off)",
+    )
+    parser.add_argument(
+        "--watch-nodes",
+        action="store_true",
+        help="watch the Kubernetes Nodes (in-cluster config, else KUBECONFIG): cordon, deletion, NotReady",
+    )
+    watch = WatchConfig()
+    parser.add_argument(
+        "--watch-timeout",
+        type=float,
+        default=watch.timeout_s,
+        metavar="SECONDS",
+        help="each watch request's timeoutSeconds (the client-side read timeout is 30 s more)",
+    )
     parser.add_argument("--announce", action="store_true", help="print the bound URLs as one JSON line on stdout")
     args = parser.parse_args(argv)
 
@@ -56,8 +77,11 @@ def main(argv: list[str]) -> int:
         ),
         keys=resolve_folder(args.keys),
         insecure=args.insecure,
+        http_port=args.http_port if args.http_port >= 0 else None,
+        watch=WatchConfig(timeout_s=args.watch_timeout, read_timeout_s=args.watch_timeout + 30.0),
     )
-    service = DispatcherService(config)
+    kube = load_configuration() if args.watch_nodes else None
+    service = DispatcherService(config, kube=kube)
     service.install_signal_handlers()
     service.bind()
     if args.announce:

@@ -26,12 +26,14 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from typing import Final, get_args
+from typing import TYPE_CHECKING, Final, get_args
 
 import zmq
 
 from dispatcher import protocol as p
 from dispatcher.runtime import exposure
+from dispatcher.runtime.health import HealthServer, Heartbeat
+from dispatcher.runtime.inbox import Inbox
 from dispatcher.runtime.logs import get_logger
 from dispatcher.runtime.sockets import drain
 from dispatcher.server.access import Access, KeysNotApplied, Side
@@ -48,6 +50,10 @@ from dispatcher.server.events import (
     SendToClient,
     Ticked,
 )
+from dispatcher.server.nodewatch import NodeWatch, Reading
+
+if TYPE_CHECKING:
+    from kubernetes.client import Configuration
 
 log = get_logger("dispatcher")
 
@@ -79,7 +85,14 @@ def _after_rejection(event: Event) -> list[Command]:
 class DispatcherService:
     """Owns the sockets and the clock; the state lives in ``self.core``."""
 
-    def __init__(self, config: DispatcherConfig, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        config: DispatcherConfig,
+        clock: Callable[[], float] = time.monotonic,
+        kube: Configuration | None = None,
+    ) -> None:
+        """``kube``: a Kubernetes client configuration (``nodewatch.load_configuration``): the
+        Node watch runs, and its readings reach the core through the inbox."""
         self.config = config
         self.dispatcher_id = uuid.uuid4().hex[:16]
         self.core = DispatcherCore(dataclasses.replace(config.core, dispatcher_id=self.dispatcher_id))
@@ -104,6 +117,15 @@ class DispatcherService:
         self._older: OrderedDict[tuple[zmq.Socket[bytes], bytes], int] = OrderedDict()
         """Peers whose last frame was in an older supported version: they are answered in it.
         Bounded (the oldest forgotten): a peer that is not in it is answered in the current version."""
+        self.heartbeat = Heartbeat()
+        """Bumped every loop turn: ``/healthz``."""
+        self.bound = False
+        """Both sockets bound: ``/readyz`` (never the Node watch: an API outage must not take the
+        dispatcher out of its Service)."""
+        self._inbox: Inbox[Reading] = Inbox()
+        self.watch = NodeWatch(kube, self._inbox.post, config.watch) if kube is not None else None
+        self.http: HealthServer | None = None
+        self.http_port = 0
 
     def _router(self) -> zmq.Socket[bytes]:
         sock: zmq.Socket[bytes] = self._ctx.socket(zmq.ROUTER)
@@ -128,6 +150,13 @@ class DispatcherService:
             self._step(initial)
         self.client_port = self._bind(self._clients, host, self.config.client_port)
         self.agent_port = self._bind(self._agents, host, self.config.agent_port)
+        self.bound = True
+        if self.config.http_port is not None:
+            routes = {"/healthz": self.heartbeat.check, "/readyz": self._ready}
+            self.http = HealthServer(host, self.config.http_port, routes).start()
+            self.http_port = self.http.port
+        if self.watch is not None:
+            self.watch.start()
         log.info(
             "dispatcher_listening",
             dispatcher_id=self.dispatcher_id,
@@ -135,8 +164,15 @@ class DispatcherService:
             agent_url=self.url(self.agent_port),
             curve=self.access.keyed,
             keys=str(self.config.keys) if self.config.keys else None,
+            http_port=self.http_port or None,
+            watch_nodes=self.watch is not None,
         )
         return self.client_port, self.agent_port
+
+    def _ready(self) -> tuple[bool, str]:
+        if not self.bound:
+            return False, "sockets not bound yet"
+        return True, f"serving clients on {self.client_port} and agents on {self.agent_port}"
 
     @staticmethod
     def _bind(sock: zmq.Socket[bytes], host: str, port: int) -> int:
@@ -157,6 +193,7 @@ class DispatcherService:
                 "dispatcher_id": self.dispatcher_id,
                 "client_url": self.url(self.client_port),
                 "agent_url": self.url(self.agent_port),
+                "http_port": self.http_port or None,
             }
         )
 
@@ -175,6 +212,11 @@ class DispatcherService:
         self._reload_asked = True
 
     def close(self) -> None:
+        if self.watch is not None:
+            self.watch.stop()
+        if self.http is not None:
+            self.http.close()
+        self._inbox.close()
         self.access.close_monitors()
         self._agents.close(linger=0)
         self._clients.close(linger=0)
@@ -192,6 +234,9 @@ class DispatcherService:
         access = self.access
         for monitor in access.monitors:
             poller.register(monitor, zmq.POLLIN)
+        inbox = self._inbox.fileno()
+        poller.register(inbox, zmq.POLLIN)
+        beat = self.heartbeat.beat
         tick_s = self.config.tick_s
         next_tick = self._clock() + tick_s
         next_keys_check = self._clock() + KEYS_CHECK_S
@@ -200,11 +245,14 @@ class DispatcherService:
                 # Rounded up: rounding down would spin through the last millisecond before a tick.
                 wait_ms = max(0, math.ceil((next_tick - self._clock()) * 1000.0))
                 ready = dict(poller.poll(wait_ms))
+                beat()
                 if self._agents in ready:
                     self._read(self._agents, "agent")
                 if self._clients in ready:
                     self._read(self._clients, "client")
                 if len(ready) > (self._agents in ready) + (self._clients in ready):
+                    if inbox in ready:
+                        self._read_inbox()
                     access.read_monitors(ready)
                 now = self._clock()
                 if now >= next_tick:
@@ -230,6 +278,11 @@ class DispatcherService:
                 **access.counters.fields(),
             )
             self.close()
+
+    def _read_inbox(self) -> None:
+        """What the Node watch read, in the order it read it: one core event each."""
+        for reading in self._inbox.take():
+            self._step(reading(self._clock(), f"k8s-{next(self._stimuli)}"))
 
     def _reload_keys(self, now: float) -> None:
         asked, self._reload_asked = self._reload_asked, False
