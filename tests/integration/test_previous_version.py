@@ -112,20 +112,19 @@ def test_a_rolling_update_mixes_old_and_new_agents_under_one_dispatcher(logs: Pa
     their node; the old client still reads STATUS in its version."""
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     try:
-        with LocalCluster(1, log_dir=logs, insecure=True) as cluster:
-            with cluster.client() as client:
-                old = Peer(ctx, cluster.agent_url, OLD)
-                old.send(Op.REGISTER, "old-node", "old-agent-1", 1, 0, 1.0, OLD, [])
-                old.expect(Op.REGISTERED)
-                old.send(Op.CREDIT, 1)
-                new_task = client.submit(pow, 3, 2, node="local-0")
-                client.submit_payload(b"for-the-old-agent", node="old-node")
-                [[client_id, task_id, _, payload]] = old.expect(Op.TASKS, heartbeat=True)[0]
-                nodes = {n.node_name: n for n in client.nodes()}
-                assert nodes["old-node"].versions == "" and "python=" in nodes["local-0"].versions
-                assert payload == b"for-the-old-agent"
-                old.send(Op.RESULTS, [[client_id, task_id, int(p.Outcome.OK), b"", 0.01]], 1)
-                assert new_task.result(timeout=60) == 9
-                assert new_task.node_name == "local-0"
+        with LocalCluster(1, log_dir=logs, insecure=True) as cluster, cluster.client() as client:
+            old = Peer(ctx, cluster.agent_url, OLD)
+            old.send(Op.REGISTER, "old-node", "old-agent-1", 1, 0, 1.0, OLD, [])
+            old.expect(Op.REGISTERED)
+            old.send(Op.CREDIT, 1)
+            new_task = client.submit(pow, 3, 2, node="local-0")
+            client.submit_payload(b"for-the-old-agent", node="old-node")
+            [[client_id, task_id, _, payload]] = old.expect(Op.TASKS, heartbeat=True)[0]
+            nodes = {n.node_name: n for n in client.nodes()}
+            assert nodes["old-node"].versions == "" and "python=" in nodes["local-0"].versions
+            assert payload == b"for-the-old-agent"
+            old.send(Op.RESULTS, [[client_id, task_id, int(p.Outcome.OK), b"", 0.01]], 1)
+            assert new_task.result(timeout=60) == 9
+            assert new_task.node_name == "local-0"
     finally:
         ctx.destroy(linger=0)
