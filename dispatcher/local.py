@@ -208,6 +208,7 @@ class LocalCluster:
         self,
         role: str,
         argv: list[str],
+        *,
         stdout: int | None = None,
         module: str | None = None,
         pass_fds: tuple[int, ...] = (),

@@ -34,6 +34,7 @@ import zmq
 
 from dispatcher import protocol as p
 from dispatcher.runtime.curve import HandshakeWatch, use_curve
+from dispatcher.runtime.health import HealthServer, Heartbeat
 from dispatcher.runtime.logs import get_logger
 from dispatcher.runtime.sockets import drain
 from dispatcher.runtime.versions import runtime_versions
@@ -58,6 +59,8 @@ class Agent:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
         self.agent_id = f"{config.node_name}-{uuid.uuid4().hex[:8]}"
+        self.heartbeat = Heartbeat()
+        """Bumped every loop turn: ``/healthz``."""
         self._versions = runtime_versions()
         """What its workers run (REGISTER's ``versions``): the agent and its workers share one environment."""
         self.capacity = config.workers + config.prefetch_tasks
@@ -110,17 +113,29 @@ class Agent:
         self._pool = WorkerPool(cfg.workers, cfg.node_name, cfg.speed or 1.0, cfg.pipeline, cfg.zygote)
         if not self._pool.wait_ready(cfg.worker_start_timeout_s):
             log.warning("workers_slow_to_start", ready=self._pool.idle, workers=cfg.workers)
+        http = None
+        if cfg.http_port is not None:
+            routes = {"/healthz": self.heartbeat.check, "/readyz": self._ready}
+            http = HealthServer(cfg.http_host, cfg.http_port, routes).start()
         try:
             self._connect(time.monotonic())
             while self.phase is not Phase.STOPPED:
+                self.heartbeat.beat()
                 self._turn()
         finally:
+            if http is not None:
+                http.close()
             if self._watch is not None:
                 self._watch.close()
             if self._sock is not None:
                 self._sock.close(linger=1000)
             self._pool.close()
             log.info("agent_stopped", node=cfg.node_name, tasks_done=self.tasks_done)
+
+    def _ready(self) -> tuple[bool, str]:
+        if self.phase is Phase.SERVING:
+            return True, f"registered as {self.config.node_name} (incarnation {self.incarnation})"
+        return False, f"{self.phase.value}"
 
     def _turn(self) -> None:
         assert self._sock is not None

@@ -48,6 +48,9 @@ class AgentConfig:
     None: no CURVE, so a loopback dispatcher only, unless ``insecure``."""
     insecure: bool = False
     """Allow a keyless dispatcher beyond loopback (warned at every start)."""
+    http_port: int | None = None
+    """``/healthz`` (the loop turns) and ``/readyz`` (registered) on this port; None: off."""
+    http_host: str = "0.0.0.0"
 
     def __post_init__(self) -> None:
         if self.prefetch is None:

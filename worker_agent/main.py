@@ -50,6 +50,14 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--zygote", default=None, metavar="SOCKET", help="fork workers from this worker zygote (the local cluster's)"
     )
+    parser.add_argument(
+        "--http-port",
+        type=int,
+        default=int(env("SAGA_HTTP_PORT", "-1")),
+        metavar="PORT",
+        help="serve /healthz and /readyz on this port (env SAGA_HTTP_PORT; default: off)",
+    )
+    parser.add_argument("--http-host", default="0.0.0.0", help="address for the HTTP probes")
     security_flags(
         parser,
         keys="agent-NODE.key_secret or agent.key_secret, and dispatcher.key",
@@ -71,6 +79,8 @@ def main(argv: list[str]) -> int:
         zygote=args.zygote,
         keys=for_agent(folder, node_name) if folder is not None else None,
         insecure=args.insecure,
+        http_port=args.http_port if args.http_port >= 0 else None,
+        http_host=args.http_host,
         **given,
     )
     structlog.contextvars.bind_contextvars(node=config.node_name)

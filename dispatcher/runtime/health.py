@@ -27,18 +27,21 @@ STALE_S: Final = 10.0
 
 
 class Heartbeat:
-    """What a loop publishes for ``/healthz``: the monotonic time of its last turn."""
+    """What a loop publishes for ``/healthz``: the monotonic time of its last turn (None: it has
+    not started turning, e.g. an agent waiting for its workers' imports: alive, starting)."""
 
     __slots__ = ("_at", "stale_s")
 
     def __init__(self, stale_s: float = STALE_S) -> None:
         self.stale_s = stale_s
-        self._at = time.monotonic()
+        self._at: float | None = None
 
     def beat(self) -> None:
         self._at = time.monotonic()  # one attribute store: safe to read from another thread
 
     def check(self) -> tuple[bool, str]:
+        if self._at is None:
+            return True, "starting"
         silent_s = time.monotonic() - self._at
         if silent_s > self.stale_s:
             return False, f"the loop has not turned for {silent_s:.1f} s"
