@@ -10,6 +10,11 @@
   folders, because pyzmq loads every ``*.key`` of a folder). ``agents/agent-NAME.key`` binds
   its key to node ``NAME``.
 
+A Kubernetes Secret holds files but no folders, so the dispatcher also reads a *flat* folder: with
+no ``agents/`` or ``clients/`` in it, its ``agent.key`` and ``agent-NAME.key`` are the agent
+allow-list and its ``client.key`` and ``client-NAME.key`` the client one (:func:`allow_lists`).
+That is what the dispatcher's Secret in ``k8s/`` holds: its pair and the public keys it allows.
+
 Secrets are written 0600 (inside the 0700 folder, so the moment between writing and ``chmod``
 shows them to nobody). Reading a secret checks its mode as ssh does (:func:`check_secret`).
 """
@@ -89,6 +94,28 @@ def allow_list(folder: Path) -> dict[bytes, str]:
     return out
 
 
+def allow_lists(folder: Path) -> tuple[dict[bytes, str], dict[bytes, str]]:
+    """The agent and client allow-lists of a dispatcher's key folder: ``agents/`` and ``clients/``
+    where they exist, else the flat layout of a Secret volume (the module's docstring)."""
+    if layout(folder) == "folders":
+        return allow_list(folder / AGENTS_DIR), allow_list(folder / CLIENTS_DIR)
+    return _flat(folder, AGENT), _flat(folder, CLIENT)
+
+
+def layout(folder: Path) -> str:
+    """``folders`` (``agents/``, ``clients/``) or ``flat``."""
+    return "folders" if (folder / AGENTS_DIR).is_dir() or (folder / CLIENTS_DIR).is_dir() else "flat"
+
+
+def _flat(folder: Path, role: str) -> dict[bytes, str]:
+    if not folder.is_dir():
+        raise KeyFileError(f"the key folder {folder} does not exist")
+    out: dict[bytes, str] = {}
+    for path in sorted([*folder.glob(f"{role}.key"), *folder.glob(f"{role}-*.key")]):
+        out[_load(path)[0]] = path.stem.split("-", 1)[1] if "-" in path.stem else ""
+    return out
+
+
 def _load(path: Path) -> tuple[bytes, bytes | None]:
     import zmq.auth
 
@@ -138,7 +165,7 @@ def resolve_folder(given: str | os.PathLike[str] | None) -> Path | None:
 
 def for_dispatcher(folder: Path) -> ServerKeys:
     public, secret = load_pair(folder, DISPATCHER)
-    return ServerKeys(public, secret, allow_list(folder / AGENTS_DIR), allow_list(folder / CLIENTS_DIR))
+    return ServerKeys(public, secret, *allow_lists(folder))
 
 
 def for_agent(folder: Path, node_name: str) -> PeerKeys:

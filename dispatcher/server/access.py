@@ -203,7 +203,7 @@ class Access:
 
     def _load(self) -> tuple[dict[str, str], frozenset[str]]:
         assert self.folder is not None
-        return _as_lists(k.allow_list(self.folder / k.AGENTS_DIR), k.allow_list(self.folder / k.CLIENTS_DIR))
+        return _as_lists(*k.allow_lists(self.folder))
 
     def _apply(self, lists: tuple[dict[str, str], frozenset[str]]) -> None:
         agents, clients = lists
@@ -217,7 +217,8 @@ class Access:
         if self.folder is None:
             return ()
         seen = []
-        for sub in _FOLDER.values():
+        subs = _FOLDER.values() if k.layout(self.folder) == "folders" else ("",)  # flat: a Secret volume
+        for sub in subs:
             folder = self.folder / sub
             try:
                 entries = sorted(os.scandir(folder), key=lambda e: e.name)

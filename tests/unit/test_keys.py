@@ -140,3 +140,35 @@ def test_each_role_reads_only_what_it_needs(tmp_path: Path) -> None:
     assert keys.for_agent(agent_only, "node-z").public == shared.public
     with pytest.raises(keys.KeyFileError, match=r"dispatcher\.key_secret"):
         keys.for_dispatcher(agent_only)  # not the dispatcher's: no secret, no allow-lists
+
+
+def secret_volume(target: Path, files: dict[str, Path]) -> Path:
+    """What the kubelet makes of a Secret: the files in a timestamped folder, ``..data`` linking
+    to it, and one link per key at the top (no sub-folders: a Secret has none)."""
+    stamp = target / "..2026_12_02_05_00_00.000000001"
+    stamp.mkdir(parents=True)
+    for name, source in files.items():
+        (stamp / name).write_bytes(source.read_bytes())
+        (stamp / name).chmod(0o600)
+        (target / name).symlink_to(Path("..data") / name)
+    (target / "..data").symlink_to(stamp.name)
+    return target
+
+
+def test_the_dispatcher_reads_the_flat_layout_of_a_secret_volume(tmp_path: Path) -> None:
+    folder = tmp_path / "keys"
+    keys.generate(folder, nodes=["node-a"], clients=["ci"])
+    flat = secret_volume(
+        tmp_path / "volume",
+        {
+            "dispatcher.key": folder / "dispatcher.key",
+            "dispatcher.key_secret": folder / "dispatcher.key_secret",
+            "agent.key": folder / "agents" / "agent.key",
+            "agent-node-a.key": folder / "agents" / "agent-node-a.key",
+            "client.key": folder / "clients" / "client.key",
+            "client-ci.key": folder / "clients" / "client-ci.key",
+        },
+    )
+    assert keys.layout(folder) == "folders" and keys.layout(flat) == "flat"
+    assert keys.for_dispatcher(flat) == keys.for_dispatcher(folder)
+    assert set(keys.for_dispatcher(flat).agents.values()) == {"", "node-a"}
