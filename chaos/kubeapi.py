@@ -78,7 +78,16 @@ def node_object(
 class FakeKubeAPI:
     """Nodes, their history, and the faults; thread-safe (the server answers on its threads)."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, tls_dir: Path | None = None, token: str = "") -> None:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        tls_dir: Path | None = None,
+        token: str = "",
+        tls_names: tuple[str, ...] = ("127.0.0.1",),
+    ) -> None:
+        """``tls_dir``: serve HTTPS with a CA and a certificate made there for ``tls_names``
+        (addresses or DNS names the clients use); ``token``: require it as a bearer token."""
         self._lock = threading.Condition()
         self._nodes: dict[str, dict[str, Any]] = {}
         self._rv = 100
@@ -92,7 +101,7 @@ class FakeKubeAPI:
         self.requests: list[tuple[str, dict[str, str]]] = []
         self.token = token
         self._host, self._port = host, port
-        self._tls = _tls_context(tls_dir) if tls_dir is not None else None
+        self._tls = _tls_context(tls_dir, tls_names) if tls_dir is not None else None
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self.ca_file = tls_dir / "ca.crt" if tls_dir is not None else None
@@ -276,7 +285,8 @@ class FakeKubeAPI:
             hang = self._hang > 0
             if hang:
                 self._hang -= 1
-        if self.token and handler.headers.get("Authorization") != f"Bearer {self.token}":
+        scheme, _, given = (handler.headers.get("Authorization") or "").partition(" ")
+        if self.token and (scheme.lower() != "bearer" or given != self.token):  # the scheme is case-free
             _status(handler, HTTPStatus.UNAUTHORIZED, "Unauthorized", "no or wrong bearer token")
             return
         if url.path != NODES_PATH:
@@ -422,19 +432,25 @@ def _bookmark(rv: int) -> dict[str, Any]:
     return {"kind": "Node", "apiVersion": "v1", "metadata": {"resourceVersion": str(rv)}}
 
 
-def _tls_context(folder: Path) -> ssl.SSLContext:
-    """A CA and a server certificate for 127.0.0.1 and ``kubernetes.default.svc`` (openssl)."""
+def _tls_context(folder: Path, names: tuple[str, ...]) -> ssl.SSLContext:
+    """A CA and a server certificate for ``names`` and ``kubernetes.default.svc`` (openssl)."""
     folder.mkdir(parents=True, exist_ok=True)
     ca, crt, key = folder / "ca.crt", folder / "server.crt", folder / "server.key"
     if not crt.exists():
         run = ["openssl"]
         subprocess.run(
             [*run, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=fake-ca",
+             "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
              "-keyout", str(folder / "ca.key"), "-out", str(ca)],
             check=True, capture_output=True,
         )  # fmt: skip
         ext = folder / "ext.cnf"
-        ext.write_text("subjectAltName=IP:127.0.0.1,IP:10.88.0.1,DNS:localhost,DNS:kubernetes.default.svc\n")
+        sans = [f"IP:{n}" if n.replace(".", "").isdigit() else f"DNS:{n}" for n in names]
+        ext.write_text(  # what Python 3.13's strict verification (VERIFY_X509_STRICT) asks of a server cert
+            f"subjectAltName={','.join([*sans, 'DNS:kubernetes.default.svc'])}\n"
+            "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
+            "extendedKeyUsage=serverAuth\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n"
+        )
         subprocess.run(
             [*run, "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=kubernetes", "-keyout", str(key),
              "-out", str(folder / "server.csr")],

@@ -13,13 +13,16 @@
 ARG BASE=docker.io/library/debian:13.2-slim
 
 FROM ${BASE}
+# The wheelhouse to install: saga-dispatch[worker] (add --extra parsl for a pod that runs Parsl
+# programs with SagaDispatchExecutor: build/wheelhouse/parsl-worker).
+ARG WHEELHOUSE=build/wheelhouse/worker
 # hadolint ignore=DL3008
 RUN if ! command -v python3 >/dev/null || ! python3 -c "import venv, ensurepip" 2>/dev/null; then \
         apt-get update \
         && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates \
         && rm -rf /var/lib/apt/lists/*; \
     fi
-COPY build/wheelhouse/worker/ /tmp/wheelhouse/
+COPY ${WHEELHOUSE}/ /tmp/wheelhouse/
 RUN python3 -m venv --system-site-packages /opt/saga \
     && /opt/saga/bin/pip install --no-cache-dir --no-index --find-links /tmp/wheelhouse \
         --require-hashes --requirement /tmp/wheelhouse/requirements.txt \
