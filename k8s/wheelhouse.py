@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tomllib
 import urllib.request
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -157,12 +158,24 @@ def _build(package: dict[str, Any], out: Path, python: str) -> None:
     subprocess.run([*build, str(source)], check=True, capture_output=True)
     shutil.rmtree(staging)
     for wheel in set(out.glob("*.whl")) - before:
-        if not wheel.name.endswith("-none-any.whl") and f"-cp{python.replace('.', '')}-" not in wheel.name:
+        if wheel.name.endswith("-none-any.whl") or f"-cp{python.replace('.', '')}-" in wheel.name:
+            continue
+        if _compiled(wheel):
             wheel.unlink()
             raise SystemExit(
                 f"{package['name']} has no wheel for Python {python} and builds a binary one ({wheel.name}) "
                 f"with this Python: install Python {python} here (uv python install {python})"
             )
+        # Built by another Python, tagged for it, but holding no compiled code (e.g. wfcommons,
+        # whose setup.py says it is not pure): the same files serve any Python 3.
+        retag = ["uvx", "--from", "wheel", "wheel", "tags", "--remove"]
+        subprocess.run([*retag, "--python-tag", "py3", "--abi-tag", "none", "--platform-tag", "any", str(wheel)],
+                       check=True, capture_output=True)  # fmt: skip
+
+
+def _compiled(wheel: Path) -> bool:
+    with zipfile.ZipFile(wheel) as archive:
+        return any(name.endswith((".so", ".pyd", ".dylib")) for name in archive.namelist())
 
 
 def find_python(version: str) -> str | None:
