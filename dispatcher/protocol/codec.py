@@ -124,7 +124,7 @@ def _outcome(value: Any) -> Outcome:
 
 
 def _nodes(value: Any, width: int = len(NodeInfo._fields)) -> tuple[NodeInfo, ...]:
-    """NodeInfo rows: 11 fields since version 4, 9 in version 3 (no reason, no versions)."""
+    """NodeInfo rows: 12 fields since version 4, 9 in version 3 (no reason, versions, zone)."""
     return tuple(
         NodeInfo(
             _str(row[0], "node_name", MAX_NAME),
@@ -136,7 +136,11 @@ def _nodes(value: Any, width: int = len(NodeInfo._fields)) -> tuple[NodeInfo, ..
             _int(row[6], "in_flight"),
             _int(row[7], "done"),
             _int(row[8], "worker_respawns"),
-            *((_str(row[9], "node reason", MAX_ID, 0), _versions(row[10])) if width > 9 else ()),
+            *(
+                (_str(row[9], "node reason", MAX_ID, 0), _versions(row[10]), _str(row[11], "zone", MAX_NAME, 0))
+                if width > 9
+                else ()
+            ),
         )
         for row in _items(value, "nodes", width)
     )
@@ -314,7 +318,7 @@ _DECODERS: Final[dict[type[Any], tuple[int, Any]]] = {
 """Message class -> (field count, fields -> message), for the current version."""
 
 _BY_OP: Final[dict[Op, tuple[type[Any], int, Any]]] = {cls.op: (cls, n, build) for cls, (n, build) in _DECODERS.items()}
-_NODE_WIDTH_V3: Final = len(NodeInfo._fields) - 2
+_NODE_WIDTH_V3: Final = len(NodeInfo._fields) - 3
 
 _CHANGED_IN: Final[dict[int, dict[type[Any], tuple[int, Any] | None]]] = {
     PROTOCOL_VERSION - 1: {

@@ -204,6 +204,8 @@ class NodeInfo(NamedTuple):
     "suspect", "not-in-api", "draining"; "" otherwise). Since version 4."""
     versions: str = ""
     """Its agent's runtime versions (``runtime_versions``), "" when unknown. Since version 4."""
+    zone: str = ""
+    """Its Node's ``topology.kubernetes.io/zone`` label (with the Node watch), else "". Since version 4."""
 
 
 # --------------------------------------------------------------------------- messages

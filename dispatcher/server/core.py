@@ -715,9 +715,14 @@ class DispatcherCore:
                 n.worker_respawns,
                 "suspect" if n.state is NodeState.ALIVE and self._suspect(n.name) else n.reason,
                 n.versions,
+                self._zone(n.name),
             )
             for n in sorted(self.nodes.values(), key=lambda n: n.name)
         )
+
+    def _zone(self, name: str) -> str:
+        facts = self._api.get(name) if self._api is not None else None
+        return facts.zone if facts is not None else ""
 
     def _suspect(self, name: str) -> bool:
         """Its Node is listed not Ready (rule 10)."""

@@ -204,6 +204,8 @@ def test_the_speed_label_is_the_speed_of_a_node_whose_agent_gives_none(t: Transc
     out = t.observed("node-a", speed=4.0)
     assert info(t, "node-a").speed == 4.0
     assert [m for m in to_client(out) if isinstance(m, p.NodeChanged)] == [p.NodeChanged("node-a", "alive", 1, 4.0)]
+    t.observed("node-a", speed=4.0, zone="eu-1a")
+    assert info(t, "node-a").zone == "eu-1a"
     t.register("node-b", speed=1.5)  # an agent's own speed wins
     t.observed("node-b", speed=3.0)
     assert info(t, "node-b").speed == 1.5

@@ -12,7 +12,7 @@ from dispatcher.protocol import messages
 
 pytestmark = pytest.mark.unit
 
-NODE = p.NodeInfo("node-a", "draining", 2.0, 4, 1, 3, 2, 10, 1, "cordoned", "python=3.13.5 parsl=2026.10.26")
+NODE = p.NodeInfo("node-a", "draining", 2.0, 4, 1, 3, 2, 10, 1, "cordoned", "python=3.13.5 parsl=2026.10.26", "eu-1a")
 EXAMPLES: list[p.Message] = [
     p.Register("node-a", "agent-1", 4, 2, 1.5),
     p.Register("node-a", "agent-1", 4, 2, 1.5, running=(p.TaskRef("c1", 3),)),
@@ -188,7 +188,7 @@ def test_every_message_of_the_previous_version_round_trips_in_it(message: p.Mess
     assert version == PREVIOUS
     # What version 3 lacks comes back as its default.
     if isinstance(message, p.Status | p.Nodes):
-        message = dataclasses.replace(message, nodes=(NODE._replace(reason="", versions=""),))
+        message = dataclasses.replace(message, nodes=(NODE._replace(reason="", versions="", zone=""),))
     elif isinstance(message, p.Register):
         message = dataclasses.replace(message, versions="", speed=message.speed or 1.0)
     elif isinstance(message, p.Hello):
