@@ -113,11 +113,11 @@ def test_a_rolling_update_mixes_old_and_new_agents_under_one_dispatcher(logs: Pa
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     try:
         with LocalCluster(1, log_dir=logs, insecure=True) as cluster, cluster.client() as client:
-            old = Peer(ctx, cluster.agent_url, OLD)
+            new_task = client.submit(pow, 3, 2, node="local-0")  # first: it imports Parsl (seconds)
+            old = Peer(ctx, cluster.agent_url, OLD)  # then the old agent, which answers heartbeats
             old.send(Op.REGISTER, "old-node", "old-agent-1", 1, 0, 1.0, OLD, [])
-            old.expect(Op.REGISTERED)
+            old.expect(Op.REGISTERED, heartbeat=True)
             old.send(Op.CREDIT, 1)
-            new_task = client.submit(pow, 3, 2, node="local-0")
             client.submit_payload(b"for-the-old-agent", node="old-node")
             [[client_id, task_id, _, payload]] = old.expect(Op.TASKS, heartbeat=True)[0]
             nodes = {n.node_name: n for n in client.nodes()}
