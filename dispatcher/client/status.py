@@ -10,9 +10,11 @@ from dispatcher.runtime.report import table
 
 def status_table(status: Status) -> str:
     nodes = table(
-        ["node", "state", "speed", "slots", "incarnation", "queued", "in flight", "done", "worker respawns"],
-        [list(n) for n in status.nodes],
-    )
+        ["node", "state", "reason", "speed", "slots", "incarnation", "queued", "in flight", "done", "worker respawns",
+         "zone", "versions"],
+        [[n.node_name, n.state, n.reason, n.speed, n.slots, n.incarnation, n.queued, n.in_flight, n.done,
+          n.worker_respawns, n.zone, n.versions] for n in status.nodes],
+    )  # fmt: skip
     totals = (
         f"dispatcher {status.dispatcher_id}: {status.tasks_submitted} submitted, "
         f"{status.tasks_resolved} resolved, {status.pool_queued} queued in the shared pool, "
