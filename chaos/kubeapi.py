@@ -95,6 +95,8 @@ class FakeKubeAPI:
         self._oldest = 0
         """Watches from a resourceVersion below this get 410 Gone."""
         self._fail: list[int] = []
+        self._fail_watches = 0
+        self._fail_status = 500
         self._hang = 0
         self._held = False
         self._watchers: list[_Watcher] = []
@@ -210,6 +212,13 @@ class FakeKubeAPI:
         with self._lock:
             self._fail.extend([status] * n)
 
+    def fail_watches(self, n: int, status: int = 500) -> None:
+        """Answer the next ``n`` *watch* requests with ``status`` (lists still succeed: e.g. a
+        proxy that breaks streaming)."""
+        with self._lock:
+            self._fail_watches = n
+            self._fail_status = status
+
     def hang_next(self, n: int = 1) -> None:
         """Take the next ``n`` requests, send the headers of a 200, and never a byte more."""
         with self._lock:
@@ -282,6 +291,9 @@ class FakeKubeAPI:
             while self._held:
                 self._lock.wait()
             fail = self._fail.pop(0) if self._fail else None
+            if fail is None and self._fail_watches and query.get("watch") in ("true", "1"):
+                self._fail_watches -= 1
+                fail = self._fail_status
             hang = self._hang > 0
             if hang:
                 self._hang -= 1

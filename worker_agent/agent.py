@@ -110,13 +110,13 @@ class Agent:
             speed=cfg.speed,
             dispatcher=cfg.dispatcher_url,
         )
+        http = None
+        if cfg.http_port is not None:  # before the workers start: alive ("starting"), not ready, meanwhile
+            routes = {"/healthz": self.heartbeat.check, "/readyz": self._ready}
+            http = HealthServer(cfg.http_host, cfg.http_port, routes).start()
         self._pool = WorkerPool(cfg.workers, cfg.node_name, cfg.speed or 1.0, cfg.pipeline, cfg.zygote)
         if not self._pool.wait_ready(cfg.worker_start_timeout_s):
             log.warning("workers_slow_to_start", ready=self._pool.idle, workers=cfg.workers)
-        http = None
-        if cfg.http_port is not None:
-            routes = {"/healthz": self.heartbeat.check, "/readyz": self._ready}
-            http = HealthServer(cfg.http_host, cfg.http_port, routes).start()
         try:
             self._connect(time.monotonic())
             while self.phase is not Phase.STOPPED:

@@ -420,6 +420,7 @@ class DispatcherCore:
             )  # fmt: skip
             self._learn_speed(node)
             self._reclaim(node)
+            self._refuse_mismatched(node)
             self._broadcast(node)
             self._log(
                 "node_registered",
@@ -441,6 +442,25 @@ class DispatcherCore:
             p.Registered(name, node.incarnation, cfg.dispatcher_id, cfg.heartbeat_interval_s, cfg.liveness),
         )
         self._apply_cluster(node)
+
+    def _refuse_mismatched(self, node: NodeActor) -> None:
+        """Rule 11 for what was queued before this agent said its versions (a node pinned to
+        while PENDING, or an agent replaced by a rolling update): tasks whose client's versions
+        differ resolve REJECTED now, instead of failing to unpickle there."""
+        if not node.versions or not node.queue:
+            return
+        rejected: dict[str, list[p.Resolution]] = defaultdict(list)
+        for record in node.queue.records():
+            client_id = record.key[0]
+            differ = mismatch(self._client_versions.get(client_id, ""), node.versions)
+            if differ:
+                why = f"node {node.name} cannot run this client's tasks: {differ}"
+                self._forget(record)
+                rejected[client_id].append(p.Resolution(record.key[1], p.Outcome.REJECTED, why.encode(), ""))
+        if rejected:
+            self._log("tasks_refused", "warning", node=node.name, tasks=sum(map(len, rejected.values())),
+                      reason="runtime versions differ")  # fmt: skip
+            self._resolve(rejected)
 
     def _new_node(self, name: str) -> NodeActor:
         self.journal.keep(self.nodes, name)
@@ -619,7 +639,12 @@ class DispatcherCore:
             queue = self.pool
             if name is not None and name not in self._deleted:
                 node = self.nodes.get(name)
-                if node is not None and versions and node.versions and (differ := mismatch(versions, node.versions)):
+                if (
+                    node is not None
+                    and node.state in CONNECTED
+                    and versions
+                    and (differ := mismatch(versions, node.versions))
+                ):
                     why = f"node {name} cannot run this client's tasks: {differ}"
                     rejected.append(p.Resolution(spec.task_id, p.Outcome.REJECTED, why.encode(), ""))
                     continue
@@ -821,6 +846,7 @@ class DispatcherCore:
         journal = self.journal
         journal.keep(self._steals, message.request_id)
         asked = self._steals.pop(message.request_id, None)
+        held = asked is not None and asked[1] == ""  # asked back by a hold (_hold), not by a thief
         if asked is not None:
             for key in asked[2]:
                 record = self.tasks.get(key)
@@ -836,11 +862,18 @@ class DispatcherCore:
             del node.in_flight[record.key]
             journal.save(record)
             record.release()
-            record.stolen = True
+            if not held:
+                record.stolen = True
             moved.append(record)
-        for record in moved:
-            self.pool.push(record)
-        self.tasks_stolen += len(moved)
+        if held:  # where it waits now: the pool while the hold lasts, its node's queue if released since
+            self._requeue(moved)
+            touched = {r.node_name for r in moved if r.queue is not self.pool and r.node_name is not None}
+            for name in touched:
+                self._pump(self.nodes[name])
+        else:
+            for record in moved:
+                self.pool.push(record)
+            self.tasks_stolen += len(moved)
         self._pump_pool()
 
     def _handle_keys_changed(self, event: KeysChanged) -> None:
@@ -854,8 +887,12 @@ class DispatcherCore:
         journal = self.journal
         unfit: list[tuple[NodeActor, str]] = []
         for name, key in self._node_keys.items():
-            node = self.nodes[name]
-            if node.state in CONNECTED and (why := _key_refusal(agents, bound, name, key)) is not None:
+            node = self.nodes.get(name)
+            if (
+                node is not None
+                and node.state in CONNECTED
+                and (why := _key_refusal(agents, bound, name, key)) is not None
+            ):
                 unfit.append((node, why))
         for node, _ in unfit:
             journal.save(node)
@@ -936,9 +973,15 @@ class DispatcherCore:
             self._apply_cluster(node)
 
     def _mark_deleted(self, name: str) -> None:
-        if name not in self._deleted:
-            self.journal.keep(self._deleted, name)
-            self._deleted[name] = None
+        if name in self._deleted:
+            return
+        journal = self.journal
+        if len(self._deleted) >= self.config.max_nodes:  # bounded: the oldest deletion is forgotten
+            oldest = next(iter(self._deleted))
+            journal.keep(self._deleted, oldest)
+            del self._deleted[oldest]
+        journal.keep(self._deleted, name)
+        self._deleted[name] = None
 
     def _apply_cluster(self, node: NodeActor) -> None:
         """Bring ``node`` in line with what the API says of its Node (rule 10)."""
@@ -1046,8 +1089,15 @@ class DispatcherCore:
             node = self.nodes[name]
             if node.in_flight or node.state is not NodeState.GONE:
                 continue
-            self.journal.keep(self.nodes, name)
+            journal = self.journal
+            journal.keep(self.nodes, name)
             del self.nodes[name]
+            if name in self._node_keys:
+                journal.keep(self._node_keys, name)
+                del self._node_keys[name]
+            for peer in [peer for peer, n in self._agents.items() if n is node]:
+                journal.keep(self._agents, peer)
+                del self._agents[peer]
             self._log("node_forgotten", node=name, reason="its Node was deleted and no task names it")
 
     def _handle_frame_rejected(self, event: FrameRejected) -> None:

@@ -172,6 +172,7 @@ class NodeActor:
         journal = self.journal
         journal.save(self)
         self.state = state
+        self.reason = ""  # a hold ends with the agent (a deletion says so itself)
         self.credit = 0
         work = list(self.in_flight.values())
         for record in work:

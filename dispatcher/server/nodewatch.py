@@ -133,6 +133,7 @@ class NodeWatch:
         self.synced = False
         """A first list has been posted."""
         self.resource_version = ""
+        self._failures = 0
 
     def start(self) -> None:
         self._thread.start()
@@ -149,28 +150,31 @@ class NodeWatch:
     def _run(self) -> None:
         from kubernetes.client.exceptions import ApiException
 
-        failures = 0
+        self._failures = 0
+        """Failures since the watch last worked (delivered an event, or ran to the server's
+        timeout): a list that succeeds does not count, or a watch that always fails would
+        re-list at the shortest backoff for ever."""
         while not self._stop.is_set():
             try:
                 self._list()
-                failures = 0
                 while not self._stop.is_set():
                     self._watch_once()
+                    self._failures = 0  # ended by the server's timeoutSeconds: healthy
             except ApiException as exc:
                 if self._stop.is_set():
                     return
                 self.restarts += 1
-                if exc.status == 410:  # the version expired: list again at once
+                self._failures += 1
+                if exc.status == 410 and self._failures == 1:  # the version expired: list again at once
                     log.info("node_watch_expired", resource_version=self.resource_version, reason=exc.reason)
                     continue
-                failures += 1
-                self._back_off(failures, f"HTTP {exc.status}: {exc.reason}")
+                self._back_off(self._failures, f"HTTP {exc.status}: {exc.reason}")
             except Exception as exc:  # the API away, a dropped or hung connection, a bad object
                 if self._stop.is_set():
                     return
                 self.restarts += 1
-                failures += 1
-                self._back_off(failures, f"{type(exc).__name__}: {exc}")
+                self._failures += 1
+                self._back_off(self._failures, f"{type(exc).__name__}: {exc}")
 
     def _back_off(self, failures: int, why: str) -> None:
         cfg = self.config
@@ -212,6 +216,7 @@ class NodeWatch:
                 if self._stop.is_set():
                     return
                 self._handle(event["type"], event["raw_object"])
+                self._failures = 0  # it delivers: healthy
         finally:
             self._watch = None
 

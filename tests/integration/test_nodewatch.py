@@ -9,7 +9,8 @@ turned into core events as the dispatcher's loop does (``reading(now, stimulus_i
 from __future__ import annotations
 
 import queue
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -57,6 +58,13 @@ def watched(api: FakeKubeAPI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
         w.watch.stop()
 
 
+def until(what: Callable[[], bool], why: str, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not what():
+        assert time.monotonic() < deadline, why
+        time.sleep(0.01)
+
+
 def names(event: ClusterEvent) -> list[str]:
     assert isinstance(event, NodesListed), event
     return sorted(n.name for n in event.nodes)
@@ -97,14 +105,15 @@ def test_a_bookmark_carries_the_version_the_next_watch_starts_from(api: FakeKube
     for _ in range(3):  # ...then versions move on with changes elsewhere (other kinds of object)
         api._rv += 1
     api.bookmark()
-    api.wait_requests(len(api.requests))  # nothing new asked for yet
     bookmarked = str(api.resource_version)
-    deadline_requests = len(api.requests) + 1
+    until(lambda: watched.watch.resource_version == bookmarked, "the bookmark was not read")
+    seen = len(api.requests)
     api.end_watches()  # the server's timeoutSeconds: the client watches again, from the bookmark
-    api.wait_requests(deadline_requests)
+    api.wait_requests(seen + 1)
     api.wait_watching()
-    assert api.requests[-1][1]["resourceVersion"] == bookmarked
-    assert watched.none_pending()  # no re-list: a bookmark spared it (the version was compacted)
+    assert api.requests[-1][1]["resourceVersion"] == bookmarked  # not node-x's older version
+    assert api.requests[-1][1]["watch"] == "true"  # a watch, no re-list
+    assert watched.none_pending()
     assert watched.watch.restarts == 0
 
 
@@ -150,6 +159,7 @@ def test_an_api_server_that_is_away_is_waited_for_and_what_changed_meanwhile_is_
     api.down()  # connections refused, the open stream cut
     api.delete("node-a")
     api.put(node_object("node-b", cordoned=True))
+    until(lambda: watched.watch.restarts >= 3, "the watch did not retry against the refusing server")
     api.up()
     relisted = watched.next()
     assert isinstance(relisted, NodesListed)
@@ -175,6 +185,23 @@ def test_a_stream_dropped_mid_way_re_lists(api: FakeKubeAPI, watched: Watched) -
     api.wait_watching()
     api.delete("node-a")
     assert watched.next() == NodeDeleted("node-a", 0.0, "t")
+
+
+def test_a_watch_that_keeps_failing_backs_off_further_though_each_list_succeeds(
+    api: FakeKubeAPI, watched: Watched
+) -> None:
+    watched.next()
+    api.wait_watching()
+    api.fail_watches(6, status=503)  # e.g. a proxy that breaks streaming: lists work, watches not
+    api.end_watches()
+    until(lambda: api.request_count(watch=True) >= 7, "the watch was not retried")
+    assert watched.watch._failures >= 5  # not reset by the lists in between: the backoff grew
+    api.wait_watching()  # then it works again, and a change arrives
+    api.put(node_object("node-a", cordoned=True))
+    event = watched.next()
+    while isinstance(event, NodesListed):
+        event = watched.next()
+    assert event == NodeObserved(ClusterNode("node-a", cordoned=True), 0.0, "t")
 
 
 def test_no_configuration_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -222,3 +222,67 @@ def test_a_task_pinned_to_a_node_with_other_runtime_versions_is_rejected_saying_
     assert rejection.task_id == 1 and rejection.outcome is p.Outcome.REJECTED
     assert b"python 3.12.1 here, 3.13.5 on the node" in rejection.payload
     assert sent_tasks(out, b"node-b") == [2]  # same major.minor: fine
+
+
+# --------------------------------------------------------------------------- found in review
+
+
+@pytest.mark.parametrize("how", ["silent", "bye"])
+def test_a_held_node_that_dies_is_no_longer_held(t: Transcript, how: str) -> None:
+    t.register("node-a", slots=1)
+    t.register("node-x", slots=1)  # not listed: held, "not-in-api"
+    t.observed("node-a", cordoned=True)
+    if how == "silent":
+        t.agent(b"node-b-peer", p.Heartbeat(), at=0.0)
+        t.tick(2.0)
+    else:
+        t.agent(b"node-a", p.Bye())
+        t.agent(b"node-x", p.Bye())
+    for name in ("node-a", "node-x"):
+        assert info(t, name).state in ("dead", "gone")
+        assert info(t, name).reason == ""
+
+
+def test_a_hold_s_late_steal_reply_sends_a_strict_task_back_to_its_released_node(t: Transcript) -> None:
+    t.register("node-a", slots=1, prefetch=1)
+    t.register("node-b", slots=1, credit=0)
+    t.submit((1, "node-a", 0.0), (2, "node-a", 1.0))
+    [(_, ask)] = to_agents(t.observed("node-a", cordoned=True))
+    assert isinstance(ask, p.StealRequest)
+    t.observed("node-a", cordoned=False)  # released before the agent answered
+    out = t.agent(b"node-a", p.StealReply(ask.request_id, (p.TaskRef(CLIENT_ID, 2),)))
+    record = t.core.tasks[CLIENT_ID, 2]
+    assert record.queue is t.core.nodes["node-a"].queue and not record.stolen  # home, not the pool
+    assert t.core.tasks_stolen == 0
+    out = t.agent(b"node-b", p.Credit(1))
+    assert sent_tasks(out, b"node-b") == []  # node-b never gets node-a's strict task
+    out = t.agent(b"node-a", p.Credit(1))
+    assert sent_tasks(out, b"node-a") == [2]
+
+
+def test_keys_reloaded_after_a_deleted_node_was_forgotten_change_nothing_else() -> None:
+    t = Transcript(heartbeat_interval_s=0.5, liveness=3)
+    t.keys({"ka": "", "kb": ""}, {"kc"})
+    t.client(p.Hello(CLIENT_ID), key="kc")
+    t.listed("node-a", "node-b")
+    t.agent(b"node-a", p.Register("node-a", "a", 1, 0, 1.0), key="ka")
+    t.agent(b"node-b", p.Register("node-b", "b", 1, 0, 1.0), key="kb")
+    t.deleted("node-a")
+    t.agent(b"node-b", p.Heartbeat(), at=1.2)
+    t.tick(1.2)
+    assert "node-a" not in t.core.nodes and "node-a" not in t.core._node_keys
+    t.keys({"ka": "", "kb": "", "kd": ""}, {"kc"})  # a rotation: must not trip on the forgotten node
+    assert info(t, "node-b").state == "alive"
+
+
+def test_tasks_queued_for_a_node_before_its_agent_said_its_versions_are_refused_at_registration() -> None:
+    t = Transcript()
+    t.client(p.Hello(CLIENT_ID, versions="python=3.12.1"), peer=CLIENT)
+    t.submit((1, "node-a", 0.0))  # node-a is PENDING: nothing to compare with yet
+    out = t.agent(b"node-a", p.Register("node-a", "a", 1, 0, 1.0, versions="python=3.13.5"))
+    [rejection] = resolved(out)
+    assert rejection.task_id == 1 and rejection.outcome is p.Outcome.REJECTED
+    assert b"python 3.12.1 here, 3.13.5 on the node" in rejection.payload
+    t.agent(b"node-a", p.Bye())  # gone: a later task pinned there goes to the pool, not refused
+    t.submit((2, "node-a", 0.0))
+    assert t.core.tasks[CLIENT_ID, 2].queue is t.core.pool
