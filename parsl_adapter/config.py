@@ -26,6 +26,9 @@ class ExecutorConfig:
     default_cost_s: float = 1.0
     default_output_bytes: float = 0.0
     bandwidth: float = 1e9
+    cross_zone_bandwidth: float | None = None
+    """Bytes/s between nodes in different Kubernetes zones (``topology.kubernetes.io/zone``, with
+    the dispatcher's ``--watch-nodes``); None: ``bandwidth`` between any two nodes."""
     node_wait_timeout_s: float = 30.0
     plan_timeout_s: float = 600.0
     rejoin_grace_s: float = 3.0
@@ -40,6 +43,8 @@ class ExecutorConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not self.bandwidth > 0:
             raise ValueError(f"bandwidth must be > 0 bytes/s, got {self.bandwidth}")
+        if self.cross_zone_bandwidth is not None and not self.cross_zone_bandwidth > 0:
+            raise ValueError(f"cross_zone_bandwidth must be > 0 bytes/s, got {self.cross_zone_bandwidth}")
         w = self.window
         for name in ("flush_idle_s", "plan_idle_s", "max_delay_s"):
             if not getattr(w, name) >= 0:

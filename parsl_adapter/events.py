@@ -157,6 +157,8 @@ class NodesListed:
 
     alive: tuple[tuple[str, float], ...]
     now: float
+    zones: tuple[tuple[str, str], ...] = ()
+    """(node, zone) where the dispatcher knows one."""
 
 
 @dataclass(frozen=True, slots=True)

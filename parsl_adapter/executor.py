@@ -43,7 +43,7 @@ from parsl_adapter import events as e
 from parsl_adapter.config import ExecutorConfig
 from parsl_adapter.costs import RuntimeModel, parse_hints
 from parsl_adapter.graph import replan_graph, window_graph
-from parsl_adapter.placement import Graph, Network, check_scheduler
+from parsl_adapter.placement import Graph, Network, check_scheduler, zoned
 from parsl_adapter.plancache import PlanCache, canonical, restore
 from parsl_adapter.planner import PlannerProcess
 from parsl_adapter.state import ExecutorState
@@ -91,6 +91,7 @@ class SagaDispatchExecutor(ParslExecutor):
         default_cost_s: float = _DEFAULTS.default_cost_s,
         default_output_bytes: float = _DEFAULTS.default_output_bytes,
         bandwidth: float = _DEFAULTS.bandwidth,
+        cross_zone_bandwidth: float | None = _DEFAULTS.cross_zone_bandwidth,
         node_wait_timeout_s: float = _DEFAULTS.node_wait_timeout_s,
         plan_timeout_s: float = _DEFAULTS.plan_timeout_s,
         rejoin_grace_s: float = _DEFAULTS.rejoin_grace_s,
@@ -116,7 +117,7 @@ class SagaDispatchExecutor(ParslExecutor):
             window=WindowConfig(flush_idle_s, plan_idle_s, max_held, max_delay_s),
             max_plan_tasks=max_plan_tasks, plan_cache_size=plan_cache_size, history_size=history_size,
             default_cost_s=default_cost_s, default_output_bytes=default_output_bytes, bandwidth=bandwidth,
-            node_wait_timeout_s=node_wait_timeout_s, plan_timeout_s=plan_timeout_s, rejoin_grace_s=rejoin_grace_s,
+            cross_zone_bandwidth=cross_zone_bandwidth, node_wait_timeout_s=node_wait_timeout_s, plan_timeout_s=plan_timeout_s, rejoin_grace_s=rejoin_grace_s,
             connect_timeout_s=connect_timeout_s,
         )  # fmt: skip
         # Parsl's RepresentationMixin prints a config from the attributes named like its arguments.
@@ -535,11 +536,13 @@ class SagaDispatchExecutor(ParslExecutor):
             if job is _LIST_NODES:
                 try:
                     assert self.client is not None
-                    alive = tuple(sorted((n.node_name, n.speed) for n in self.client.nodes() if n.state == "alive"))
+                    nodes = [n for n in self.client.nodes() if n.state == "alive"]
                 except DispatchError:
                     log.exception("rejoin_check_failed")
                     continue
-                self._inbox.put(e.NodesListed(alive, time.monotonic()))
+                alive = tuple(sorted((n.node_name, n.speed) for n in nodes))
+                zones = tuple((n.node_name, n.zone) for n in nodes if n.zone)
+                self._inbox.put(e.NodesListed(alive, time.monotonic(), zones))
                 continue
             started = time.monotonic()
             try:
@@ -557,9 +560,11 @@ class SagaDispatchExecutor(ParslExecutor):
         assert self.client is not None
         deadline = time.monotonic() + self.config.node_wait_timeout_s
         while True:
-            alive = [(n.node_name, n.speed) for n in self.client.nodes() if n.state == "alive"]
-            if alive:
-                return Network(tuple(sorted(alive)), self.config.bandwidth)
+            nodes = [n for n in self.client.nodes() if n.state == "alive"]
+            if nodes:
+                alive = tuple(sorted((n.node_name, n.speed) for n in nodes))
+                cfg = self.config
+                return zoned(alive, cfg.bandwidth, {n.node_name: n.zone for n in nodes}, cfg.cross_zone_bandwidth)
             if time.monotonic() > deadline or self._stop.is_set():
                 raise NoLiveNodes(
                     f"no node registered with the dispatcher within {self.config.node_wait_timeout_s:g} s"

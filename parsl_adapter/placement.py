@@ -70,11 +70,30 @@ class Network:
     """Bytes per second between two different nodes (same node: infinite)."""
     links: Mapping[tuple[str, str], float] = field(default_factory=dict)
     """Per-pair overrides of ``bandwidth`` (either order)."""
+    zones: Mapping[str, str] = field(default_factory=dict, compare=False)
+    """Where each node is (its Kubernetes Node's ``topology.kubernetes.io/zone``), where known:
+    what ``links`` were derived from (``zoned``), kept so a changed node list can derive them again."""
 
     def link(self, a: str, b: str) -> float:
         if a == b:
             return math.inf
         return self.links.get((a, b), self.links.get((b, a), self.bandwidth))
+
+
+def zoned(
+    nodes: tuple[tuple[str, float], ...], bandwidth: float, zones: Mapping[str, str], cross_zone: float | None
+) -> Network:
+    """The network of ``nodes``: ``bandwidth`` between two nodes of one zone (or of unknown zones),
+    ``cross_zone`` between nodes of two different known zones (None: ``bandwidth`` everywhere)."""
+    known = {name: zones[name] for name, _ in nodes if zones.get(name)}
+    links: dict[tuple[str, str], float] = {}
+    if cross_zone is not None and cross_zone != bandwidth:
+        names = sorted(known)
+        for i, a in enumerate(names):
+            for b in names[i + 1 :]:
+                if known[a] != known[b]:
+                    links[a, b] = cross_zone
+    return Network(nodes, bandwidth, links, known)
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,7 +39,7 @@ from parsl_adapter import events as e
 from parsl_adapter.config import ExecutorConfig
 from parsl_adapter.costs import RuntimeModel
 from parsl_adapter.history import History
-from parsl_adapter.placement import Graph, Network, Plan, PlanningError
+from parsl_adapter.placement import Graph, Network, Plan, PlanningError, zoned
 from parsl_adapter.plancache import PlanCache, canonical
 from parsl_adapter.window import ReleaseOrder, should_plan
 
@@ -74,6 +74,9 @@ class ExecutorState:
         self.epoch = 0
         self.speeds: dict[str, float] = {}
         """Alive nodes and their speeds."""
+        self.zones: dict[str, str] = {}
+        """Nodes' zones, as the dispatcher's node lists said them (a node only heard of in a
+        NODE_CHANGED has none until the next list)."""
         self.network: Network | None = None
         """``speeds`` as a Network (no nodes: none is alive); None while the dispatcher's list is
         not known (before the first plan asks for it, after a restart)."""
@@ -374,7 +377,13 @@ class ExecutorState:
                 speeds[node] = speed
         self.unknown_changes = {}
         self.speeds = speeds
-        self.network = Network(tuple(sorted(speeds.items())), self.config.bandwidth)
+        self.zones.update(network.zones)
+        self.network = self._network()
+
+    def _network(self) -> Network:
+        """The alive nodes as SAGA plans on them: their speeds, and links by zone (``zoned``)."""
+        cfg = self.config
+        return zoned(tuple(sorted(self.speeds.items())), cfg.bandwidth, self.zones, cfg.cross_zone_bandwidth)
 
     def _handle_node_changed(self, event: e.NodeChanged) -> None:
         alive = event.state == "alive"
@@ -383,7 +392,7 @@ class ExecutorState:
         else:
             self.speeds.pop(event.node_name, None)
         if self.network is not None:
-            self.network = Network(tuple(sorted(self.speeds.items())), self.config.bandwidth)
+            self.network = self._network()
         else:  # nobody has the dispatcher's list yet: keep the change for it
             self.unknown_changes[event.node_name] = event.speed if alive else None
         if event.state == "alive" or self.stopped:
@@ -438,7 +447,7 @@ class ExecutorState:
 
     def _handle_nodes_listed(self, event: e.NodesListed) -> None:
         """After a restart's grace: nodes with unfinished planned work that did not come back are lost."""
-        self._adopt(Network(event.alive, self.config.bandwidth))
+        self._adopt(Network(event.alive, self.config.bandwidth, zones=dict(event.zones)))
         alive = set(self.speeds)
         planned = {p.node for tid, p in self.plan.items() if tid not in self.done}
         for node in sorted(planned - alive):

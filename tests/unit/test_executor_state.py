@@ -371,3 +371,24 @@ def test_an_abandoned_window_fails_what_did_not_leave_and_planning_goes_on() -> 
     out = t(e.WindowAbandoned((one,), error, 0.1))
     assert out == [e.Fail((one,), error)]
     assert kinds(t(e.TaskLaunched(launch(2), 0.2))) == ["BuildWindowGraph"]
+
+
+# --------------------------------------------------------------------------- zones (Kubernetes)
+
+
+def test_nodes_in_different_zones_are_linked_at_the_cross_zone_bandwidth() -> None:
+    t = Transcript(bandwidth=1e9, cross_zone_bandwidth=1e8)
+    t(e.NodesListed((("a", 1.0), ("b", 1.0), ("c", 1.0), ("d", 1.0)), 0.0, (("a", "z1"), ("b", "z1"), ("c", "z2"))))
+    network = t.state.network
+    assert network is not None
+    assert network.link("a", "b") == 1e9  # one zone
+    assert network.link("a", "c") == network.link("c", "b") == 1e8  # across zones
+    assert network.link("a", "d") == 1e9  # d's zone is unknown: no penalty guessed
+    t(e.NodeChanged("c", "dead", 1.0, 1.0))  # the links follow the node list
+    assert t.state.network is not None and t.state.network.links == {}
+
+
+def test_without_a_cross_zone_bandwidth_zones_change_nothing() -> None:
+    t = Transcript(bandwidth=1e9)
+    t(e.NodesListed((("a", 1.0), ("b", 1.0)), 0.0, (("a", "z1"), ("b", "z2"))))
+    assert t.state.network is not None and t.state.network.link("a", "b") == 1e9
