@@ -117,7 +117,8 @@ class SagaDispatchExecutor(ParslExecutor):
             window=WindowConfig(flush_idle_s, plan_idle_s, max_held, max_delay_s),
             max_plan_tasks=max_plan_tasks, plan_cache_size=plan_cache_size, history_size=history_size,
             default_cost_s=default_cost_s, default_output_bytes=default_output_bytes, bandwidth=bandwidth,
-            cross_zone_bandwidth=cross_zone_bandwidth, node_wait_timeout_s=node_wait_timeout_s, plan_timeout_s=plan_timeout_s, rejoin_grace_s=rejoin_grace_s,
+            cross_zone_bandwidth=cross_zone_bandwidth, node_wait_timeout_s=node_wait_timeout_s,
+            plan_timeout_s=plan_timeout_s, rejoin_grace_s=rejoin_grace_s,
             connect_timeout_s=connect_timeout_s,
         )  # fmt: skip
         # Parsl's RepresentationMixin prints a config from the attributes named like its arguments.
