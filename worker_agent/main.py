@@ -8,7 +8,7 @@ import os
 import structlog
 
 from dispatcher.runtime import exposure
-from dispatcher.runtime.args import env, role_parser, security_flags
+from dispatcher.runtime.args import env, http_port, http_port_flag, role_parser, security_flags
 from dispatcher.runtime.keys import for_agent, resolve_folder
 from dispatcher.runtime.lifeline import die_with_parent
 from worker_agent.agent import Agent
@@ -50,13 +50,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--zygote", default=None, metavar="SOCKET", help="fork workers from this worker zygote (the local cluster's)"
     )
-    parser.add_argument(
-        "--http-port",
-        type=int,
-        default=int(env("SAGA_HTTP_PORT", "-1")),
-        metavar="PORT",
-        help="serve /healthz and /readyz on this port (env SAGA_HTTP_PORT; default: off)",
-    )
+    http_port_flag(parser)
     parser.add_argument("--http-host", default="0.0.0.0", help="address for the HTTP probes")
     security_flags(
         parser,
@@ -79,7 +73,7 @@ def main(argv: list[str]) -> int:
         zygote=args.zygote,
         keys=for_agent(folder, node_name) if folder is not None else None,
         insecure=args.insecure,
-        http_port=args.http_port if args.http_port >= 0 else None,
+        http_port=http_port(args),
         http_host=args.http_host,
         **given,
     )

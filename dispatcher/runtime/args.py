@@ -33,3 +33,20 @@ def security_flags(parser: argparse.ArgumentParser, *, keys: str | None, insecur
         default=env("SAGA_INSECURE", "") == "1",
         help=f"{insecure} (env SAGA_INSECURE=1)",
     )
+
+
+def http_port_flag(parser: argparse.ArgumentParser) -> None:
+    """``--http-port`` (env ``SAGA_HTTP_PORT``): ``/healthz`` and ``/readyz`` there; 0 picks a
+    free port; absent (-1): no HTTP server. Read it with :func:`http_port`."""
+    parser.add_argument(
+        "--http-port",
+        type=int,
+        default=int(env("SAGA_HTTP_PORT", "-1")),
+        metavar="PORT",
+        help="serve /healthz and /readyz on this port (env SAGA_HTTP_PORT; 0: a free port; default: off)",
+    )
+
+
+def http_port(args: argparse.Namespace) -> int | None:
+    port: int = args.http_port
+    return port if port >= 0 else None

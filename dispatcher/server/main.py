@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dispatcher.runtime.args import env, role_parser, security_flags
+from dispatcher.runtime.args import env, http_port, http_port_flag, role_parser, security_flags
 from dispatcher.runtime.keys import resolve_folder
 from dispatcher.runtime.lifeline import die_with_parent
 from dispatcher.server.config import AGENT_PORT, CLIENT_PORT, CoreConfig, DispatcherConfig
@@ -41,13 +41,7 @@ def main(argv: list[str]) -> int:
         metavar="SECONDS",
         help="how long tasks wait for a named node that never registers",
     )
-    parser.add_argument(
-        "--http-port",
-        type=int,
-        default=int(env("SAGA_HTTP_PORT", "-1")),
-        metavar="PORT",
-        help="serve /healthz and /readyz on this port (env SAGA_HTTP_PORT; 0: a free port; default: off)",
-    )
+    http_port_flag(parser)
     parser.add_argument(
         "--watch-nodes",
         action="store_true",
@@ -77,7 +71,7 @@ def main(argv: list[str]) -> int:
         ),
         keys=resolve_folder(args.keys),
         insecure=args.insecure,
-        http_port=args.http_port if args.http_port >= 0 else None,
+        http_port=http_port(args),
         watch=WatchConfig(timeout_s=args.watch_timeout, read_timeout_s=args.watch_timeout + 30.0),
     )
     kube = load_configuration() if args.watch_nodes else None
