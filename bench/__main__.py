@@ -53,7 +53,7 @@ BENCHMARKS: dict[str, Callable[[parsl_overhead.Sizes], str]] = {
     "startup": lambda s: startup.startup(s.rounds, _baseline),
     "core": lambda s: core_steps.core_steps(s.sim_tasks // 5, s.rounds, _baseline),
     "paired": lambda s: paired.paired(1 if s.rounds == 1 else 7, _baseline, quick=s.rounds == 1),
-    "kubernetes": lambda s: kubernetes.kubernetes(4 if s.rounds == 1 else 40),
+    "kubernetes": lambda s: kubernetes.kubernetes(4 if s.rounds == 1 else 40, images=s.rounds > 1),
     "planning": lambda s: (
         planning.saga_scaling(s.plan_sizes, s.rounds) + "\n\n" + planning.overlap(s.overlap_tasks, s.rounds)
     ),

@@ -55,8 +55,17 @@ def main(argv: list[str]) -> int:
         metavar="SECONDS",
         help="each watch request's timeoutSeconds (the client-side read timeout is 30 s more)",
     )
+    parser.add_argument(
+        "--watch-read-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="no byte for this long and the watch's connection is taken for dead (default: --watch-timeout + 30)",
+    )
     parser.add_argument("--announce", action="store_true", help="print the bound URLs as one JSON line on stdout")
     args = parser.parse_args(argv)
+    if args.watch_read_timeout is not None and args.watch_read_timeout <= args.watch_timeout:
+        parser.error("--watch-read-timeout must exceed --watch-timeout (a quiet, healthy watch would look hung)")
 
     die_with_parent()
     config = DispatcherConfig(
@@ -72,7 +81,10 @@ def main(argv: list[str]) -> int:
         keys=resolve_folder(args.keys),
         insecure=args.insecure,
         http_port=http_port(args),
-        watch=WatchConfig(timeout_s=args.watch_timeout, read_timeout_s=args.watch_timeout + 30.0),
+        watch=WatchConfig(
+            timeout_s=args.watch_timeout,
+            read_timeout_s=args.watch_read_timeout or args.watch_timeout + 30.0,
+        ),
     )
     kube = load_configuration() if args.watch_nodes else None
     service = DispatcherService(config, kube=kube)

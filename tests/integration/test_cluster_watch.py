@@ -40,7 +40,8 @@ def cluster(api: FakeKubeAPI, tmp_path: Path, logs: Path) -> Iterator[LocalClust
         2,
         log_dir=logs,
         http=True,
-        dispatcher_args=["--watch-nodes", "--watch-timeout", "5"],
+        # The server ends each watch after 2 s; silence for 4 s means a hung connection.
+        dispatcher_args=["--watch-nodes", "--watch-timeout", "2", "--watch-read-timeout", "4"],
         dispatcher_env={"KUBECONFIG": str(kubeconfig), "KUBERNETES_SERVICE_HOST": ""},
     ) as c:
         api.wait_watching()
