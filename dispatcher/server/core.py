@@ -452,9 +452,8 @@ class DispatcherCore:
         rejected: dict[str, list[p.Resolution]] = defaultdict(list)
         for record in node.queue.records():
             client_id = record.key[0]
-            differ = mismatch(self._client_versions.get(client_id, ""), node.versions)
-            if differ:
-                why = f"node {node.name} cannot run this client's tasks: {differ}"
+            why = _version_refusal(self._client_versions.get(client_id, ""), node)
+            if why is not None:
                 self._forget(record)
                 rejected[client_id].append(p.Resolution(record.key[1], p.Outcome.REJECTED, why.encode(), ""))
         if rejected:
@@ -639,14 +638,8 @@ class DispatcherCore:
             queue = self.pool
             if name is not None and name not in self._deleted:
                 node = self.nodes.get(name)
-                if (
-                    node is not None
-                    and node.state in CONNECTED
-                    and versions
-                    and (differ := mismatch(versions, node.versions))
-                ):
-                    why = f"node {name} cannot run this client's tasks: {differ}"
-                    rejected.append(p.Resolution(spec.task_id, p.Outcome.REJECTED, why.encode(), ""))
+                if node is not None and node.state in CONNECTED and (refusal := _version_refusal(versions, node)):
+                    rejected.append(p.Resolution(spec.task_id, p.Outcome.REJECTED, refusal.encode(), ""))
                     continue
                 if node is None:
                     reason = self._unplaceable(name)
@@ -745,13 +738,17 @@ class DispatcherCore:
             for n in sorted(self.nodes.values(), key=lambda n: n.name)
         )
 
+    def _facts(self, name: str) -> ClusterNode | None:
+        """What the API lists of Node ``name``; None if it does not (or there is no Node watch)."""
+        return self._api.get(name) if self._api is not None else None
+
     def _zone(self, name: str) -> str:
-        facts = self._api.get(name) if self._api is not None else None
+        facts = self._facts(name)
         return facts.zone if facts is not None else ""
 
     def _suspect(self, name: str) -> bool:
         """Its Node is listed not Ready (rule 10)."""
-        facts = self._api.get(name) if self._api is not None else None
+        facts = self._facts(name)
         return facts is not None and not facts.ready
 
     def _status(self, request_id: int) -> p.Status:
@@ -829,17 +826,23 @@ class DispatcherCore:
             self._to_agent(node, p.Tasks(tuple(batch)))
             self._pump(node)
         for (victim, thief), records in asks.items():
-            self._steal_ids += 1
-            request_id = self._steal_ids
-            for record in records:
-                self.journal.save(record)
-                record.steal_id = request_id
-            self.journal.keep(self._steals, request_id)
-            self._steals[request_id] = (victim, thief, [r.key for r in records])
-            self._to_agent(self.nodes[victim], p.StealRequest(request_id, tuple(p.TaskRef(*r.key) for r in records)))
+            self._ask_back(self.nodes[victim], thief, records)
         if moves:
             direct = sum(len(batch) for batch in batches.values())
             self._log("tasks_stolen", moved=direct, asked=len(moves) - direct)
+
+    def _ask_back(self, victim: NodeActor, thief: str, records: list[TaskRecord]) -> None:
+        """Phase one of a two-phase steal: ask ``victim``'s agent for ``records`` back, for
+        ``thief`` ("": for the pool, a hold's)."""
+        journal = self.journal
+        self._steal_ids += 1
+        request_id = self._steal_ids
+        for record in records:
+            journal.save(record)
+            record.steal_id = request_id
+        journal.keep(self._steals, request_id)
+        self._steals[request_id] = (victim.name, thief, [r.key for r in records])
+        self._to_agent(victim, p.StealRequest(request_id, tuple(p.TaskRef(*r.key) for r in records)))
 
     def _handle_steal_reply(self, node: NodeActor, message: p.StealReply) -> None:
         """Phase two: only confirmed tasks still in flight on this very agent move (to the pool)."""
@@ -1010,7 +1013,7 @@ class DispatcherCore:
 
     def _learn_speed(self, node: NodeActor) -> None:
         """Where its agent gives no speed, the Node's ``saga-dispatch.io/speed`` label is it."""
-        facts = self._api.get(node.name) if self._api is not None else None
+        facts = self._facts(node.name)
         speed = node.own_speed or (facts.speed if facts is not None and facts.speed else 1.0)
         if speed != node.speed:
             self.journal.save(node)
@@ -1031,14 +1034,7 @@ class DispatcherCore:
         self._requeue(queued)
         asked = [record for record in node.in_flight.values() if not record.steal_id]
         if asked:
-            self._steal_ids += 1
-            request_id = self._steal_ids
-            for record in asked:
-                journal.save(record)
-                record.steal_id = request_id
-            journal.keep(self._steals, request_id)
-            self._steals[request_id] = (node.name, "", [r.key for r in asked])
-            self._to_agent(node, p.StealRequest(request_id, tuple(p.TaskRef(*r.key) for r in asked)))
+            self._ask_back(node, "", asked)
         self._broadcast(node)
         self._log("node_held", "warning", node=node.name, reason=reason, requeued=len(queued), asked_back=len(asked))
         self._pump_pool()
@@ -1118,6 +1114,12 @@ class DispatcherCore:
         from dispatcher.server.invariants import check
 
         check(self)
+
+
+def _version_refusal(client_versions: str, node: NodeActor) -> str | None:
+    """Rule 11: why a task of a client with ``client_versions`` cannot run on ``node``, or None."""
+    differ = mismatch(client_versions, node.versions) if client_versions and node.versions else None
+    return f"node {node.name} cannot run this client's tasks: {differ}" if differ else None
 
 
 def _may_resolve(record: TaskRecord, node: str) -> bool:
