@@ -86,8 +86,8 @@ class Agent:
         self._stop_requested = False
         self.incarnation = 0
         self.tasks_done = 0
-        self._reported_respawns = 0
-        """Worker respawns the dispatcher has been told of (AGENT_STATUS), this registration."""
+        self._reported = (0, 0)
+        """(worker respawns, busy workers) as the dispatcher last heard them (AGENT_STATUS)."""
         self._status_sent = 0.0
 
     # ------------------------------------------------------------------ lifecycle
@@ -264,7 +264,7 @@ class Agent:
             return
         self.phase = Phase.SERVING
         self.incarnation = message.incarnation
-        self._reported_respawns = 0  # a new incarnation counts from zero at the dispatcher: tell it again
+        self._reported = (0, 0)  # a new incarnation counts from zero at the dispatcher: tell it again
         self._heartbeat_s = message.heartbeat_interval_s
         self._liveness = message.liveness
         self._backoff_s = self.config.reconnect_min_s
@@ -370,10 +370,11 @@ class Agent:
                 self.phase = Phase.STOPPED
             return
         assert self._pool is not None
-        if self._pool.respawned != self._reported_respawns and now - self._status_sent >= self._heartbeat_s:
-            self._reported_respawns = self._pool.respawned  # what only the agent sees, as a heartbeat
+        status = (self._pool.respawned, self._pool.busy)
+        if status != self._reported and now - self._status_sent >= self._heartbeat_s:
+            self._reported = status  # what only the agent sees (for /metrics), as a heartbeat: at most one a beat
             self._status_sent = now
-            self._send(p.AgentStatus(self._pool.respawned, self._pool.busy), now)
+            self._send(p.AgentStatus(*status), now)
         elif now - self._last_sent >= self._heartbeat_s:
             self._send(p.Heartbeat(), now)
 

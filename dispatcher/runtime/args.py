@@ -43,7 +43,8 @@ def http_port_flag(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=int(env("SAGA_HTTP_PORT", "-1")),
         metavar="PORT",
-        help="serve /healthz and /readyz on this port (env SAGA_HTTP_PORT; 0: a free port; default: off)",
+        help="serve /healthz, /readyz (and the dispatcher's /metrics) on this port (env SAGA_HTTP_PORT; "
+        "0: a free port; default: off)",
     )
 
 

@@ -35,6 +35,9 @@ class CoreConfig:
     max_task_bytes: int = 128 * 1024 * 1024
     """Largest task payload accepted: a larger one resolves REJECTED (frames beyond
     ``DispatcherConfig.max_frame_bytes`` are dropped by ZeroMQ before they are read)."""
+    metrics: bool = True
+    """Count for ``/metrics`` (``metrics.py``). Off (``--no-metrics``) only to measure what
+    counting costs: the core then issues no ``Count`` or ``Observe``."""
 
     @property
     def expiry_s(self) -> float:

@@ -68,6 +68,7 @@ from dispatcher.server.events import (
     ClientMessageReceived,
     ClusterNode,
     Command,
+    Count,
     Event,
     FrameRejected,
     KeysChanged,
@@ -76,6 +77,7 @@ from dispatcher.server.events import (
     NodeDeleted,
     NodeObserved,
     NodesListed,
+    Observe,
     SendToAgent,
     SendToClient,
     Ticked,
@@ -86,6 +88,10 @@ from dispatcher.server.stealing import ThiefView, plan_steals, victim_view
 from dispatcher.server.tasks import POOL, TaskQueue, TaskRecord
 
 _SPOKEN: Final = " and ".join(map(str, p.SUPPORTED_VERSIONS))
+NO_NODE: Final = "(none)"
+"""The ``node`` label of what no node did (rejected at submission, cancelled) or no node was named
+for (a task for any node: the pool). Not a Kubernetes node name (RFC 1123): it never clashes."""
+POOL_LABEL: Final = "(pool)"
 SWEEP_S: Final = 1.0
 """How often deleted Nodes' entries are looked at, to drop those no task names any more."""
 
@@ -141,6 +147,7 @@ class DispatcherCore:
         self._deleted: dict[str, None] = {}
         """Nodes deleted in the API and not listed since: their agents are refused."""
         self._swept = 0.0
+        self._metrics = config.metrics
 
     # ------------------------------------------------------------------ entry point
 
@@ -205,10 +212,19 @@ class DispatcherCore:
             self.results_refused,
         ) = counters  # fmt: skip
 
+    @property
+    def client_count(self) -> int:
+        return len(self._clients)
+
     # ------------------------------------------------------------------ small helpers
 
     def _log(self, event: str, level: LogLevel = "info", **fields: object) -> None:
         self._out.append(Log(event, level, fields))
+
+    def _count(self, metric: str, *labels: str, n: int = 1) -> None:
+        """A fact for the metrics (``metrics.py``); like every command, only if the step commits."""
+        if self._metrics:
+            self._out.append(Count(metric, labels, n))
 
     def _to_agent(self, node: NodeActor, message: p.Message) -> None:
         assert node.peer is not None
@@ -223,10 +239,17 @@ class DispatcherCore:
             self._out.append(SendToClient(peer, notice))
 
     def _resolve(self, by_client: dict[str, list[p.Resolution]]) -> None:
+        """Send each client its resolutions (every task resolves through here), counted per node
+        and outcome."""
+        counts: dict[tuple[str, p.Outcome], int] = defaultdict(int)
         for client_id, results in by_client.items():
+            for resolution in results:
+                counts[resolution.node_name, resolution.outcome] += 1
             peer = self._clients.get(client_id)
             if peer is not None:
                 self._out.append(SendToClient(peer, p.Resolved(tuple(results))))
+        for (node_name, outcome), n in counts.items():
+            self._count("tasks_resolved", node_name or NO_NODE, outcome.name.lower(), n=n)
 
     def _forget(self, record: TaskRecord) -> None:
         """Remove ``record`` from wherever it is; it is resolved."""
@@ -271,6 +294,7 @@ class DispatcherCore:
             batch.append(p.TaskAssignment(record.key[0], record.key[1], record.rank, record.payload))
         if batch:
             self._to_agent(node, p.Tasks(tuple(batch)))
+            self._count("tasks_dispatched", node.name, n=len(batch))
         if node.credit > 0:
             if node.name not in self._hungry:
                 self.journal.keep(self._hungry, node.name)
@@ -293,8 +317,9 @@ class DispatcherCore:
         for record in records:
             self._home(record).push(record)
 
-    def _declare_dead(self, node: NodeActor, reason: str, state: NodeState = NodeState.DEAD) -> None:
-        """The node's agent is gone: its queued and in-flight work moves to the pool (rule 5)."""
+    def _declare_dead(self, node: NodeActor, reason: str, cause: str, state: NodeState = NodeState.DEAD) -> None:
+        """The node's agent is gone: its queued and in-flight work moves to the pool (rule 5).
+        ``cause`` is ``reason`` as a bounded label (``metrics.DEATH_CAUSES``)."""
         in_flight = len(node.in_flight)
         queued = len(node.queue)
         self._unhungry(node)
@@ -322,6 +347,7 @@ class DispatcherCore:
         for request_id in [i for i, (victim, _, _) in self._steals.items() if victim == node.name]:
             journal.keep(self._steals, request_id)
             del self._steals[request_id]
+        self._count("node_deaths", node.name, cause)
         self._log(
             "node_dead" if state is NodeState.DEAD else "node_left",
             "warning" if state is NodeState.DEAD else "info",
@@ -382,25 +408,29 @@ class DispatcherCore:
         name = message.node_name
         refusal = None
         node = self.nodes.get(name)
+        cause = "version"
         if message.protocol_version not in p.SUPPORTED_VERSIONS:
             refusal = f"protocol version {message.protocol_version}; the dispatcher speaks {_SPOKEN}"
         elif not p.is_node_name(name):
-            refusal = f"{name!r} is not a valid Kubernetes node name (RFC 1123 subdomain)"
+            refusal, cause = f"{name!r} is not a valid Kubernetes node name (RFC 1123 subdomain)", "name"
         elif (refusal := _key_refusal(self._agent_keys, self._bound_names, name, key)) is not None:
             self.agents_refused += 1
+            cause = "key"
         elif name in self._deleted:
             refusal = f"the Kubernetes Node {name} was deleted: refused until a Node of that name is listed again"
+            cause = "deleted"
         elif node is not None and node.state in CONNECTED and node.agent_id != message.agent_id:
-            refusal = f"node {name} is already registered by live agent {node.agent_id}"
+            refusal, cause = f"node {name} is already registered by live agent {node.agent_id}", "taken"
         elif node is None and len(self.nodes) >= self.config.max_nodes:
-            refusal = f"dispatcher is at its limit of {self.config.max_nodes} nodes"
+            refusal, cause = f"dispatcher is at its limit of {self.config.max_nodes} nodes", "limit"
         if refusal is not None:
+            self._count("peers_refused", "agent", cause)
             self._log("agent_refused", "warning", node=name, agent_id=message.agent_id, reason=refusal)
             self._out.append(SendToAgent(peer, p.Refused(refusal)))
             return
         previous = self._agents.get(peer)
         if previous is not None and previous.name != name and previous.state in CONNECTED:
-            self._declare_dead(previous, f"its agent re-registered as {name}")
+            self._declare_dead(previous, f"its agent re-registered as {name}", "replaced")
         journal = self.journal
         if node is None:
             node = self._new_node(name)
@@ -500,19 +530,24 @@ class DispatcherCore:
         ran_on = node.name if node is not None else ""
         if node is not None:  # also a dead incarnation's late results: they still count there
             self.journal.save(node)
-        refused = 0
+        refused = duplicates = 0
         by_client: dict[str, list[p.Resolution]] = defaultdict(list)
         cancels: dict[str, list[p.TaskRef]] = defaultdict(list)
         tasks = self.tasks
+        now = self._now
+        waits: list[float] = []
+        runs: list[float] = []
         for result in message.results:
             record = tasks.get((result.client_id, result.task_id))
             if record is None:
-                self.duplicates_dropped += 1
+                duplicates += 1
                 continue
             if record.holder != ran_on and not _may_resolve(record, ran_on):
                 self.results_refused += 1
                 refused += 1
                 continue
+            runs.append(result.runtime_s)  # queued -> started: the start is when it ended less its run
+            waits.append(max(0.0, now - result.runtime_s - record.queued_at))
             if record.holder is not None and record.holder != ran_on:  # another copy is out there
                 cancels[record.holder].append(p.TaskRef(*record.key))
             self._forget(record)
@@ -520,6 +555,15 @@ class DispatcherCore:
                 node.runtime_s = ema(node.runtime_s, result.runtime_s)
             resolution = p.Resolution(result.task_id, result.outcome, result.payload, ran_on, result.runtime_s)
             by_client[result.client_id].append(resolution)
+        label = ran_on or NO_NODE
+        if duplicates:
+            self.duplicates_dropped += duplicates
+            self._count("duplicates_dropped", label, n=duplicates)
+        if refused:
+            self._count("results_refused", label, n=refused)
+        if runs and self._metrics:
+            self._out.append(Observe("task_run_seconds", (label,), tuple(runs)))
+            self._out.append(Observe("task_wait_seconds", (label,), tuple(waits)))
         if refused and log_due(self.results_refused, refused, self.config.bad_frame_log_every):
             self._log("results_refused", "warning", node=ran_on or None, refused=refused, total=self.results_refused,
                       reason="results for tasks never sent to this node")  # fmt: skip
@@ -548,12 +592,13 @@ class DispatcherCore:
             journal.save(record)
             record.release()
         self._requeue(returned + node.queue.take_all())
+        self._count("node_drains", node.name, "agent")
         self._log("node_draining", node=node.name, returned=len(returned), running=len(node.in_flight))
         self._pump_pool()
 
     def _handle_bye(self, node: NodeActor) -> None:
         self._drop_agent(node.peer)
-        self._declare_dead(node, "agent said bye", NodeState.GONE)
+        self._declare_dead(node, "agent said bye", "bye", NodeState.GONE)
         node.peer = None
 
     # ------------------------------------------------------------------ client side
@@ -592,11 +637,13 @@ class DispatcherCore:
         if message.protocol_version not in p.SUPPORTED_VERSIONS:
             text = f"protocol version {message.protocol_version}; the dispatcher speaks {_SPOKEN}"
             self._out.append(SendToClient(peer, p.Error(p.ErrorCode.VERSION_MISMATCH, text)))
+            self._count("peers_refused", "client", "version")
             return
         journal = self.journal
         bound = self._client_keys.get(message.client_id)
         if bound is not None and bound != key:  # another key: it may not take over this id's results
             self.clients_refused += 1
+            self._count("peers_refused", "client", "key")
             self._log("client_refused", "warning", client_id=message.client_id, reason="id bound to another key")
             text = f"client id {message.client_id} belongs to another key: choose another id"
             self._out.append(SendToClient(peer, p.Error(p.ErrorCode.REFUSED, text)))
@@ -626,6 +673,7 @@ class DispatcherCore:
         rejected: list[p.Resolution] = []
         max_bytes = self.config.max_task_bytes
         versions = self._client_versions.get(client_id, "")
+        submitted: dict[str, int] = defaultdict(int)
         for spec in message.tasks:
             key = (client_id, spec.task_id)
             if key in tasks:  # a re-send of a task we already hold
@@ -653,7 +701,8 @@ class DispatcherCore:
                     touched[name] = node
             if queue is self.pool:
                 to_pool = True
-            record = TaskRecord(key, name, spec.rank, spec.payload, spec.flags)
+            record = TaskRecord(key, name, spec.rank, spec.payload, spec.flags, queued_at=self._now)
+            submitted[name or POOL_LABEL] += 1
             if spec.flags & p.SOFT_AFFINITY:
                 self._soft += 1
             queue.admit(record, tasks)
@@ -665,7 +714,10 @@ class DispatcherCore:
         if rejected:
             self.tasks_resolved += len(rejected)
             self.tasks_submitted += len(rejected)
+            submitted[NO_NODE] += len(rejected)
             self._resolve({client_id: rejected})
+        for name, n in submitted.items():
+            self._count("tasks_submitted", name, n=n)
 
     def _unplaceable(self, name: str) -> str | None:
         """Why a task cannot be pinned to the not-yet-known node ``name``, or None."""
@@ -773,13 +825,14 @@ class DispatcherCore:
             if node.state in CONNECTED:
                 silent_s = now - node.last_seen
                 if silent_s > cfg.expiry_s:
-                    self._declare_dead(node, f"silent for {silent_s:.2f} s")
+                    self._declare_dead(node, f"silent for {silent_s:.2f} s", "heartbeat")
                 elif silent_s > suspect_s and self._suspect(node.name):
-                    self._declare_dead(node, f"its Node is not Ready and it missed a heartbeat ({silent_s:.2f} s)")
+                    why = f"its Node is not Ready and it missed a heartbeat ({silent_s:.2f} s)"
+                    self._declare_dead(node, why, "not_ready")
                 elif now - node.last_sent >= cfg.heartbeat_interval_s:
                     self._to_agent(node, p.Heartbeat())
             elif node.state is NodeState.PENDING and now - node.pending_since > cfg.pending_grace_s:
-                self._declare_dead(node, f"never registered within {cfg.pending_grace_s:g} s")
+                self._declare_dead(node, f"never registered within {cfg.pending_grace_s:g} s", "never_registered")
         if self._soft:
             self._steal_round()
         if self._deleted and now - self._swept >= SWEEP_S:
@@ -819,11 +872,13 @@ class DispatcherCore:
                 self.nodes[move.thief].start(record)
                 batches[move.thief].append(p.TaskAssignment(record.key[0], record.key[1], record.rank, record.payload))
                 self.tasks_stolen += 1
+                self._count("tasks_stolen", move.victim)
             else:
                 asks[move.victim, move.thief].append(record)
         for thief, batch in batches.items():
             node = self.nodes[thief]
             self._to_agent(node, p.Tasks(tuple(batch)))
+            self._count("tasks_dispatched", thief, n=len(batch))
             self._pump(node)
         for (victim, thief), records in asks.items():
             self._ask_back(self.nodes[victim], thief, records)
@@ -877,6 +932,8 @@ class DispatcherCore:
             for record in moved:
                 self.pool.push(record)
             self.tasks_stolen += len(moved)
+            if moved:
+                self._count("tasks_stolen", node.name, n=len(moved))
         self._pump_pool()
 
     def _handle_keys_changed(self, event: KeysChanged) -> None:
@@ -906,7 +963,7 @@ class DispatcherCore:
         for client_id in [c for c, key in self._client_keys.items() if key not in clients and c in self._clients]:
             self._revoke_client(client_id, cut)
         for node, why in unfit:
-            self._declare_dead(node, f"its agent's key no longer fits: {why}")
+            self._declare_dead(node, f"its agent's key no longer fits: {why}", "key_revoked")
             node.peer = None
         self._log("keys_changed", agent_keys=len(agents), bound_nodes=len(bound), client_keys=len(clients))
         self._agent_keys, self._bound_names, self._client_key_set = agents, bound, clients
@@ -1036,6 +1093,7 @@ class DispatcherCore:
         if asked:
             self._ask_back(node, "", asked)
         self._broadcast(node)
+        self._count("node_drains", node.name, reason)
         self._log("node_held", "warning", node=node.name, reason=reason, requeued=len(queued), asked_back=len(asked))
         self._pump_pool()
 
@@ -1061,7 +1119,7 @@ class DispatcherCore:
             node.credit = 0
             self._unhungry(node)
             self._drop_agent(node.peer)
-            self._declare_dead(node, "its Kubernetes Node was deleted", NodeState.GONE)
+            self._declare_dead(node, "its Kubernetes Node was deleted", "k8s_deleted", NodeState.GONE)
             node.peer = None
         else:
             self.journal.save(node)
@@ -1104,6 +1162,7 @@ class DispatcherCore:
             else:
                 self._out.append(SendToClient(event.peer, p.Error(p.ErrorCode.VERSION_MISMATCH, reason[: p.MAX_TEXT])))
         self.bad_frames += 1
+        self._count("frames_rejected", event.side, event.kind)
         if log_due(self.bad_frames, every=self.config.bad_frame_log_every):
             self._log("bad_frame", "warning", side=event.side, reason=event.reason, total=self.bad_frames)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from dispatcher.protocol import AgentMessage, ClientMessage, Message
 
@@ -51,6 +51,8 @@ class FrameRejected:
     version: int | None = None
     """Set when the frame was readable but in a protocol version the dispatcher does not speak:
     the peer is told which versions it does."""
+    kind: str = "malformed"
+    """What was wrong, as a bounded label (``FRAME_KINDS``): the metrics count by it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +121,11 @@ class NodeDeleted:
     stimulus_id: str = ""
 
 
+FRAME_KINDS: Final = ("frames", "version", "malformed", "direction")
+"""Why a frame was rejected: a wrong number of frames, a protocol version not spoken, a body that
+does not decode, a message only the other side sends. (A frame over ``MAXMSGSIZE`` never arrives:
+libzmq drops its connection.)"""
+
 ClusterEvent = NodesListed | NodeObserved | NodeDeleted
 """What the Node watch reports (``nodewatch.py``), in the order the API said it."""
 
@@ -150,4 +157,26 @@ class Log:
     fields: dict[str, Any] = field(default_factory=dict)
 
 
-Command = SendToAgent | SendToClient | Log
+@dataclass(frozen=True, slots=True)
+class Count:
+    """Add ``n`` to the counter ``metric`` (one of ``metrics.COUNTERS``) at ``labels``.
+
+    Issued once per step per metric and label set (a batch of 100 results is one ``Count``), and
+    like every command only by a step that committed: a step undone counts nothing."""
+
+    metric: str
+    labels: tuple[str, ...]
+    n: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Observe:
+    """Record ``values`` (seconds) in the histogram ``metric`` (``metrics.HISTOGRAMS``) at ``labels``."""
+
+    metric: str
+    labels: tuple[str, ...]
+    values: tuple[float, ...]
+
+
+Measure = Count | Observe
+Command = SendToAgent | SendToClient | Log | Count | Observe

@@ -43,6 +43,12 @@ def main(argv: list[str]) -> int:
     )
     http_port_flag(parser)
     parser.add_argument(
+        "--no-metrics",
+        dest="metrics",
+        action="store_false",
+        help="count nothing for /metrics (to measure what counting costs; /metrics then shows only the state)",
+    )
+    parser.add_argument(
         "--watch-nodes",
         action="store_true",
         help="watch the Kubernetes Nodes (in-cluster config, else KUBECONFIG): cordon, deletion, NotReady",
@@ -77,6 +83,7 @@ def main(argv: list[str]) -> int:
             liveness=args.liveness,
             pending_grace_s=args.pending_grace,
             max_task_bytes=args.max_task_bytes,
+            metrics=args.metrics,
         ),
         keys=resolve_folder(args.keys),
         insecure=args.insecure,

@@ -23,6 +23,7 @@ import math
 import os
 import random
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
@@ -130,6 +131,11 @@ class NodeWatch:
         self._thread = threading.Thread(target=self._run, name="node-watch", daemon=True)
         self.restarts = 0
         """Times the watch started over (after 410 Gone, an error, or a dropped stream)."""
+        self.expiries = 0
+        """Of those, after 410 Gone (the rest are errors)."""
+        self.contact_at: float | None = None
+        """``time.monotonic()`` when the API last answered: a list, an event, a bookmark, a watch
+        the server ended. One attribute store, read by the metrics (the lag)."""
         self.synced = False
         """A first list has been posted."""
         self.resource_version = ""
@@ -160,11 +166,14 @@ class NodeWatch:
                 while not self._stop.is_set():
                     self._watch_once()
                     self._failures = 0  # ended by the server's timeoutSeconds: healthy
+                    self.contact_at = time.monotonic()
             except ApiException as exc:
                 if self._stop.is_set():
                     return
                 self.restarts += 1
                 self._failures += 1
+                if exc.status == 410:
+                    self.expiries += 1
                 if exc.status == 410 and self._failures == 1:  # the version expired: list again at once
                     log.info("node_watch_expired", resource_version=self.resource_version, reason=exc.reason)
                     continue
@@ -196,6 +205,7 @@ class NodeWatch:
         nodes = tuple(reading(item) for item in body.get("items") or ())
         self.resource_version = str((body.get("metadata") or {}).get("resourceVersion") or "")
         self._post(functools.partial(NodesListed, nodes))
+        self.contact_at = time.monotonic()
         if not self.synced:
             log.info("node_watch_synced", nodes=len(nodes), resource_version=self.resource_version)
         self.synced = True
@@ -221,6 +231,7 @@ class NodeWatch:
             self._watch = None
 
     def _handle(self, kind: str, obj: Mapping[str, Any]) -> None:
+        self.contact_at = time.monotonic()
         version = str((obj.get("metadata") or {}).get("resourceVersion") or "")
         if kind == "BOOKMARK":
             self.resource_version = version or self.resource_version

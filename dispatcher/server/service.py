@@ -43,13 +43,16 @@ from dispatcher.server.events import (
     AgentMessageReceived,
     ClientMessageReceived,
     Command,
+    Count,
     Event,
     FrameRejected,
     Log,
+    Observe,
     SendToAgent,
     SendToClient,
     Ticked,
 )
+from dispatcher.server.metrics import Metrics, Scrape, Snapshot, WatchGauges, render, snapshot
 from dispatcher.server.nodewatch import NodeWatch, Reading
 
 if TYPE_CHECKING:
@@ -66,6 +69,9 @@ _READ_BURST: Final = 256
 """Frames read from one socket before looking at the other and at the clock (fairness)."""
 KEYS_CHECK_S: Final = 1.0
 """How often the allow-list folders are looked at for added or revoked keys."""
+SCRAPE_WAIT_S: Final = 5.0
+"""How long ``/metrics`` waits for the loop to take its snapshot (a loop stuck longer: 503)."""
+METRICS_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 
 
 def _after_rejection(event: Event) -> list[Command]:
@@ -122,7 +128,9 @@ class DispatcherService:
         self.bound = False
         """Both sockets bound: ``/readyz`` (never the Node watch: an API outage must not take the
         dispatcher out of its Service)."""
-        self._inbox: Inbox[Reading] = Inbox()
+        self.metrics = Metrics()
+        """What the core counted (its ``Count`` and ``Observe`` commands): this loop's."""
+        self._inbox: Inbox[Reading | Scrape] = Inbox()
         self.watch = NodeWatch(kube, self._inbox.post, config.watch) if kube is not None else None
         self.http: HealthServer | None = None
         self.http_port = 0
@@ -153,7 +161,8 @@ class DispatcherService:
         self.bound = True
         if self.config.http_port is not None:
             routes = {"/healthz": self.heartbeat.check, "/readyz": self._ready}
-            self.http = HealthServer(host, self.config.http_port, routes).start()
+            pages = {"/metrics": self._metrics_page}
+            self.http = HealthServer(host, self.config.http_port, routes, pages).start()
             self.http_port = self.http.port
         if self.watch is not None:
             self.watch.start()
@@ -280,9 +289,38 @@ class DispatcherService:
             self.close()
 
     def _read_inbox(self) -> None:
-        """What the Node watch read, in the order it read it: one core event each."""
-        for reading in self._inbox.take():
-            self._step(reading(self._clock(), f"k8s-{next(self._stimuli)}"))
+        """What the Node watch read, in the order it read it: one core event each; and the
+        scrapes waiting for a snapshot."""
+        for item in self._inbox.take():
+            if isinstance(item, Scrape):
+                item.fulfil(self.snapshot())
+            else:
+                self._step(item(self._clock(), f"k8s-{next(self._stimuli)}"))
+
+    # ------------------------------------------------------------------ metrics
+
+    def snapshot(self) -> Snapshot:
+        """The loop thread's: what ``/metrics`` shows, as of now."""
+        watch = self.watch
+        gauges = None
+        if watch is not None:
+            contact = watch.contact_at
+            gauges = WatchGauges(
+                synced=watch.synced,
+                restarts={"expired": watch.expiries, "error": watch.restarts - watch.expiries},
+                since_contact_s=None if contact is None else max(0.0, time.monotonic() - contact),
+            )
+        return snapshot(self.metrics, self.core, self.access.counters, gauges, self.events_rejected)
+
+    def scrape(self, timeout_s: float = SCRAPE_WAIT_S) -> Snapshot | None:
+        """Any thread: ask the loop for a snapshot and wait for it (None: it did not answer)."""
+        request = Scrape()
+        self._inbox.post(request)
+        return request.wait(timeout_s)
+
+    def _metrics_page(self) -> tuple[bytes, str] | None:
+        snap = self.scrape()
+        return None if snap is None else (render(snap), METRICS_TYPE)
 
     def _reload_keys(self, now: float) -> None:
         asked, self._reload_asked = self._reload_asked, False
@@ -340,12 +378,12 @@ class DispatcherService:
         and the protocol version it was written in when it decoded."""
         if len(frames) != 2:
             reason = f"expected 1 frame after the routing id, got {len(frames) - 1}"
-            return FrameRejected(side, reason, now, stimulus_id), None
+            return FrameRejected(side, reason, now, stimulus_id, kind="frames"), None
         try:
             version, message = p.decode_versioned(frames[1])
         except p.VersionError as exc:
             seen = exc.version if type(exc.version) is int else -1
-            return FrameRejected(side, str(exc), now, stimulus_id, bytes(frames[0]), seen), None
+            return FrameRejected(side, str(exc), now, stimulus_id, bytes(frames[0]), seen, "version"), None
         except p.ProtocolError as exc:
             return FrameRejected(side, str(exc), now, stimulus_id), None
         if side == "agent" and isinstance(message, _AGENT_TYPES):
@@ -353,7 +391,7 @@ class DispatcherService:
         if side == "client" and isinstance(message, _CLIENT_TYPES):
             return ClientMessageReceived(bytes(frames[0]), message, now, stimulus_id, key), version
         reason = f"{p.op_of(message).name} is not a message a {side} sends"
-        return FrameRejected(side, reason, now, stimulus_id), None
+        return FrameRejected(side, reason, now, stimulus_id, kind="direction"), None
 
     def _note_version(self, sock: zmq.Socket[bytes], peer: bytes, version: int) -> None:
         key = (sock, peer)
@@ -393,6 +431,8 @@ class DispatcherService:
                 outgoing.setdefault((self._agents, command.peer), []).append(command.message)
             elif type(command) is SendToClient:
                 outgoing.setdefault((self._clients, command.peer), []).append(command.message)
+            elif type(command) is Count or type(command) is Observe:
+                self.metrics.record(command)
             elif type(command) is Log:
                 getattr(log, command.level)(command.event, **command.fields)
 

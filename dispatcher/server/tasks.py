@@ -25,12 +25,23 @@ class TaskRecord:
     """One unresolved task. ``node_name`` is where it is pinned (None: anywhere)."""
 
     __slots__ = (
-        "_jstep", "earlier", "flags", "holder", "key", "node_name", "payload", "queue", "rank", "seq", "steal_id",
-        "stolen",
+        "_jstep", "earlier", "flags", "holder", "key", "node_name", "payload", "queue", "queued_at", "rank", "seq",
+        "steal_id", "stolen",
     )  # fmt: skip
 
-    def __init__(self, key: TaskKey, node_name: str | None, rank: float, payload: bytes, flags: int = 0) -> None:
+    def __init__(
+        self,
+        key: TaskKey,
+        node_name: str | None,
+        rank: float,
+        payload: bytes,
+        flags: int = 0,
+        *,
+        queued_at: float = 0.0,
+    ) -> None:
         self.key = key
+        self.queued_at = queued_at
+        """When the dispatcher first queued it (the core's clock): the wait histogram's start."""
         self.flags = flags
         self.node_name = node_name
         self.rank = rank

@@ -21,6 +21,7 @@ from chaos.kubeapi import FakeKubeAPI, node_object
 from dispatcher import Client, LocalCluster
 
 from . import apps
+from .scrape import scrape, series
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("no_leftovers")]
 
@@ -82,6 +83,13 @@ def test_a_cordon_moves_new_work_away_and_an_uncordon_brings_it_back(api: FakeKu
         again = client.submit(apps.square, 7, node="local-0")
         assert again.result(timeout=60) == 49
         assert again.node_name == "local-0"
+    samples = scrape(cluster.http_url)
+    assert series(samples, "saga_dispatch_node_drains_total", "node", "reason") == {("local-0", "cordoned"): 1}
+    assert series(samples, "saga_dispatch_tasks_resolved_total", "node", "outcome") == {
+        ("local-1", "ok"): 6,
+        ("local-0", "ok"): 1,
+    }
+    assert series(samples, "saga_dispatch_node_watch_synced") == {(): 1}
 
 
 def test_a_deleted_node_is_gone_its_work_runs_elsewhere_and_its_agent_is_refused(
@@ -102,12 +110,17 @@ def test_a_deleted_node_is_gone_its_work_runs_elsewhere_and_its_agent_is_refused
         until(lambda: "was deleted" in agent_log.read_text(), "the agent was not refused")
         api.put(node_object("local-1"))
         until(lambda: state(client, "local-1")[0] == "alive", "the agent did not come back once listed")
+    samples = scrape(cluster.http_url)
+    assert series(samples, "saga_dispatch_node_deaths_total", "node", "reason") == {("local-1", "k8s_deleted"): 1}
+    refused = series(samples, "saga_dispatch_peers_refused_total", "side", "reason")
+    assert refused["agent", "deleted"] >= 1  # the agent's tries while its Node was not listed
 
 
 def test_the_api_away_erring_or_hanging_never_stops_dispatching_and_the_watch_catches_up(
     api: FakeKubeAPI, cluster: LocalCluster
 ) -> None:
     assert cluster.http_url
+    errors = 0
     with cluster.client() as client:
         for fault in ("down", "5xx", "hang"):
             if fault == "down":
@@ -131,6 +144,9 @@ def test_the_api_away_erring_or_hanging_never_stops_dispatching_and_the_watch_ca
             until(lambda: state(client, "local-0") == ("draining", "cordoned"), f"no catch-up after {fault}", 90)
             api.put(node_object("local-0"))
             until(lambda: state(client, "local-0") == ("alive", ""), f"no uncordon after {fault}", 90)
+            restarts = series(scrape(cluster.http_url), "saga_dispatch_node_watch_restarts_total", "reason")
+            assert restarts.get(("error",), 0) > errors, fault  # the fault made the watch start over
+            errors = restarts["error",]
 
 
 def test_an_agent_whose_node_the_api_does_not_list_waits_until_it_is_listed(
