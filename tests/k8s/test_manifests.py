@@ -150,6 +150,11 @@ def test_the_service_and_the_network_policy_name_ports_that_exist(objects: list[
     assert {p["name"]: (p["port"], p["targetPort"]) for p in service["spec"]["ports"]} == {
         n: (port, n) for n, port in named.items()
     }
+    annotations = find(objects, "Deployment", "saga-dispatcher")["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"  # one scrape target: the dispatcher
+    assert (int(annotations["prometheus.io/port"]), annotations["prometheus.io/path"]) == (named["http"], "/metrics")
+    agent_pod = find(objects, "DaemonSet", "saga-agent")["spec"]["template"]["metadata"]
+    assert "prometheus.io/scrape" not in agent_pod.get("annotations", {})  # agents report through it
     policy = find(objects, "NetworkPolicy", "saga-dispatcher")
     allowed = {}
     for rule in policy["spec"]["ingress"]:
