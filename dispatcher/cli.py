@@ -33,6 +33,7 @@ ROLES: Final = {
     "status": Role("dispatcher.client.status", "print a dispatcher's nodes, queues and counters"),
     "keys": Role("dispatcher.runtime.keys", "generate CurveZMQ key pairs: saga-dispatch keys generate DIR"),
     "demo": Role("parsl_adapter.demo", "run a WfCommons workflow through Parsl with SAGA placement on 4 local nodes"),
+    "gantt": Role("parsl_adapter.gantt", "draw a saved executor timeline: planned vs actual bars per node"),
     "chaos": Role("chaos.campaign", "run seeded fault-injection runs in network namespaces"),
 }
 

@@ -3,7 +3,8 @@
 The workflow comes from a WfCommons recipe (real task categories, runtimes and file sizes),
 scaled so the whole run takes seconds. Each task sleeps its cost divided by its node's speed,
 so a node of speed 4 really is four times faster. The report compares what was planned with what
-happened: placement fidelity per node and planned vs actual makespan.
+happened: placement fidelity per node and planned vs actual makespan, and the chart
+(``executor.timeline()`` drawn by ``gantt.draw``) shows it, one lane per node.
 """
 
 from __future__ import annotations
@@ -58,7 +59,17 @@ def workflow(recipe: str, tasks: int, seed: int, busy_s: float) -> list[tuple[st
     return out
 
 
-def run_demo(recipe: str = "montage", tasks: int = 120, seed: int = 1, scheduler: str = "HEFT") -> int:
+def run_demo(
+    recipe: str = "montage",
+    *,
+    tasks: int = 120,
+    seed: int = 1,
+    scheduler: str = "HEFT",
+    chart: str | None = None,
+    html: str | None = None,
+) -> int:
+    """Run the workflow and report; ``chart``: where the picture goes (None: none; default of the
+    command: ``saga-demo-RECIPE.png`` here), ``html``: also a self-contained page."""
     import parsl
     from parsl import Config, python_app
 
@@ -86,7 +97,16 @@ def run_demo(recipe: str = "montage", tasks: int = 120, seed: int = 1, scheduler
             done = {name: f.result(timeout=300) for name, f in futures.items()}
             planned = {name: ex.planned(f.tid) for name, f in futures.items()}
             plans = list(ex.plans)
-    return _report(wf, done, planned, plans)
+            timeline = ex.timeline()
+    status = _report(wf, done, planned, plans)
+    if chart is not None:
+        from parsl_adapter import gantt
+
+        title = f"{recipe}, {len(wf)} tasks, {scheduler}: planned (outline) vs actual, per node"
+        print(f"\nchart: {gantt.draw(timeline, chart, title=title, html=html)}")
+        if html is not None:
+            print(f"page: {html}")
+    return status
 
 
 def _report(
@@ -143,5 +163,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--tasks", type=int, default=120, help="approximate number of workflow tasks")
     parser.add_argument("--scheduler", default="HEFT", help="a SAGA scheduler name (default HEFT)")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--chart", default=None, help="the planned-vs-actual picture (default saga-demo-RECIPE.png)")
+    parser.add_argument("--no-chart", action="store_true", help="draw nothing")
+    parser.add_argument("--html", default=None, help="also write the chart and its table as one HTML page")
     args = parser.parse_args(argv)
-    return run_demo(recipe=args.recipe, tasks=args.tasks, seed=args.seed, scheduler=args.scheduler)
+    chart = None if args.no_chart else args.chart or f"saga-demo-{args.recipe}.png"
+    return run_demo(
+        recipe=args.recipe, tasks=args.tasks, seed=args.seed, scheduler=args.scheduler, chart=chart, html=args.html
+    )

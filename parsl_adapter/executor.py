@@ -17,6 +17,7 @@ transcript tests). Three threads meet here, and only one of them owns the state:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import inspect
 import itertools
@@ -48,6 +49,7 @@ from parsl_adapter.plancache import PlanCache, canonical, restore
 from parsl_adapter.planner import PlannerProcess
 from parsl_adapter.state import ExecutorState
 from parsl_adapter.taskid import ParslCompatibilityError, TaskIdResolver, find_dfk, new_records
+from parsl_adapter.timeline import TimelineEntry
 from parsl_adapter.window import WindowConfig
 
 log = get_logger("saga_executor")
@@ -186,6 +188,15 @@ class SagaDispatchExecutor(ParslExecutor):
 
     def planned(self, task_id: int) -> PlannedTask | None:
         return self.state.plan.get(task_id)
+
+    def timeline(self) -> list[TimelineEntry]:
+        """Planned against actual for every finished planned task the history keeps (its latest
+        try), in planned order; seconds since the executor started (``timeline.py``). Draw it
+        with ``parsl_adapter.gantt.draw`` or ``saga-dispatch gantt``."""
+        t0 = self._t0
+        entries = list(self.state.timeline.values())  # one C call: safe against the conductor's writes
+        shifted = (dataclasses.replace(x, start_s=x.start_s - t0, end_s=x.end_s - t0) for x in entries)
+        return sorted(shifted, key=lambda x: (x.planned_start_s, x.task_id))
 
     # ------------------------------------------------------------------ ParslExecutor API
 

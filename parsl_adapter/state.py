@@ -41,6 +41,7 @@ from parsl_adapter.costs import RuntimeModel
 from parsl_adapter.history import History
 from parsl_adapter.placement import Graph, Network, Plan, PlanningError, zoned
 from parsl_adapter.plancache import PlanCache, canonical
+from parsl_adapter.timeline import TimelineEntry
 from parsl_adapter.window import ReleaseOrder, should_plan
 
 BUILDING: Final = -1
@@ -65,6 +66,10 @@ class ExecutorState:
         self.plan: dict[int, e.PlannedTask] = {}
         self.first_node: dict[int, str] = {}
         self.ran_on: dict[int, str] = {}
+        self.timeline: dict[int, TimelineEntry] = {}
+        """Finished planned tasks, planned against actual (their latest try), as long as the
+        history keeps them. Actual times on the conductor's clock (the shell makes them
+        relative to the executor's start, as the ranks are)."""
         self.waiting: dict[int, e.Launch] = {}
         self.in_flight: dict[int, e.Launch] = {}
         self.done: set[int] = set()
@@ -349,6 +354,13 @@ class ExecutorState:
         self.done.add(tid)
         if event.node_name:
             self.ran_on[tid] = event.node_name
+        planned = self.plan.get(tid)
+        if planned is not None:
+            run_s = event.runtime_s or 0.0
+            self.timeline[tid] = TimelineEntry(
+                tid, launch.function, planned.node, planned.rank, planned.end, self.first_node.get(tid, planned.node),
+                event.node_name or "", event.now - run_s, event.now, _succeeded(event.outcome), planned.epoch,
+            )  # fmt: skip
         for old in self.history.finished(tid):
             self._forget(old)
         speed = self.speeds.get(event.node_name or "")
@@ -358,7 +370,8 @@ class ExecutorState:
         self._maybe_plan(event.now)
 
     def _forget(self, tid: int) -> None:
-        """Drop a finished task's placement (unless a retry is under way)."""
+        """Drop a finished task's placement (unless a retry is under way) and its timeline entry."""
+        self.timeline.pop(tid, None)
         if tid in self.done:
             self.done.discard(tid)
             self.plan.pop(tid, None)
@@ -512,6 +525,7 @@ class ExecutorState:
         parked = set(chain.from_iterable(self.replanning.values()))
         assert set(self.waiting) == self.order.held_back | parked, (set(self.waiting), self.order.held_back, parked)
         assert len(self.history) <= self.config.history_size
+        assert all(tid in self.history for tid in self.timeline), "a timeline entry outlived its task's history"
         if self.network is not None:
             assert dict(self.network.nodes) == self.speeds, (self.network, self.speeds)
         assert all(job.job_id == i for i, job in self.jobs.items())
@@ -526,3 +540,8 @@ class ExecutorState:
             assert not self.jobs, self.jobs
         assert len(parked) == sum(map(len, self.replanning.values())), self.replanning
         assert not parked & self.order.held_back, parked
+
+
+def _succeeded(outcome: Any) -> bool:
+    """The future resolved with a value (it is done: the client resolved it before posting)."""
+    return outcome.done() and not outcome.cancelled() and outcome.exception() is None

@@ -1,6 +1,16 @@
-"""``saga-dispatch status``: a dispatcher's nodes, queues and counters, as a table."""
+"""``saga-dispatch status``: a dispatcher's nodes, queues and counters, as a table.
+
+``--watch`` redraws the table in place every ``--interval`` seconds until Ctrl-C (plain ANSI:
+the terminal is cleared and the cursor sent home, so nothing beyond the base install is needed);
+``--json`` prints one JSON object (the STATUS message, nodes as objects) for scripts.
+"""
 
 from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any
 
 from dispatcher.client.client import Client
 from dispatcher.protocol import Status
@@ -24,6 +34,22 @@ def status_table(status: Status) -> str:
     return f"{nodes}\n\n{totals}"
 
 
+def status_json(status: Status) -> dict[str, Any]:
+    return {
+        "dispatcher_id": status.dispatcher_id,
+        "tasks_submitted": status.tasks_submitted,
+        "tasks_resolved": status.tasks_resolved,
+        "pool_queued": status.pool_queued,
+        "tasks_stolen": status.tasks_stolen,
+        "duplicates_dropped": status.duplicates_dropped,
+        "bad_frames": status.bad_frames,
+        "nodes": [n._asdict() for n in status.nodes],
+    }
+
+
+_HOME_AND_CLEAR = "\x1b[H\x1b[2J"
+
+
 def main(argv: list[str]) -> int:
     parser = role_parser("status", "print a dispatcher's nodes, queues and counters")
     parser.add_argument("--dispatcher", default=env("SAGA_DISPATCHER_CLIENT", "tcp://127.0.0.1:5560"), metavar="URL")
@@ -32,9 +58,26 @@ def main(argv: list[str]) -> int:
         parser, keys="client.key_secret and dispatcher.key", insecure="allow a dispatcher beyond loopback without keys"
     )
     parser.add_argument("--key-name", default=None, metavar="NAME", help="use the client-NAME pair of DIR")
+    shown = parser.add_mutually_exclusive_group()
+    shown.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    shown.add_argument("--watch", action="store_true", help="redraw the table every --interval seconds until Ctrl-C")
+    parser.add_argument("--interval", type=float, default=1.0, metavar="SECONDS")
     args = parser.parse_args(argv)
     with Client(
         args.dispatcher, connect_timeout_s=args.timeout, keys=args.keys, key_name=args.key_name, insecure=args.insecure
     ) as client:
-        print(status_table(client.status(timeout_s=args.timeout)))
-    return 0
+        if args.json:
+            print(json.dumps(status_json(client.status(timeout_s=args.timeout))))
+            return 0
+        if not args.watch:
+            print(status_table(client.status(timeout_s=args.timeout)))
+            return 0
+        try:
+            while True:
+                text = status_table(client.status(timeout_s=args.timeout))
+                stamp = time.strftime("%H:%M:%S")
+                sys.stdout.write(f"{_HOME_AND_CLEAR}{text}\n\n{stamp}, every {args.interval:g} s; Ctrl-C to stop\n")
+                sys.stdout.flush()
+                time.sleep(args.interval)
+        except KeyboardInterrupt:
+            return 0

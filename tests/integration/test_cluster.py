@@ -244,6 +244,36 @@ def test_status_command_prints_nodes_and_counters(logs: Path) -> None:
     assert "1 submitted, 1 resolved" in out
 
 
+def test_status_json_is_one_object_and_watch_redraws_until_interrupted(logs: Path) -> None:
+    import json
+
+    with LocalCluster(2, workers=1, log_dir=logs) as cluster, cluster.client() as client:
+        client.submit(apps.square, 3, node="local-1").result(timeout=30)
+        base = [sys.executable, "-m", "dispatcher", "status", "--dispatcher", cluster.client_url,
+                "--keys", str(cluster.keys_dir)]  # fmt: skip
+        out = subprocess.run([*base, "--json"], capture_output=True, text=True, timeout=60, check=True).stdout
+        status = json.loads(out)
+        assert (status["tasks_submitted"], status["tasks_resolved"]) == (1, 1)
+        assert {n["node_name"]: (n["state"], n["done"]) for n in status["nodes"]} == {
+            "local-0": ("alive", 0),
+            "local-1": ("alive", 1),
+        }
+        watch = subprocess.Popen([*base, "--watch", "--interval", "0.05"], stdout=subprocess.PIPE)
+        try:
+            assert watch.stdout is not None
+            seen = b""
+            while seen.count(b"\x1b[H\x1b[2J") < 3:  # three redraws of the table, each cleared first
+                chunk = watch.stdout.read1(65536)
+                assert chunk, "status --watch ended by itself"
+                seen += chunk
+            assert b"local-1" in seen and b"Ctrl-C to stop" in seen
+            watch.send_signal(signal.SIGINT)
+            assert watch.wait(timeout=30) == 0
+        finally:
+            watch.kill()
+            watch.wait()
+
+
 def test_status_command_fails_clearly_without_a_dispatcher() -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "dispatcher", "status", "--dispatcher", "tcp://127.0.0.1:9", "--timeout", "1"],

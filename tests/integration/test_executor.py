@@ -48,15 +48,26 @@ def test_1000_task_dag_runs_every_task_on_its_planned_node_in_rank_order(schedul
         results = {t: f.result(timeout=300) for t, f in futures.items()}
         tids = {t: f.tid for t, f in futures.items()}
         planned = {t: ex.planned(tids[t]) for t in futures}
+        first = {t: ex.first_planned_node(tids[t]) for t in futures}
         plans = list(ex.plans)
+        timeline = {entry.task_id: entry for entry in ex.timeline()}
+        t0 = ex._t0
     expected = workload.expected(dag)
     by_node: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    assert len(timeline) == len(dag)
     for t, (ran_on, value, started_ns) in results.items():
         assert value == expected[t], t
         p = planned[t]
         assert p is not None, t
         assert ran_on == p.node, f"task {t} planned on {p.node} ran on {ran_on}"
         by_node[ran_on].append((started_ns, p.rank))
+        # The timeline says what planned() says, and what the worker reported.
+        entry = timeline[tids[t]]
+        assert (entry.planned_node, entry.planned_start_s, entry.planned_end_s) == (p.node, p.rank, p.end)
+        assert entry.first_planned_node == first[t] == p.node and not entry.replanned and not entry.moved
+        assert entry.node == ran_on and entry.ok and entry.epoch == p.epoch
+        assert entry.start_s <= entry.end_s
+        assert started_ns / 1e9 - t0 <= entry.end_s  # it started before its result reached the executor
     for node, starts in by_node.items():
         ranks = [rank for _, rank in sorted(starts)]
         assert ranks == sorted(ranks), f"{node} started tasks out of rank order"
@@ -228,6 +239,8 @@ def test_a_killed_node_s_work_is_replanned_and_finishes_elsewhere(tmp_path: Path
         ex.cluster.kill_agent(victim)
         results = {t: f.result(timeout=120) for t, f in futures.items()}
         replans = [p for p in ex.plans if p.get("replan_of") == victim]
+        timeline = {entry.task_id: entry for entry in ex.timeline()}
+        tids = {t: f.tid for t, f in futures.items()}
         assert ex.duplicate_resolutions == 0
         assert ex.client is not None and ex.client.status().bad_frames == 0  # every REPIN was accepted
         assert ex.client is not None and ex.client.resolutions_ignored == 0
@@ -235,6 +248,10 @@ def test_a_killed_node_s_work_is_replanned_and_finishes_elsewhere(tmp_path: Path
     assert {t: r[1] for t, r in results.items()} == expected
     moved = [t for t, r in results.items() if planned_before[t] == victim and r[0] != victim]
     assert moved, "nothing planned on the dead node ran elsewhere"
+    for t in moved:  # re-planned: the timeline marks it, and says where it ran
+        entry = timeline[tids[t]]
+        assert entry.first_planned_node == victim and entry.node == results[t][0]
+        assert entry.replanned or entry.moved
     assert replans and replans[0]["tasks"] > 0, ex.plans
     for t, (ran_on, _, _) in results.items():  # strict affinity: live nodes' tasks stayed home
         if planned_before[t] != victim:
