@@ -40,5 +40,7 @@ def test_the_cli_draws_a_saved_timeline_and_rejects_what_is_not_one(tmp_path: Pa
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "t.png").stat().st_size > 1000
     (tmp_path / "bad.json").write_text("{not json")
-    proc = subprocess.run([*run[:-1], str(tmp_path / "bad.json")], capture_output=True, text=True, timeout=120, check=False)
+    proc = subprocess.run(
+        [*run[:-1], str(tmp_path / "bad.json")], capture_output=True, text=True, timeout=120, check=False
+    )
     assert proc.returncode != 0 and "is not a timeline" in proc.stderr
