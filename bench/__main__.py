@@ -93,7 +93,9 @@ def main() -> int:
     contenders.select(args.contenders)
     sizes = parsl_overhead.Sizes.pick(args.quick)
     parts = [header(args.quick)]
-    for name in args.only or BENCHMARKS:
+    chosen = args.only or list(BENCHMARKS)
+    for i, name in enumerate(chosen, 1):
+        print(f"[{i}/{len(chosen)}] {name} ...", file=sys.stderr, flush=True)  # progress, off the tables
         started = time.monotonic()
         parts.append(BENCHMARKS[name](sizes))
         print(parts[-1], f"\n({name}: {time.monotonic() - started:.0f} s)\n", flush=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
@@ -94,7 +95,8 @@ def run_demo(
                 for name, _, parents, cost, size in wf:
                     hints = {"cost": cost, "output_size": size}
                     futures[name] = app(name, *[futures[p] for p in parents], parsl_resource_specification=hints)
-            done = {name: f.result(timeout=300) for name, f in futures.items()}
+            _progress(list(futures.values()), timeout_s=300)
+            done = {name: f.result() for name, f in futures.items()}
             planned = {name: ex.planned(f.tid) for name, f in futures.items()}
             plans = list(ex.plans)
             timeline = ex.timeline()
@@ -107,6 +109,24 @@ def run_demo(
         if html is not None:
             print(f"page: {html}")
     return status
+
+
+def _progress(futures: list[Any], timeout_s: float) -> None:
+    """Wait for every task, showing how many are done on a terminal's stderr."""
+    from concurrent.futures import wait
+
+    deadline = time.monotonic() + timeout_s
+    shown = sys.stderr.isatty()
+    while True:
+        done, pending = wait(futures, timeout=0.25)
+        if shown:
+            print(f"\r{len(done)}/{len(futures)} tasks done", end="", file=sys.stderr, flush=True)
+        if not pending:
+            break
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{len(pending)} of {len(futures)} tasks unfinished after {timeout_s:g} s")
+    if shown:
+        print(file=sys.stderr)
 
 
 def _report(
