@@ -25,6 +25,7 @@ from parsl import python_app
 
 from bench import apps
 from bench.contenders import CONTENDERS, loaded
+from bench.pairs import client_noop, ratio_row
 from bench.stats import markdown, median
 from dispatcher.local import LocalCluster
 
@@ -55,17 +56,7 @@ def _client(insecure: bool, tasks: int, round_trips: int) -> tuple[float, float]
         LocalCluster(1, workers=2, log_dir=Path(logs), insecure=insecure) as cluster,
         cluster.client() as client,
     ):
-        [f.result() for f in [client.submit(apps.noop, i) for i in range(200)]]
-        started = time.perf_counter()
-        for f in [client.submit(apps.noop, i) for i in range(tasks)]:
-            f.result()
-        rate = tasks / (time.perf_counter() - started)
-        times = []
-        for i in range(round_trips):
-            t = time.perf_counter()
-            client.submit(apps.noop, i).result()
-            times.append(time.perf_counter() - t)
-        return rate, median(times) * 1e3
+        return client_noop(client, tasks, round_trips)
 
 
 def _raw_echo(curve: bool, n: int) -> float:
@@ -116,13 +107,7 @@ def curve_cost(pairs: int, tasks: int, round_trips: int, client_tasks: int) -> s
         ("client-rt", "Client sequential round trip", "ms", False),
         ("raw", "libzmq alone: DEALER/ROUTER echo, 100 B", "us", False),
     ):
-        on, off = seen[what, "CURVE"], seen[what, "no CURVE"]
-        ratios = [a / b for a, b in zip(on, off, strict=True)]
-        cost = 1 - median(ratios) if higher_better else median(ratios) - 1
-        rows.append([
-            label, unit, f"{median(on):,.3g}", f"{median(off):,.3g}", f"{median(ratios):.3f}", f"{100 * cost:+.1f} %",
-            ", ".join(f"{r:.2f}" for r in ratios),
-        ])  # fmt: skip
+        rows.append(ratio_row(label, unit, seen[what, "CURVE"], seen[what, "no CURVE"], higher_better=higher_better))
     head = f"### What CurveZMQ costs ({pairs} alternating pairs, median of per-pair ratios)\n\n"
     headers = ["workload", "unit", "CURVE (median)", "no CURVE (median)", "on / off", "cost", "per pair"]
     return head + markdown(headers, rows)

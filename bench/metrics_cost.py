@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import tempfile
 import threading
-import time
 import urllib.request
 from collections import defaultdict
 from pathlib import Path
 
-from bench import apps
-from bench.stats import markdown, median
+from bench.pairs import client_noop, ratio_row
+from bench.stats import markdown
 from dispatcher.local import LocalCluster
 
 _SETTINGS = ("metrics", "no metrics")
@@ -43,21 +42,12 @@ def _client(metrics: bool, tasks: int, round_trips: int) -> tuple[float, float, 
         if metrics:
             scraper.start()
         try:
-            [f.result() for f in [client.submit(apps.noop, i) for i in range(200)]]
-            started = time.perf_counter()
-            for f in [client.submit(apps.noop, i) for i in range(tasks)]:
-                f.result()
-            rate = tasks / (time.perf_counter() - started)
-            times = []
-            for i in range(round_trips):
-                t = time.perf_counter()
-                client.submit(apps.noop, i).result()
-                times.append(time.perf_counter() - t)
+            rate, rtt = client_noop(client, tasks, round_trips)
         finally:
             stop.set()
             if metrics:
                 scraper.join()
-        return rate, median(times) * 1e3, scrapes[0]
+        return rate, rtt, scrapes[0]
 
 
 def metrics_cost(pairs: int, tasks: int, round_trips: int) -> str:
@@ -74,13 +64,9 @@ def metrics_cost(pairs: int, tasks: int, round_trips: int) -> str:
         ("client", f"Client no-op throughput ({tasks:,} tasks, 2 workers)", "tasks/s", True),
         ("client-rt", "Client sequential round trip", "ms", False),
     ):
-        on, off = seen[what, "metrics"], seen[what, "no metrics"]
-        ratios = [a / b for a, b in zip(on, off, strict=True)]
-        cost = 1 - median(ratios) if higher_better else median(ratios) - 1
-        rows.append([
-            label, unit, f"{median(on):,.3g}", f"{median(off):,.3g}", f"{median(ratios):.3f}", f"{100 * cost:+.1f} %",
-            ", ".join(f"{r:.2f}" for r in ratios),
-        ])  # fmt: skip
+        rows.append(
+            ratio_row(label, unit, seen[what, "metrics"], seen[what, "no metrics"], higher_better=higher_better)
+        )
     head = (
         f"### What metrics cost ({pairs} alternating pairs, median of per-pair ratios; "
         f"{scrapes} scrapes of /metrics taken meanwhile; target: within 5 %)\n\n"
