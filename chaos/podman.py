@@ -63,9 +63,12 @@ def base() -> str:
         if shutil.which("mmdebstrap") is None:
             raise RuntimeError("mmdebstrap is not installed (apt-get install mmdebstrap)")
         CACHE.mkdir(parents=True, exist_ok=True)
+        if tar.is_dir():  # an earlier run's mmdebstrap wrote a folder where the tar goes
+            shutil.rmtree(tar)
         partial = tar.with_suffix(".part")
+        # --format: mmdebstrap guesses it from the name's suffix, and ".part" reads as a folder.
         subprocess.run(
-            ["mmdebstrap", "--variant=minbase", f"--include={PACKAGES}", SUITE, str(partial)],
+            ["mmdebstrap", "--variant=minbase", "--format=tar", f"--include={PACKAGES}", SUITE, str(partial)],
             check=True, capture_output=True, timeout=1800,
         )  # fmt: skip
         partial.rename(tar)

@@ -105,7 +105,11 @@ def run_demo(
         from parsl_adapter import gantt
 
         title = f"{recipe}, {len(wf)} tasks, {scheduler}: planned (outline) vs actual, per node"
-        print(f"\nchart: {gantt.draw(timeline, chart, title=title, html=html)}")
+        try:
+            print(f"\nchart: {gantt.draw(timeline, chart, title=title, html=html)}")
+        except gantt.PlotUnavailable as exc:  # the run itself went well: say how to get the chart
+            print(f"\nno chart: {exc}")
+            return status
         if html is not None:
             print(f"page: {html}")
     return status

@@ -64,11 +64,8 @@ def draw(
 
 
 def _figure(entries: Sequence[TimelineEntry], title: str) -> Any:
-    try:
-        import matplotlib as mpl
-
-        mpl.use("Agg")  # files only: never a window
-        from matplotlib import pyplot as plt
+    try:  # a Figure of its own, not pyplot: the caller's backend and figures are left alone
+        from matplotlib.figure import Figure
         from matplotlib.patches import Patch
     except ImportError as exc:
         raise PlotUnavailable("drawing the timeline needs matplotlib: pip install 'saga-dispatch[plot]'") from exc
@@ -77,7 +74,8 @@ def _figure(entries: Sequence[TimelineEntry], title: str) -> Any:
     nodes = sorted({e.planned_node for e in entries} | {e.node for e in entries if e.node})
     lane = {node: i for i, node in enumerate(nodes)}
     height = max(2.5, 0.9 * len(nodes) + 1.2)
-    figure, axes = plt.subplots(figsize=(12, height))
+    figure = Figure(figsize=(12, height))
+    axes = figure.subplots()
     for entry in entries:
         y = lane[entry.planned_node]
         axes.barh(y + 0.22, entry.planned_end_s - entry.planned_start_s, left=entry.planned_start_s, height=0.3,

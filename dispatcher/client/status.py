@@ -8,7 +8,9 @@ the terminal is cleared and the cursor sent home, so nothing beyond the base ins
 from __future__ import annotations
 
 import json
+import signal
 import sys
+import threading
 import time
 from typing import Any
 
@@ -63,6 +65,8 @@ def main(argv: list[str]) -> int:
     shown.add_argument("--watch", action="store_true", help="redraw the table every --interval seconds until Ctrl-C")
     parser.add_argument("--interval", type=float, default=1.0, metavar="SECONDS")
     args = parser.parse_args(argv)
+    if not args.interval >= 0.05:
+        parser.error(f"--interval must be at least 0.05 s, got {args.interval}")
     with Client(
         args.dispatcher, connect_timeout_s=args.timeout, keys=args.keys, key_name=args.key_name, insecure=args.insecure
     ) as client:
@@ -72,12 +76,13 @@ def main(argv: list[str]) -> int:
         if not args.watch:
             print(status_table(client.status(timeout_s=args.timeout)))
             return 0
-        try:
-            while True:
-                text = status_table(client.status(timeout_s=args.timeout))
-                stamp = time.strftime("%H:%M:%S")
-                sys.stdout.write(f"{_HOME_AND_CLEAR}{text}\n\n{stamp}, every {args.interval:g} s; Ctrl-C to stop\n")
-                sys.stdout.flush()
-                time.sleep(args.interval)
-        except KeyboardInterrupt:
-            return 0
+        stop = threading.Event()  # Ctrl-C (or SIGTERM) ends the loop between two redraws, never inside a call
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        while not stop.is_set():
+            text = status_table(client.status(timeout_s=args.timeout))
+            stamp = time.strftime("%H:%M:%S")
+            sys.stdout.write(f"{_HOME_AND_CLEAR}{text}\n\n{stamp}, every {args.interval:g} s; Ctrl-C to stop\n")
+            sys.stdout.flush()
+            stop.wait(args.interval)
+        return 0

@@ -64,6 +64,8 @@ from dispatcher.runtime.throttle import log_due
 from dispatcher.runtime.versions import mismatch
 from dispatcher.server.config import CoreConfig
 from dispatcher.server.events import (
+    NO_NODE,
+    POOL_LABEL,
     AgentMessageReceived,
     ClientMessageReceived,
     ClusterNode,
@@ -88,10 +90,6 @@ from dispatcher.server.stealing import ThiefView, plan_steals, victim_view
 from dispatcher.server.tasks import POOL, TaskQueue, TaskRecord
 
 _SPOKEN: Final = " and ".join(map(str, p.SUPPORTED_VERSIONS))
-NO_NODE: Final = "(none)"
-"""The ``node`` label of what no node did (rejected at submission, cancelled) or no node was named
-for (a task for any node: the pool). Not a Kubernetes node name (RFC 1123): it never clashes."""
-POOL_LABEL: Final = "(pool)"
 SWEEP_S: Final = 1.0
 """How often deleted Nodes' entries are looked at, to drop those no task names any more."""
 
@@ -239,8 +237,8 @@ class DispatcherCore:
             self._out.append(SendToClient(peer, notice))
 
     def _resolve(self, by_client: dict[str, list[p.Resolution]]) -> None:
-        """Send each client its resolutions (every task resolves through here), counted per node
-        and outcome."""
+        """Send each client its resolutions, counted per node and outcome (every task resolves
+        through here but a revoked client's, counted in ``_revoke_client``)."""
         counts: dict[tuple[str, p.Outcome], int] = defaultdict(int)
         for client_id, results in by_client.items():
             for resolution in results:
@@ -989,6 +987,8 @@ class DispatcherCore:
             node = self.nodes[name]
             if node.state in CONNECTED and name not in cut:
                 self._to_agent(node, p.CancelTasks(tuple(refs)))
+        if records:  # they end here, resolved to no one: counted, so submitted - resolved stays what is left
+            self._count("tasks_resolved", NO_NODE, "revoked", n=len(records))
         self._log("client_revoked", "warning", client_id=client_id, tasks_dropped=len(records))
 
     # ------------------------------------------------------------------ the cluster's word (rule 10)

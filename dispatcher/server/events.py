@@ -121,6 +121,12 @@ class NodeDeleted:
     stimulus_id: str = ""
 
 
+NO_NODE: Final = "(none)"
+"""The metrics' ``node`` label of what no node did (rejected at submission, cancelled, revoked).
+Not a Kubernetes node name (RFC 1123): it never clashes with one."""
+POOL_LABEL: Final = "(pool)"
+"""The ``node`` label of tasks submitted for any node (the shared pool)."""
+
 FRAME_KINDS: Final = ("frames", "version", "malformed", "direction")
 """Why a frame was rejected: a wrong number of frames, a protocol version not spoken, a body that
 does not decode, a message only the other side sends. (A frame over ``MAXMSGSIZE`` never arrives:
@@ -178,5 +184,4 @@ class Observe:
     values: tuple[float, ...]
 
 
-Measure = Count | Observe
 Command = SendToAgent | SendToClient | Log | Count | Observe

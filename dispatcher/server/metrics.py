@@ -26,7 +26,7 @@ from importlib import metadata
 from typing import TYPE_CHECKING, Any, Final
 
 from dispatcher import protocol as p
-from dispatcher.server.events import FRAME_KINDS, Count, Observe
+from dispatcher.server.events import FRAME_KINDS, NO_NODE, POOL_LABEL, Count, Observe
 from dispatcher.server.node import NodeState
 
 if TYPE_CHECKING:
@@ -36,7 +36,8 @@ if TYPE_CHECKING:
     from dispatcher.server.core import DispatcherCore
 
 PREFIX: Final = "saga_dispatch_"
-OUTCOMES: Final = tuple(outcome.name.lower() for outcome in p.Outcome)
+OUTCOMES: Final = (*(outcome.name.lower() for outcome in p.Outcome), "revoked")
+"""``tasks_resolved``'s outcomes: the protocol's, and a revoked client's tasks (resolved to no one)."""
 DEATH_CAUSES: Final = ("heartbeat", "not_ready", "never_registered", "replaced", "key_revoked", "k8s_deleted", "bye")
 """Why a node's agent incarnation ended: silent, silent while its Node was not Ready, never came,
 another agent took its routing id, its key was revoked, its Node was deleted, it said bye."""
@@ -73,7 +74,7 @@ HISTOGRAMS: Final[Mapping[str, tuple[tuple[str, ...], str]]] = {
 }
 BUCKETS: Final = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0, 300.0, 1800.0)
 """Upper bounds (seconds), one to three per decade: millisecond no-ops to half-hour tasks."""
-_SPECIAL: Final = frozenset({"(none)", "(pool)"})
+_SPECIAL: Final = frozenset({NO_NODE, POOL_LABEL})
 
 
 class Metrics:
@@ -86,12 +87,16 @@ class Metrics:
         self.histograms: dict[str, dict[tuple[str, ...], _Histogram]] = {name: {} for name in HISTOGRAMS}
 
     def record(self, command: Count | Observe) -> None:
+        """Add one measure. A metric not declared above (a bug; the unit tests check every name
+        and label the core emits) is ignored rather than allowed to stop the loop."""
         if type(command) is Count:
-            series = self.counts[command.metric]
-            series[command.labels] = series.get(command.labels, 0) + command.n
-        else:
-            assert type(command) is Observe
-            histograms = self.histograms[command.metric]
+            series = self.counts.get(command.metric)
+            if series is not None:
+                series[command.labels] = series.get(command.labels, 0) + command.n
+        elif type(command) is Observe:
+            histograms = self.histograms.get(command.metric)
+            if histograms is None:
+                return
             histogram = histograms.get(command.labels)
             if histogram is None:
                 histogram = histograms[command.labels] = _Histogram()
@@ -262,6 +267,10 @@ _NODE_GAUGES: Final = {
     "node_speed": ("speed", "Its relative speed (the agent's, else its Node's label, else 1)."),
     "node_busy_workers": ("busy_workers", "Workers running a task, as its agent last reported."),
     "node_incarnation": ("incarnation", "Agent registrations under this name (a new agent, a new incarnation)."),
+    "node_worker_respawns": (
+        "worker_respawns",
+        "Worker processes its agent replaced after a crash, as it last reported (0 until a new agent reports).",
+    ),
 }  # fmt: skip
 
 
@@ -317,7 +326,7 @@ class _Collector:
         yield from self._watch()
 
     def _state(self) -> Iterator[Metric]:
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+        from prometheus_client.core import GaugeMetricFamily
 
         snap = self._snap
         by_state = GaugeMetricFamily(f"{PREFIX}nodes", "Nodes by state.", labels=["state"])
@@ -337,15 +346,10 @@ class _Collector:
             for node in snap.nodes:
                 family.add_metric([node.name], getattr(node, attribute))
             yield family
-        respawns = CounterMetricFamily(f"{PREFIX}worker_respawns", "Worker processes its agent replaced after a crash "
-                                       "(from zero for each new agent incarnation).", labels=["node"])  # fmt: skip
-        for node in snap.nodes:
-            respawns.add_metric([node.name], node.worker_respawns)
-        yield respawns
         for name, value, doc in (
             ("pool_queued_tasks", snap.pool_queued, "Tasks waiting in the shared pool (any node may take them)."),
             ("unresolved_tasks", snap.unresolved, "Tasks submitted and not yet resolved."),
-            ("clients", snap.clients, "Clients connected (said HELLO)."),
+            ("clients", snap.clients, "Client ids that said HELLO since the dispatcher started (one that left stays)."),
         ):
             gauge = GaugeMetricFamily(f"{PREFIX}{name}", doc)
             gauge.add_metric([], value)

@@ -174,6 +174,7 @@ class NodeActor:
         self.state = state
         self.reason = ""  # a hold ends with the agent (a deletion says so itself)
         self.credit = 0
+        self.busy_workers = 0  # nothing runs there for us any more
         work = list(self.in_flight.values())
         for record in work:
             journal.keep(self.in_flight, record.key)

@@ -132,7 +132,10 @@ class NodeWatch:
         self.restarts = 0
         """Times the watch started over (after 410 Gone, an error, or a dropped stream)."""
         self.expiries = 0
-        """Of those, after 410 Gone (the rest are errors)."""
+        """Of those, after 410 Gone. Each of these two counters only grows, and is read once a
+        scrape (from the loop thread), so a scrape never sees one go down."""
+        self.errors = 0
+        """Of those, after any other failure."""
         self.contact_at: float | None = None
         """``time.monotonic()`` when the API last answered: a list, an event, a bookmark, a watch
         the server ended. One attribute store, read by the metrics (the lag)."""
@@ -174,6 +177,8 @@ class NodeWatch:
                 self._failures += 1
                 if exc.status == 410:
                     self.expiries += 1
+                else:
+                    self.errors += 1
                 if exc.status == 410 and self._failures == 1:  # the version expired: list again at once
                     log.info("node_watch_expired", resource_version=self.resource_version, reason=exc.reason)
                     continue
@@ -182,6 +187,7 @@ class NodeWatch:
                 if self._stop.is_set():
                     return
                 self.restarts += 1
+                self.errors += 1
                 self._failures += 1
                 self._back_off(self._failures, f"{type(exc).__name__}: {exc}")
 

@@ -307,7 +307,7 @@ class DispatcherService:
             contact = watch.contact_at
             gauges = WatchGauges(
                 synced=watch.synced,
-                restarts={"expired": watch.expiries, "error": watch.restarts - watch.expiries},
+                restarts={"expired": watch.expiries, "error": watch.errors},
                 since_contact_s=None if contact is None else max(0.0, time.monotonic() - contact),
             )
         return snapshot(self.metrics, self.core, self.access.counters, gauges, self.events_rejected)

@@ -66,8 +66,9 @@ def test_1000_task_dag_runs_every_task_on_its_planned_node_in_rank_order(schedul
         assert (entry.planned_node, entry.planned_start_s, entry.planned_end_s) == (p.node, p.rank, p.end)
         assert entry.first_planned_node == first[t] == p.node and not entry.replanned and not entry.moved
         assert entry.node == ran_on and entry.ok and entry.epoch == p.epoch
-        assert entry.start_s <= entry.end_s
+        assert 0 <= entry.start_s <= entry.end_s < 600  # seconds since the executor started, as the ranks
         assert started_ns / 1e9 - t0 <= entry.end_s  # it started before its result reached the executor
+        assert entry.start_s - (started_ns / 1e9 - t0) > -1.0  # its start: where the worker said it began
     for node, starts in by_node.items():
         ranks = [rank for _, rank in sorted(starts)]
         assert ranks == sorted(ranks), f"{node} started tasks out of rank order"

@@ -9,7 +9,19 @@ from prometheus_client.parser import text_string_to_metric_families
 from dispatcher import protocol as p
 from dispatcher.server.access import AccessCounters
 from dispatcher.server.events import Command, Count, FrameRejected, Observe
-from dispatcher.server.metrics import BUCKETS, Metrics, WatchGauges, render, snapshot
+from dispatcher.server.metrics import (
+    BUCKETS,
+    COUNTERS,
+    DEATH_CAUSES,
+    DRAIN_CAUSES,
+    FRAME_REASONS,
+    HISTOGRAMS,
+    OUTCOMES,
+    Metrics,
+    WatchGauges,
+    render,
+    snapshot,
+)
 
 from .transcript import CLIENT_ID, Transcript, result
 
@@ -27,11 +39,27 @@ class Counted(Transcript):
         out = super()._step(event)
         for command in out:
             if isinstance(command, Count | Observe):
+                check_declared(command)
                 self.metrics.record(command)
         return out
 
     def count(self, metric: str) -> dict[tuple[str, ...], int]:
         return dict(self.metrics.counts[metric])
+
+
+BOUNDED = {("tasks_resolved", 1): OUTCOMES, ("node_deaths", 1): DEATH_CAUSES, ("node_drains", 1): DRAIN_CAUSES,
+           ("frames_rejected", 1): FRAME_REASONS, ("frames_rejected", 0): ("agent", "client"),
+           ("peers_refused", 0): ("agent", "client")}  # fmt: skip
+
+
+def check_declared(command: Count | Observe) -> None:
+    """Every measure the core emits is a declared metric, with its labels, from its bounded sets."""
+    declared = COUNTERS if isinstance(command, Count) else HISTOGRAMS
+    assert command.metric in declared, command
+    assert len(command.labels) == len(declared[command.metric][0]), command
+    for (metric, i), allowed in BOUNDED.items():
+        if metric == command.metric:
+            assert command.labels[i] in allowed, command
 
 
 @pytest.fixture
@@ -147,8 +175,37 @@ def test_the_exposition_parses_back_with_cumulative_buckets_and_the_state(t: Cou
 
 
 def test_a_node_the_core_forgot_takes_its_series_with_it(t: Counted) -> None:
+    t.listed("node-a", "node-b")
     t.register("node-a", slots=1)
+    t.register("node-b", slots=1)
     t.submit((1, "node-a", 0.0), (2, None, 1.0))
-    t.metrics.forget_nodes({"node-b"})
-    assert t.count("tasks_submitted") == {("(pool)",): 1}
-    assert t.count("tasks_dispatched") == {}
+    t.agent(b"node-a", result(1))
+    t.agent(b"node-b", result(2))
+    t.deleted("node-a")
+    t.tick(5.0)  # the sweep drops a deleted Node's entry once no task names it
+    assert "node-a" not in t.core.nodes
+    snap = snapshot(t.metrics, t.core, AccessCounters(), None, events_rejected=0)
+    everywhere = [labels for series in snap.counts.values() for labels in series]
+    everywhere += [labels for series in snap.histograms.values() for labels in series]
+    assert not [labels for labels in everywhere if labels[0] == "node-a"]
+    assert snap.counts["tasks_resolved"] == {("node-b", "ok"): 1}  # node-a's went with it
+    assert snap.counts["tasks_submitted"].get(("(pool)",)) == 1  # the special labels stay
+
+
+def test_a_revoked_client_s_tasks_count_as_resolved_to_no_one() -> None:
+    t = Counted()
+    t.keys({"agent-key": ""}, {"client-key"})
+    t.client(p.Hello(CLIENT_ID), key="client-key")
+    t.client(p.Submit((p.TaskSpec(1, "node-z", 0.0, b"f"), p.TaskSpec(2, None, 1.0, b"f"))), key="client-key")
+    t.keys({"agent-key": ""}, set())
+    assert not t.core.tasks
+    assert t.count("tasks_resolved") == {("(none)", "revoked"): 2}
+    assert sum(t.count("tasks_submitted").values()) == 2
+
+
+def test_a_dead_node_shows_no_busy_workers(t: Counted) -> None:
+    t.register("node-a", slots=2)
+    t.agent(b"node-a", p.AgentStatus(0, 2))
+    assert t.core.nodes["node-a"].busy_workers == 2
+    t.tick(5.0)
+    assert t.core.nodes["node-a"].state.value == "dead" and t.core.nodes["node-a"].busy_workers == 0
