@@ -36,7 +36,8 @@ RUN site=$(/opt/saga/bin/python -c "import sysconfig; print(sysconfig.get_paths(
     && find /opt/saga -name __pycache__ -prune -exec rm -rf {} + \
     && /opt/saga/bin/python -c "import dispatcher.cli, dispatcher.server.main, dispatcher.server.service, \
 dispatcher.server.nodewatch, dispatcher.client.status, dispatcher.runtime.keys, kubernetes.client, \
-kubernetes.config, kubernetes.watch; import sys; assert 'aiohttp' not in sys.modules"
+kubernetes.config, kubernetes.watch, prometheus_client, prometheus_client.core; import sys; \
+assert 'aiohttp' not in sys.modules"
 
 FROM runtime
 LABEL org.opencontainers.image.title="saga-dispatch" \

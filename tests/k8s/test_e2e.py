@@ -29,6 +29,7 @@ import pytest
 from chaos import podman as lab
 from chaos.kubeapi import FakeKubeAPI, node_object
 from dispatcher import Client
+from tests.integration.scrape import scrape, series
 
 from .manifests import find, render
 
@@ -258,3 +259,8 @@ def test_the_manifests_run_a_parsl_workflow_on_the_planned_nodes_and_survive_cor
         # The DaemonSet brings the agent back; it registers under its node's name again.
         cluster.start_agent("node-2")
         until(lambda: any(n.node_name == "node-2" and n.state == "alive" for n in client.nodes()), "no comeback")
+    # The dispatcher's image serves /metrics on the port its pod annotations name: the death and the cordon are in it.
+    samples = scrape(http)
+    assert series(samples, "saga_dispatch_node_deaths_total", "node", "reason") == {("node-2", "heartbeat"): 1}
+    assert series(samples, "saga_dispatch_node_drains_total", "node", "reason") == {("node-1", "cordoned"): 1}
+    assert sum(series(samples, "saga_dispatch_tasks_resolved_total", "node").values()) >= 12 + 8 + 12
