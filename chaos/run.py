@@ -166,7 +166,11 @@ def run(spec: dict[str, Any], seed: int, tasks: int, log_dir: Path) -> dict[str,
             elapsed = time.monotonic() - start
             first = {t: ex.first_planned_node(f.tid) for t, f in futures.items()}
             last = {t: ex.planned_node(f.tid) for t, f in futures.items()}
-            twice = ex.duplicate_resolutions + (ex.client.resolutions_ignored if ex.client else 0)
+            twice_where = {
+                "executor": ex.duplicate_resolutions,  # a Parsl future that was already done
+                "client": ex.client.resolutions_ignored if ex.client else 0,  # a RESOLVED for a task it let go
+            }
+            twice = sum(twice_where.values())
             replans = sum(1 for p in ex.plans if "replan_of" in p)
     finally:
         cluster.stop_all()
@@ -184,6 +188,7 @@ def run(spec: dict[str, Any], seed: int, tasks: int, log_dir: Path) -> dict[str,
         twice=twice,
         replans=replans,
         elapsed=elapsed,
+        twice_where=twice_where,
     )
 
 
@@ -198,6 +203,7 @@ def summarize(
     twice: int,
     replans: int,
     elapsed: float,
+    twice_where: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     expected = workload.expected(dag)
     faulted = {f["node"] for f in injected if f["node"]}
@@ -224,6 +230,7 @@ def summarize(
             recoveries.append({"kind": fault["kind"], "recovery_s": (min(moved) - fault["at_ns"]) / 1e9})
     return {
         "seed": seed, "tasks": len(dag), "lost": len(lost), "wrong": len(wrong), "resolved_twice": twice,
+        "twice_where": twice_where or {},
         "violations": len(violations), "faults": [{"kind": f["kind"], "node": f["node"]} for f in injected],
         "recoveries": recoveries, "replans": replans, "elapsed_s": round(elapsed, 2),
         "examples": {"lost": lost[:5], "wrong": wrong[:5], "violations": violations[:5],

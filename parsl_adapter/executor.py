@@ -462,6 +462,9 @@ class SagaDispatchExecutor(ParslExecutor):
             del self._sent[launch.tid]
         if launch.future.done():
             self.duplicate_resolutions += 1
+            earlier = launch.future.exception() if not launch.future.cancelled() else None
+            log.warning("duplicate_resolution", tid=launch.tid, first=repr(earlier)[:200] if earlier else "a value",
+                        total=self.duplicate_resolutions)  # fmt: skip
             return
         exc = outcome.exception()
         if exc is not None:
