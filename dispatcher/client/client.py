@@ -198,6 +198,14 @@ class Client:
         """A result came back since the last SUBMIT frame (or none was sent yet)."""
         self._held_since: float | None = None
         """When Nagle's rule first held the tasks now waiting in the outbox."""
+        self._forgotten = False
+        """The dispatcher said it does not know us (UNKNOWN_CLIENT) since its last WELCOME: the
+        next WELCOME re-sends what is unresolved, and only that one. A dispatcher that restarted
+        answers every frame we sent before our HELLO with UNKNOWN_CLIENT, so we say HELLO several
+        times and are welcomed as often; re-sending at each of them would hand it again a task it
+        had resolved in between, to run and resolve a second time."""
+        self.resends = 0
+        """Times the unresolved tasks were sent again (after a restart, or being forgotten)."""
         self._settling: list[tuple[TaskFuture, p.Resolution]] = []
         """Results taken from the table this turn, settled just before the next poll (``_settle``)."""
         self._closing = threading.Event()
@@ -530,7 +538,8 @@ class Client:
 
     def _welcome(self, sock: zmq.Socket[bytes], message: p.Welcome) -> None:
         restarted = self.dispatcher_id is not None and message.dispatcher_id != self.dispatcher_id
-        if self.dispatcher_id is not None:
+        forgotten, self._forgotten = self._forgotten, False
+        if self.dispatcher_id is not None and (restarted or forgotten):
             # Re-send everything unresolved, ahead of anything posted since (still in the
             # outbox); the dispatcher ignores the ids it holds.
             self._resend(sock, restarted=restarted)
@@ -548,6 +557,7 @@ class Client:
         A restarted dispatcher never heard of them (an agent drops what it had not started), so
         they end here as cancelled; one that only forgot our routing id may have dropped the
         Cancel with the rest of what we sent it, so that goes again."""
+        self.resends += 1
         entries = list(self._tasks.values())
         cancelled = [e for e in entries if e.cancelled]
         if restarted:  # it never heard of them, and an agent drops what it had not started
@@ -573,6 +583,7 @@ class Client:
 
     def _error(self, sock: zmq.Socket[bytes], message: p.Error) -> None:
         if message.code is p.ErrorCode.UNKNOWN_CLIENT:
+            self._forgotten = True
             sock.send(p.encode(p.Hello(self.client_id, versions=self._versions)))
         elif message.code is p.ErrorCode.REFUSED:
             raise AccessRefused(f"{AccessRefused.PREFIX}{self.address}: {message.message}")

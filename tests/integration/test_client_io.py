@@ -119,3 +119,62 @@ def test_a_dead_io_thread_fails_every_future_and_refuses_new_work(logs: Path) ->
 def test_a_client_whose_io_thread_cannot_start_says_why() -> None:
     with pytest.raises(DispatcherUnavailable, match="I/O thread failed"):
         Client("bogus://nowhere", connect_timeout_s=60)
+
+
+def test_a_restarted_dispatcher_s_several_welcomes_resend_the_unresolved_tasks_once() -> None:
+    """A restarted dispatcher answers each frame sent before our HELLO with UNKNOWN_CLIENT, so the
+    client says HELLO as often and is welcomed as often. Re-sending at every WELCOME handed it
+    again a task it had resolved in between: run twice, resolved twice (chaos seed 0, once in CI).
+    Forced here with a fake dispatcher: two UNKNOWN_CLIENTs, two WELCOMEs back to back, then a
+    third UNKNOWN_CLIENT whose HELLO marks the end of what the client sent for them."""
+    import zmq
+
+    from dispatcher import protocol as p
+
+    ctx = zmq.Context.instance()
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+
+    def recv(timeout_s: float = 10.0) -> tuple[bytes, p.Message]:
+        assert router.poll(int(timeout_s * 1000)), "the client sent nothing"
+        peer, frame = router.recv_multipart()
+        return peer, p.decode(frame)
+
+    def send(peer: bytes, message: p.Message) -> None:
+        router.send_multipart([peer, p.encode(message)])
+
+    first: list[tuple[bytes, p.Message]] = []
+
+    def welcome() -> None:  # the client's constructor waits for its first WELCOME
+        first.append(recv())
+        send(first[0][0], p.Welcome("d1", 30.0))
+
+    greeter = threading.Thread(target=welcome)
+    greeter.start()
+    with Client(f"tcp://127.0.0.1:{port}", heartbeat_interval_s=30.0, coalesce_s=0.0) as client:
+        greeter.join()
+        [(peer, hello)] = first
+        assert isinstance(hello, p.Hello)
+        future = client.submit_payload(b"x", node="node-a")
+        _, submit = recv()
+        assert isinstance(submit, p.Submit) and [t.task_id for t in submit.tasks] == [future.task_id]
+        # d1 is gone; d2 saw two of our frames before our HELLO.
+        unknown = p.Error(p.ErrorCode.UNKNOWN_CLIENT, "say HELLO first")
+        send(peer, unknown)
+        send(peer, unknown)
+        assert [type(recv()[1]) for _ in range(2)] == [p.Hello, p.Hello]
+        send(peer, p.Welcome("d2", 30.0))
+        send(peer, p.Welcome("d2", 30.0))
+        send(peer, unknown)  # its HELLO comes after whatever the two WELCOMEs made the client send
+        seen = []
+        while not isinstance(message := recv()[1], p.Hello):
+            seen.append(message)
+        resent = [t.task_id for m in seen if isinstance(m, p.Submit) for t in m.tasks]
+        assert resent == [future.task_id], seen  # once, not once per WELCOME
+        assert client.resends == 1
+        send(peer, p.Resolved((p.Resolution(future.task_id, p.Outcome.REJECTED, b"no", "node-a"),)))
+        with pytest.raises(Exception, match="no"):
+            future.result(timeout=10)
+        assert client.resolutions_ignored == 0
+    router.close(0)
