@@ -313,11 +313,12 @@ class ExecutorState:
         self.plans.append(summary)
         if not cached:
             self._log("plan_made", **summary)
-        self._release_batch(list(batch))
         planned_held = [launch for launch in self.held if launch.tid in self.plan]  # planned as registered ones
         if planned_held:
             self.held = [launch for launch in self.held if launch.tid not in self.plan]
-            self._release_batch(planned_held)
+        # One release, so one rank order: a root Parsl launched while SAGA planned is planned as a
+        # registered task, and released after the batch it may rank before would start after it.
+        self._release_batch([*batch, *planned_held])
         self._lost_while_planning(plan)
 
     def _lost_while_planning(self, plan: Plan) -> None:

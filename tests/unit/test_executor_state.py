@@ -392,3 +392,17 @@ def test_without_a_cross_zone_bandwidth_zones_change_nothing() -> None:
     t = Transcript(bandwidth=1e9)
     t(e.NodesListed((("a", 1.0), ("b", 1.0)), 0.0, (("a", "z1"), ("b", "z2"))))
     assert t.state.network is not None and t.state.network.link("a", "b") == 1e9
+
+
+def test_a_task_launched_while_saga_plans_leaves_in_rank_order_with_the_batch() -> None:
+    """A root Parsl launches while SAGA plans its window is planned as a registered task; it
+    left after the whole batch, and so started after a task of the batch ranked behind it."""
+    t = Transcript()
+    late, first = launch(1), launch(2)
+    (build,) = only(t(e.TaskLaunched(first, 0.0)), e.BuildWindowGraph)
+    out = t(e.WindowGraphBuilt(build.batch, (1, 2), graph((1, 2)), frozenset(), 0.0))
+    (job,) = [c.job for c in only(out, e.RunPlanner)]
+    assert t(e.TaskLaunched(late, 0.001)) == []  # held: a plan is under way
+    result = plan({1: ("a", 0.0, 0.5), 2: ("a", 0.5, 1.0)})
+    out = t(e.PlannerReturned(job, result, result, None, network("a"), 0.01, 0.02, 0.002))
+    assert only(out, e.Send) == [e.Send(late, "a", 0.0), e.Send(first, "a", 0.5)]
