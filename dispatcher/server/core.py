@@ -532,7 +532,7 @@ class DispatcherCore:
         by_client: dict[str, list[p.Resolution]] = defaultdict(list)
         cancels: dict[str, list[p.TaskRef]] = defaultdict(list)
         tasks = self.tasks
-        now = self._now
+        now, metrics = self._now, self._metrics
         waits: list[float] = []
         runs: list[float] = []
         for result in message.results:
@@ -544,8 +544,9 @@ class DispatcherCore:
                 self.results_refused += 1
                 refused += 1
                 continue
-            runs.append(result.runtime_s)  # queued -> started: the start is when it ended less its run
-            waits.append(max(0.0, now - result.runtime_s - record.queued_at))
+            if metrics:  # queued -> started: the start is when it ended less its run
+                runs.append(result.runtime_s)
+                waits.append(max(0.0, now - result.runtime_s - record.queued_at))
             if record.holder is not None and record.holder != ran_on:  # another copy is out there
                 cancels[record.holder].append(p.TaskRef(*record.key))
             self._forget(record)
@@ -559,7 +560,7 @@ class DispatcherCore:
             self._count("duplicates_dropped", label, n=duplicates)
         if refused:
             self._count("results_refused", label, n=refused)
-        if runs and self._metrics:
+        if runs:
             self._out.append(Observe("task_run_seconds", (label,), tuple(runs)))
             self._out.append(Observe("task_wait_seconds", (label,), tuple(waits)))
         if refused and log_due(self.results_refused, refused, self.config.bad_frame_log_every):
