@@ -21,6 +21,7 @@ import dataclasses
 import functools
 import inspect
 import itertools
+import pickle
 import queue
 import threading
 import time
@@ -32,6 +33,7 @@ from typing import Any, Literal
 
 from parsl.dataflow.states import FINAL_STATES
 from parsl.executors.base import ParslExecutor
+from parsl.monitoring.radios.base import RadioConfig
 from parsl.serialize import pack_apply_message
 
 from dispatcher import protocol as p
@@ -51,6 +53,7 @@ from parsl_adapter.state import ExecutorState
 from parsl_adapter.taskid import ParslCompatibilityError, TaskIdResolver, find_dfk, new_records
 from parsl_adapter.timeline import TimelineEntry
 from parsl_adapter.window import WindowConfig
+from worker_agent.radio import DispatchRadio
 
 log = get_logger("saga_executor")
 
@@ -100,11 +103,15 @@ class SagaDispatchExecutor(ParslExecutor):
         connect_timeout_s: float = _DEFAULTS.connect_timeout_s,
         keys: str | None = None,
         insecure: bool = False,
+        remote_monitoring_radio: RadioConfig | None = None,
     ) -> None:
         """``keys``: the key folder for a dispatcher at ``address`` (default ``SAGA_KEYS``); the
         embedded mode (no ``address``) makes its own. ``insecure``: no keys where they would be
-        required or generated."""
+        required or generated. ``remote_monitoring_radio``: how workers send Parsl's monitoring
+        messages (default :class:`~worker_agent.radio.DispatchRadio`: over the dispatcher, as
+        HTEX's radio rides HTEX)."""
         super().__init__()
+        self.remote_monitoring_radio = remote_monitoring_radio or DispatchRadio()
         self.label = label
         self.address = address
         self.keys = keys
@@ -222,6 +229,8 @@ class SagaDispatchExecutor(ParslExecutor):
                 address, connect_timeout_s=self.config.connect_timeout_s, keys=keys, insecure=self.insecure
             )
             self.client.on_node_change(self._node_changed)
+            if self.monitoring_messages is not None and isinstance(self.remote_monitoring_radio, DispatchRadio):
+                self.client.on_monitoring(self._monitored)
             self.client.on_dispatcher_restart(lambda _: self._inbox.put(e.DispatcherRestarted(time.monotonic())))
             self._planner.start()
         except BaseException:
@@ -307,6 +316,12 @@ class SagaDispatchExecutor(ParslExecutor):
 
     def _node_changed(self, notice: p.NodeChanged) -> None:
         self._inbox.put(e.NodeChanged(notice.node_name, notice.state, notice.speed, time.monotonic()))
+
+    def _monitored(self, _task_id: int, payload: bytes) -> None:
+        """A worker's monitoring message (the client's I/O thread), for Parsl's monitoring hub;
+        it comes before the result of its task, so the database has the try's end first."""
+        assert self.monitoring_messages is not None
+        self.monitoring_messages.put(pickle.loads(payload))  # noqa: S301 - as trusted as a result
 
     def _resolved(self, launch: e.Launch, sent: Future[Any]) -> None:
         """The dispatcher future's done-callback (the client's I/O thread): post, nothing more."""

@@ -336,11 +336,28 @@ class Agent:
             if free > 0 and (free >= self._credit_step or held + self._granted < self.config.workers):
                 want = free
                 self._granted += want
+        pool = self._pool
+        if pool is not None and pool.monitoring:  # ahead of the results of the tasks that sent them
+            self._send_monitoring(pool.monitoring, now)
+            pool.monitoring = []
         if self._results:  # the credit rides with the results whose slots it frees
             self._send(p.Results(tuple(self._results), want), now)
             self._results = []
         elif want:
             self._send(p.Credit(want), now)
+
+    def _send_monitoring(self, items: list[tuple[str, int, bytes]], now: float) -> None:
+        """MONITOR frames for the workers' monitoring messages, within the batch limits."""
+        batch: list[p.MonitoringItem] = []
+        size = 0
+        for client_id, task_id, payload in items:
+            if size + len(payload) > p.COALESCE_BYTES and batch:
+                self._send(p.Monitor(tuple(batch)), now)
+                batch, size = [], 0
+            batch.append(p.MonitoringItem(client_id, task_id, payload))
+            size += len(payload)
+        if batch:
+            self._send(p.Monitor(tuple(batch)), now)
 
     # ------------------------------------------------------------------ time
 

@@ -28,11 +28,16 @@ from typing import Protocol, Self
 
 from dispatcher.protocol import Outcome, TaskKey
 from dispatcher.runtime.logs import get_logger
-from worker_agent.pipe import READY, start_worker
+from dispatcher.runtime.throttle import log_due
+from worker_agent.pipe import MONITORING, READY, start_worker
 from worker_agent.zygote import ForkedWorker, ZygoteError
 
 log = get_logger("worker_pool")
 
+
+MAX_HELD_MONITORING = 10_000
+"""Monitoring messages held for the agent at most (it takes them every turn it is registered);
+past that the oldest are dropped, with a warning."""
 
 Finished = tuple[TaskKey, Outcome, bytes, float]
 """(key, outcome, payload, runtime_s)"""
@@ -79,6 +84,10 @@ class WorkerPool:
         self._slots = 0
         """Room left in busy workers' pipes (at most ``pipeline`` each)."""
         self.respawned = 0
+        self.monitoring: list[tuple[str, int, bytes]] = []
+        """Parsl monitoring messages the workers sent, (client_id, task_id, payload), in order;
+        the agent takes them (they go out ahead of the results collected with them)."""
+        self.monitoring_dropped = 0
 
     def wait_ready(self, timeout_s: float) -> bool:
         """Wait until every worker has imported its libraries; False on timeout."""
@@ -181,11 +190,20 @@ class WorkerPool:
         return done, unstarted
 
     def _take(self, worker: _Worker, message: tuple[object, ...], done: list[Finished]) -> None:
-        """One message from a worker: its READY, or a result."""
+        """One message from a worker: its READY, a monitoring message, or a result."""
         if not worker.ready:
             assert message[0] == READY, message
             worker.ready = True
             self._idle.append(worker)
+            return
+        if message[0] == MONITORING:
+            _, client_id, task_id, payload = message
+            self.monitoring.append((client_id, task_id, payload))  # type: ignore[arg-type]
+            if len(self.monitoring) > MAX_HELD_MONITORING:
+                del self.monitoring[: len(self.monitoring) - MAX_HELD_MONITORING]
+                self.monitoring_dropped += 1
+                if log_due(self.monitoring_dropped):
+                    log.warning("monitoring_dropped", held=MAX_HELD_MONITORING, dropped=self.monitoring_dropped)
             return
         key, outcome, data, runtime_s = message
         done.append((key, Outcome(outcome), data, runtime_s))  # type: ignore[arg-type]

@@ -19,6 +19,7 @@ import os
 import select
 import signal
 import sys
+import threading
 import time
 from multiprocessing.connection import Connection
 from typing import Any
@@ -28,6 +29,7 @@ from parsl.serialize import serialize, unpack_apply_message
 
 from dispatcher.protocol import Outcome
 from dispatcher.runtime.lifeline import die_with_parent_thread
+from worker_agent import radio
 from worker_agent.config import NODE_NAME_ENV, NODE_SPEED_ENV
 from worker_agent.pipe import READY
 
@@ -76,6 +78,8 @@ def worker_main(conn: Connection, node_name: str, speed: float, *, tied: bool = 
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     os.environ[NODE_NAME_ENV] = node_name
     os.environ[NODE_SPEED_ENV] = repr(speed)
+    sending = threading.Lock()  # results and the monitoring radio's messages share the pipe
+    radio.attach(conn, sending, node_name)
     conn.send((READY, os.getpid()))
     waiting = select.poll()  # cheaper than Connection.poll(0), which builds a selector per call
     waiting.register(conn.fileno(), select.POLLIN)
@@ -85,17 +89,21 @@ def worker_main(conn: Connection, node_name: str, speed: float, *, tied: bool = 
         while message is not None:
             key, payload = message
             call = prepared if prepared is not None else unpack(payload)
+            radio.begin(key)
             started = time.perf_counter()  # the call and its result's serialization, not the unpacking
             outcome, data = run(call)
             runtime_s = time.perf_counter() - started
+            radio.end()  # what the task's monitor sent goes out ahead of its result
             prepared = None
             if waiting.poll(0):  # the next task waits in the pipe: make it ready first (see above)
                 message = conn.recv()
                 if message is not None and len(message[1]) <= PREPARE_MAX_BYTES:
                     prepared = unpack(message[1])
-                conn.send((key, outcome, data, runtime_s))
+                with sending:
+                    conn.send((key, outcome, data, runtime_s))
             else:
-                conn.send((key, outcome, data, runtime_s))
+                with sending:
+                    conn.send((key, outcome, data, runtime_s))
                 message = conn.recv()
     except (EOFError, OSError):
         return

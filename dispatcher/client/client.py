@@ -189,6 +189,7 @@ class Client:
         self._outbox: Outbox[_Posted] = Outbox(self._wake, COALESCE_TASKS)
         self._node_listeners: tuple[Callable[[p.NodeChanged], None], ...] = ()
         self._restart_listeners: tuple[Callable[[str], None], ...] = ()
+        self._monitoring_listeners: tuple[Callable[[int, bytes], None], ...] = ()
         self._finished = 0
         """Tasks resolved (by the I/O thread): ``outstanding`` is the difference."""
         # The I/O thread's own state: nothing else reads or writes these.
@@ -275,6 +276,12 @@ class Client:
     def on_dispatcher_restart(self, listener: Callable[[str], None]) -> None:
         """Call ``listener(new_dispatcher_id)`` (on the I/O thread) when the dispatcher comes back empty."""
         self._restart_listeners = (*self._restart_listeners, listener)
+
+    def on_monitoring(self, listener: Callable[[int, bytes], None]) -> None:
+        """Call ``listener(task_id, payload)`` (on the I/O thread; keep it short) for each Parsl
+        monitoring message a worker running one of our tasks sent (MONITORED: the message
+        pickled, as Parsl's radios send it). A task's messages come before its result."""
+        self._monitoring_listeners = (*self._monitoring_listeners, listener)
 
     def nodes(self, timeout_s: float = 10.0) -> tuple[p.NodeInfo, ...]:
         reply = self._ask(p.NodesQuery, timeout_s)
@@ -518,6 +525,13 @@ class Client:
                     continue
                 self._acked = True
                 self._settling.append((entry.future, resolution))
+        elif type(message) is p.Monitored:
+            for item in message.items:
+                for monitoring in self._monitoring_listeners:
+                    try:
+                        monitoring(item.task_id, item.payload)
+                    except Exception:
+                        log.exception("monitoring_listener_failed", task_id=item.task_id)
         elif type(message) is p.Welcome:
             self._welcome(sock, message)
         elif type(message) is p.Error:

@@ -12,7 +12,7 @@ Rules
 * ``decode()`` validates the version, the op, the number of fields and the type and size of every
   field, and raises :class:`ProtocolError` otherwise. Nothing untyped gets past it: the result is
   always one of the frozen dataclasses below, with tuple items for batches.
-* Payloads (tasks, results) are opaque ``bytes`` here. The dispatcher never unpickles them.
+* Payloads (tasks, results, monitoring messages) are opaque ``bytes`` here. The dispatcher never unpickles them.
 * Names: ``node_name`` is a Kubernetes node name (1-253 chars), ``client_id`` / ``agent_id`` are
   short ids chosen by their owner, ``task_id`` is an unsigned 64-bit int unique per client, and
   ``rank`` is the planned start time (lower runs first).
@@ -25,6 +25,7 @@ from dispatcher.protocol.messages import (
     MAX_BATCH,
     MAX_FRAME_BYTES,
     MAX_ID,
+    MAX_MONITORING_BYTES,
     MAX_NAME,
     MAX_SLOTS,
     MAX_TEXT,
@@ -46,6 +47,10 @@ from dispatcher.protocol.messages import (
     Heartbeat,
     Hello,
     Message,
+    Monitor,
+    Monitored,
+    MonitoredItem,
+    MonitoringItem,
     NodeChanged,
     NodeInfo,
     Nodes,
@@ -85,6 +90,7 @@ __all__ = [
     "MAX_BATCH",
     "MAX_FRAME_BYTES",
     "MAX_ID",
+    "MAX_MONITORING_BYTES",
     "MAX_NAME",
     "MAX_SLOTS",
     "MAX_TEXT",
@@ -106,6 +112,10 @@ __all__ = [
     "Heartbeat",
     "Hello",
     "Message",
+    "Monitor",
+    "Monitored",
+    "MonitoredItem",
+    "MonitoringItem",
     "NodeChanged",
     "NodeInfo",
     "Nodes",

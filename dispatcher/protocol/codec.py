@@ -16,6 +16,7 @@ import msgpack
 from dispatcher.protocol import messages as m
 from dispatcher.protocol.messages import (
     MAX_ID,
+    MAX_MONITORING_BYTES,
     MAX_NAME,
     MAX_SLOTS,
     MAX_TEXT,
@@ -33,6 +34,10 @@ from dispatcher.protocol.messages import (
     Heartbeat,
     Hello,
     Message,
+    Monitor,
+    Monitored,
+    MonitoredItem,
+    MonitoringItem,
     NodeChanged,
     NodeInfo,
     Nodes,
@@ -238,6 +243,28 @@ def _resolved(f: list[Any]) -> Resolved:
     )
 
 
+def _monitoring_payload(value: Any) -> bytes:
+    payload = _bytes(value, "monitoring payload")
+    if len(payload) > MAX_MONITORING_BYTES:
+        raise _fail("monitoring payload size", len(payload))
+    return payload
+
+
+def _monitor(f: list[Any]) -> Monitor:
+    return Monitor(
+        tuple(
+            MonitoringItem(_str(c, "client_id", MAX_ID), _int(t, "task_id"), _monitoring_payload(p))
+            for c, t, p in _items(f[0], "monitoring items", 3)
+        )
+    )
+
+
+def _monitored(f: list[Any]) -> Monitored:
+    return Monitored(
+        tuple(MonitoredItem(_int(t, "task_id"), _monitoring_payload(p)) for t, p in _items(f[0], "monitoring items", 2))
+    )
+
+
 def _cancel(f: list[Any]) -> Cancel:
     ids = f[0]
     if type(ids) is not list or len(ids) > m.MAX_BATCH:
@@ -270,6 +297,8 @@ def _error(f: list[Any]) -> Error:
 _DECODERS: Final[dict[type[Any], tuple[int, Any]]] = {
     AgentStatus: (2, lambda f: AgentStatus(_int(f[0], "worker_respawns"), _int(f[1], "busy_workers", 0, MAX_SLOTS))),
     Register: (8, _register),
+    Monitor: (1, _monitor),
+    Monitored: (1, _monitored),
     Credit: (1, lambda f: Credit(_int(f[0], "credit", 1, MAX_SLOTS * 2))),
     Results: (2, _results),
     Drain: (1, lambda f: Drain(_refs(f[0], "returned"))),
@@ -326,6 +355,8 @@ _CHANGED_IN: Final[dict[int, dict[type[Any], tuple[int, Any] | None]]] = {
         Status: (9, lambda f: _status(f, _NODE_WIDTH_V3)),
         Register: (7, _register),
         Hello: (2, lambda f: Hello(_str(f[0], "client_id", MAX_ID), _int(f[1], "protocol_version"))),
+        Monitor: None,
+        Monitored: None,
     },
 }
 """Per older supported version: the messages that differ from the current version there (None:

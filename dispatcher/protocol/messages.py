@@ -12,7 +12,8 @@ from typing import ClassVar, Final, NamedTuple
 
 PROTOCOL_VERSION: Final = 4
 """4: what the cluster says of a node (NodeInfo's ``reason``); REGISTER and HELLO carry their
-side's runtime versions; REGISTER's speed may be 0 (the agent gives none: the Node's label or 1).
+side's runtime versions; REGISTER's speed may be 0 (the agent gives none: the Node's label or 1);
+MONITOR and MONITORED carry Parsl's monitoring messages from the workers to the task's client.
 3: AGENT_STATUS (an agent's own counters); NODES and STATUS report worker respawns and steals.
 2: RESULTS carries the credit its results free (one frame where version 1 sent two)."""
 SUPPORTED_VERSIONS: Final = (PROTOCOL_VERSION - 1, PROTOCOL_VERSION)
@@ -29,6 +30,8 @@ MAX_ID: Final = 128
 """Longest client, agent or dispatcher id."""
 MAX_TEXT: Final = 4096
 """Longest free-text field (reasons, error messages)."""
+MAX_MONITORING_BYTES: Final = 1024 * 1024
+"""Largest monitoring message (MONITOR, MONITORED): Parsl's are a few hundred bytes."""
 MAX_SLOTS: Final = 65_536
 MAX_U64: Final = 2**64 - 1
 
@@ -65,6 +68,8 @@ class Op(IntEnum):
     STEAL_REPLY = 6
     AGENT_STATUS = 7
     """Since version 3."""
+    MONITOR = 8
+    """Since version 4."""
     # dispatcher -> agent
     REGISTERED = 10
     TASKS = 11
@@ -88,6 +93,8 @@ class Op(IntEnum):
     STATUS = 43
     ERROR = 44
     NODE_CHANGED = 45
+    MONITORED = 46
+    """Since version 4."""
 
 
 class Outcome(IntEnum):
@@ -173,6 +180,22 @@ class Resolution(NamedTuple):
     payload: bytes
     node_name: str
     runtime_s: float = 0.0
+
+
+class MonitoringItem(NamedTuple):
+    """One Parsl monitoring message from a worker, for the client of the task it ran
+    (``payload``: the message pickled, as HTEX's radio sends it)."""
+
+    client_id: str
+    task_id: int
+    payload: bytes
+
+
+class MonitoredItem(NamedTuple):
+    """One Parsl monitoring message as the dispatcher forwards it to the task's client."""
+
+    task_id: int
+    payload: bytes
 
 
 TaskKey = tuple[str, int]
@@ -289,6 +312,17 @@ class AgentStatus:
     worker_respawns: int
     """Worker processes started again after one died, since the agent started."""
     busy_workers: int
+
+
+@dataclass(frozen=True, slots=True)
+class Monitor:
+    """Agent -> dispatcher (since version 4): monitoring messages from tasks running here, sent
+    before the RESULTS of those tasks. The dispatcher passes each on unread to the task's client
+    while the task is in flight on this node, and drops it otherwise."""
+
+    op: ClassVar[Op] = Op.MONITOR
+
+    items: tuple[MonitoringItem, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -472,6 +506,16 @@ class NodeChanged:
 
 
 @dataclass(frozen=True, slots=True)
+class Monitored:
+    """Dispatcher -> client (since version 4): monitoring messages from the workers running
+    these of your tasks, in the order their node sent them, ahead of the tasks' RESOLVED."""
+
+    op: ClassVar[Op] = Op.MONITORED
+
+    items: tuple[MonitoredItem, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Error:
     """Dispatcher -> client: your last message could not be served."""
 
@@ -481,7 +525,7 @@ class Error:
     message: str
 
 
-AgentMessage = Register | Credit | Results | Drain | Bye | Heartbeat | StealReply | AgentStatus
+AgentMessage = Register | Credit | Results | Drain | Bye | Heartbeat | StealReply | AgentStatus | Monitor
 """What an agent may send."""
 ClientMessage = Hello | Submit | Cancel | Repin | NodesQuery | StatusQuery | Heartbeat
 """What a client may send."""
@@ -500,6 +544,7 @@ Message = (
     | Status
     | Error
     | NodeChanged
+    | Monitored
 )
 
 

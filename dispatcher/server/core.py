@@ -45,6 +45,10 @@ Rules (the invariants ``validate_state()`` checks after every step in tests):
    is. Heartbeats stay the ground truth for liveness: the API being away changes nothing.
 11. A task pinned to a node whose agent's runtime versions differ from its client's (Python
    major.minor, Parsl, dill: ``runtime.versions``) resolves REJECTED, saying which differ.
+12. A monitoring message (MONITOR) goes, unread, to the client of its task while that task is in
+   flight on the node that sent it, in the order the node sent it, and so ahead of the task's
+   RESOLVED from that node; any other is dropped (counted): an agent can send a client
+   monitoring only of the work it was given.
 6. Bad input never raises out of ``handle``: malformed frames are counted, unknown peers are told
    to register or say hello, invalid submissions resolve as REJECTED. A step that raises all the
    same (a bug) is undone whole by the journal before the exception leaves ``handle``: the
@@ -392,6 +396,8 @@ class DispatcherCore:
                 self._handle_steal_reply(node, message)
             case p.Bye():
                 self._handle_bye(node)
+            case p.Monitor():
+                self._handle_monitor(node, message)
             case p.AgentStatus():
                 node.worker_respawns = message.worker_respawns
                 node.busy_workers = message.busy_workers
@@ -573,6 +579,26 @@ class DispatcherCore:
             other = self.nodes[holder]
             if other.state in CONNECTED:
                 self._to_agent(other, p.CancelTasks(tuple(refs)))
+
+    def _handle_monitor(self, node: NodeActor, message: p.Monitor) -> None:
+        """Rule 12."""
+        by_client: dict[str, list[p.MonitoredItem]] = defaultdict(list)
+        tasks, name = self.tasks, node.name
+        dropped = 0
+        for item in message.items:
+            record = tasks.get((item.client_id, item.task_id))
+            if record is None or record.holder != name or item.client_id not in self._clients:
+                dropped += 1
+                continue
+            by_client[item.client_id].append(p.MonitoredItem(item.task_id, item.payload))
+        forwarded = 0
+        for client_id, items in by_client.items():
+            self._out.append(SendToClient(self._clients[client_id], p.Monitored(tuple(items))))
+            forwarded += len(items)
+        if forwarded:
+            self._count("monitoring_messages", name, "forwarded", n=forwarded)
+        if dropped:
+            self._count("monitoring_messages", name, "dropped", n=dropped)
 
     def _handle_drain(self, node: NodeActor, message: p.Drain) -> None:
         journal = self.journal

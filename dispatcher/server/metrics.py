@@ -45,6 +45,8 @@ DRAIN_CAUSES: Final = ("agent", "cordoned", "not-in-api")
 """Why a node stopped taking work: its agent drains (SIGTERM), its Node was cordoned, its Node is
 not listed."""
 FRAME_REASONS: Final = FRAME_KINDS
+MONITORING_FATES: Final = ("forwarded", "dropped")
+"""What became of a monitoring message from a node (rule 12 of the core)."""
 
 _NODE: Final = ("node",)
 COUNTERS: Final[Mapping[str, tuple[tuple[str, ...], str]]] = {
@@ -62,6 +64,10 @@ COUNTERS: Final[Mapping[str, tuple[tuple[str, ...], str]]] = {
     "tasks_stolen": (_NODE, "Tasks taken from a live node by soft-affinity stealing, by that node."),
     "duplicates_dropped": (_NODE, "Results for tasks already resolved (another copy won), by the node that sent them."),
     "results_refused": (_NODE, "Results for tasks never sent to the node that sent them ((none): an unknown peer)."),
+    "monitoring_messages": (
+        ("node", "fate"),
+        "Parsl monitoring messages from a node's workers: forwarded to the task's client, or dropped.",
+    ),
     "frames_rejected": (("side", "reason"), "Frames dropped undecoded: frames, version, malformed, direction."),
     "peers_refused": (("side", "reason"), "Registrations and HELLOs refused, by reason."),
 }

@@ -20,3 +20,12 @@ def fail_once(marker: str) -> str:
         Path(marker).touch()
         raise RuntimeError("first try fails")
     return os.environ["NODE_NAME"]
+
+
+def node_after(seconds: float) -> str:
+    """Sleep, then say which node ran it."""
+    import os
+    import time
+
+    time.sleep(seconds)
+    return os.environ["NODE_NAME"]

@@ -374,6 +374,39 @@ def test_agent_status_is_reported_per_node_and_steals_in_status(t: Transcript) -
     assert isinstance(status, p.Status) and status.tasks_stolen == t.core.tasks_stolen == 0
 
 
+def test_monitoring_goes_to_the_task_s_client_only_while_the_task_is_in_flight_on_that_node(t: Transcript) -> None:
+    """Rule 12: each message to the client of its task, in order; one for a task that is not in
+    flight on the sending node (queued, on another node, resolved, or another client's that it
+    was never given) is dropped, so an agent cannot feed a client messages of work not its own."""
+    t.hello(peer=b"c2-peer", client_id="c2")
+    t.register("node-a", slots=2)
+    t.register("node-b")
+    t.submit((1, "node-a", 0.0), (2, "node-a", 1.0), (3, "node-b", 0.0), (4, "node-a", 2.0))
+    item = p.MonitoringItem
+    out = t.agent(
+        b"node-a",
+        p.Monitor((
+            item(CLIENT_ID, 1, b"first"), item(CLIENT_ID, 3, b"b's task"), item(CLIENT_ID, 4, b"queued"),
+            item("c2", 1, b"not given"), item(CLIENT_ID, 2, b"second"), item(CLIENT_ID, 1, b"third"),
+        )),
+    )  # fmt: skip
+    assert to_client(out) == [p.Monitored((p.MonitoredItem(1, b"first"), p.MonitoredItem(2, b"second"),
+                                           p.MonitoredItem(1, b"third")))]  # fmt: skip
+    assert to_client(out, peer=b"c2-peer") == []
+    t.agent(b"node-a", result(1))
+    assert to_client(t.agent(b"node-a", p.Monitor((item(CLIENT_ID, 1, b"late"),)))) == []
+
+
+def test_a_task_s_monitoring_and_its_result_from_one_frame_each_reach_the_client_in_that_order(
+    t: Transcript,
+) -> None:
+    t.register("node-a")
+    t.submit((1, "node-a", 0.0))
+    out = t.agent(b"node-a", p.Monitor((p.MonitoringItem(CLIENT_ID, 1, b"last"),)))
+    out += t.agent(b"node-a", result(1))
+    assert [type(m) for m in to_client(out)] == [p.Monitored, p.Resolved]
+
+
 # --------------------------------------------------------------------------- atomic steps
 
 

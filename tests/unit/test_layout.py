@@ -26,7 +26,14 @@ ALLOWED: dict[str, set[str]] = {
     "dispatcher.cli": {"dispatcher.runtime"},
     "dispatcher": {"dispatcher.cli", "dispatcher.client", "dispatcher.local", "dispatcher.runtime"},
     "worker_agent": {"dispatcher.cli", "dispatcher.protocol", "dispatcher.runtime"},  # cli: its __main__
-    "parsl_adapter": {"dispatcher.client", "dispatcher.local", "dispatcher.protocol", "dispatcher.runtime"},
+    # worker_agent: its radio only (the RadioConfig the workers' senders unpickle), below
+    "parsl_adapter": {
+        "dispatcher.client",
+        "dispatcher.local",
+        "dispatcher.protocol",
+        "dispatcher.runtime",
+        "worker_agent",
+    },
     "chaos": {"dispatcher", "dispatcher.client", "dispatcher.local", "dispatcher.runtime", "parsl_adapter"},
     "bench": {*PACKAGES, "dispatcher.client", "dispatcher.local", "dispatcher.protocol", "dispatcher.runtime"},
 }
@@ -80,6 +87,18 @@ def test_every_room_imports_only_what_the_rule_allows() -> None:
     assert set(graph) <= set(ALLOWED), f"rooms missing from the rule: {set(graph) - set(ALLOWED)}"
     broken = {room: sorted(deps - ALLOWED[room]) for room, deps in graph.items() if deps - ALLOWED[room]}
     assert not broken, broken
+
+
+def test_the_executor_takes_only_the_radio_from_the_agent_s_room() -> None:
+    modules = _modules()
+    taken = {
+        name
+        for module, path in modules.items()
+        if _room(module) == "parsl_adapter"
+        for name in _imports(path, modules)
+        if _room(name) == "worker_agent"
+    }
+    assert taken == {"worker_agent.radio"}
 
 
 def test_the_room_graph_has_no_cycle() -> None:

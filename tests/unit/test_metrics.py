@@ -16,6 +16,7 @@ from dispatcher.server.metrics import (
     DRAIN_CAUSES,
     FRAME_REASONS,
     HISTOGRAMS,
+    MONITORING_FATES,
     OUTCOMES,
     Metrics,
     WatchGauges,
@@ -49,7 +50,7 @@ class Counted(Transcript):
 
 BOUNDED = {("tasks_resolved", 1): OUTCOMES, ("node_deaths", 1): DEATH_CAUSES, ("node_drains", 1): DRAIN_CAUSES,
            ("frames_rejected", 1): FRAME_REASONS, ("frames_rejected", 0): ("agent", "client"),
-           ("peers_refused", 0): ("agent", "client")}  # fmt: skip
+           ("peers_refused", 0): ("agent", "client"), ("monitoring_messages", 1): MONITORING_FATES}  # fmt: skip
 
 
 def check_declared(command: Count | Observe) -> None:
@@ -95,6 +96,13 @@ def test_rejected_and_cancelled_tasks_are_counted_for_no_node() -> None:
     t.client(p.Cancel((2,)))
     assert t.count("tasks_submitted") == {("(none)",): 1, ("node-b",): 1}
     assert t.count("tasks_resolved") == {("(none)", "rejected"): 1, ("(none)", "cancelled"): 1}
+
+
+def test_monitoring_messages_are_counted_forwarded_or_dropped_per_node(t: Counted) -> None:
+    t.register("node-a")
+    t.submit((1, "node-a", 0.0))
+    t.agent(b"node-a", p.Monitor((p.MonitoringItem(CLIENT_ID, 1, b"m"), p.MonitoringItem(CLIENT_ID, 9, b"m"))))
+    assert t.count("monitoring_messages") == {("node-a", "forwarded"): 1, ("node-a", "dropped"): 1}
 
 
 def test_every_way_a_node_ends_or_stops_taking_work_is_counted_by_reason(t: Counted) -> None:
