@@ -131,9 +131,12 @@ class LocalCluster:
             if not self.insecure:
                 self.keys_dir = Path(tempfile.mkdtemp(prefix="saga-keys-"))  # 0700, ours alone
                 keys.generate(self.keys_dir, nodes=self.node_names)
-            if self.use_zygote:
-                self._start_zygote()  # if it cannot start, the agents spawn their workers
-            self.start_dispatcher()
+            ready = self._spawn_zygote() if self.use_zygote else None
+            try:
+                self.start_dispatcher()  # while the zygote imports Parsl
+            finally:
+                if ready is not None:
+                    self._await_zygote(ready)  # if it cannot start, the agents spawn their workers
             if self.start_agents:
                 for name in self.node_names:
                     self.start_agent(name)
@@ -161,25 +164,33 @@ class LocalCluster:
         self.client_url, self.agent_url = info["client_url"], info["agent_url"]
         self.http_url = f"http://127.0.0.1:{info['http_port']}" if info.get("http_port") else ""
 
-    def _start_zygote(self) -> None:
+    def _spawn_zygote(self) -> int:
+        """Start the zygote; the returned pipe says when it is ready (:meth:`_await_zygote`)."""
         self._zygote_dir = Path(tempfile.mkdtemp(prefix="saga-zygote-"))  # 0700
         path = str(self._zygote_dir / "zygote.sock")
         ready_r, ready_w = os.pipe()
         try:
             self.zygote = self._spawn("zygote", [path, str(ready_w)], module="worker_agent.zygote", pass_fds=(ready_w,))
+        except BaseException:
+            os.close(ready_r)
+            raise
+        finally:
             os.close(ready_w)
-            ready_w = -1
+        return ready_r
+
+    def _await_zygote(self, ready_r: int) -> None:
+        assert self.zygote is not None
+        try:
             line = _read_fd_line(ready_r, self.startup_timeout_s)
         finally:
             os.close(ready_r)
-            if ready_w >= 0:
-                os.close(ready_w)
         if line != READY_LINE:  # e.g. a socket path too long for AF_UNIX, no pidfd_open here
             log.warning("zygote_unavailable", said=line, exit_code=self.zygote.poll(), fallback="spawn")
             _signal_group(self.zygote, signal.SIGKILL)
             self.zygote.wait()
             self.zygote = None
-            shutil.rmtree(self._zygote_dir, ignore_errors=True)
+            if self._zygote_dir is not None:
+                shutil.rmtree(self._zygote_dir, ignore_errors=True)
             self._zygote_dir = None
 
     @property

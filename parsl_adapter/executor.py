@@ -211,20 +211,21 @@ class SagaDispatchExecutor(ParslExecutor):
         self._dfk = find_dfk(self)
         if self._dfk is not None:
             self._resolver = TaskIdResolver(self._dfk, self.label)
-        if self.address is None:
-            self.cluster = LocalCluster(
-                self.local_nodes,
-                speeds=self.local_speeds,
-                workers=self.workers_per_node,
-                log_dir=Path(self.run_dir) / self.label,
-                insecure=self.insecure,
-            )
-            self.cluster.start()
-            address = self.cluster.client_url
-            keys: str | None = str(self.cluster.keys_dir) if self.cluster.keys_dir is not None else ""
-        else:
-            address, keys = self.address, self.keys
+        self._planner.start(wait=False)  # it imports SAGA while the cluster starts (ready() below)
         try:
+            if self.address is None:
+                self.cluster = LocalCluster(
+                    self.local_nodes,
+                    speeds=self.local_speeds,
+                    workers=self.workers_per_node,
+                    log_dir=Path(self.run_dir) / self.label,
+                    insecure=self.insecure,
+                )
+                self.cluster.start()
+                address = self.cluster.client_url
+                keys: str | None = str(self.cluster.keys_dir) if self.cluster.keys_dir is not None else ""
+            else:
+                address, keys = self.address, self.keys
             self.client = Client(
                 address, connect_timeout_s=self.config.connect_timeout_s, keys=keys, insecure=self.insecure
             )
@@ -232,7 +233,7 @@ class SagaDispatchExecutor(ParslExecutor):
             if self.monitoring_messages is not None and isinstance(self.remote_monitoring_radio, DispatchRadio):
                 self.client.on_monitoring(self._monitored)
             self.client.on_dispatcher_restart(lambda _: self._inbox.put(e.DispatcherRestarted(time.monotonic())))
-            self._planner.start()
+            self._planner.ready()
         except BaseException:
             self._teardown()
             raise

@@ -35,12 +35,29 @@ class PlannerProcess:
         self._conn: Connection | None = None
         self._lock = threading.Lock()
         self._requests = 0
+        self._unconfirmed = False
+        """Started, and its READY not read yet."""
 
-    def start(self) -> None:
+    def start(self, *, wait: bool = True) -> None:
+        """Start the planning process. Importing SAGA takes it a second or two: with
+        ``wait=False`` do other work meanwhile, then :meth:`ready` (or the first plan) waits."""
         with self._lock:
-            self._start()
+            self._launch()
+            if wait:
+                self._await_ready()
+
+    def ready(self) -> None:
+        """Wait until the planning process has imported SAGA; PlanningError if it cannot."""
+        with self._lock:
+            if self._proc is None:
+                self._launch()
+            self._await_ready()
 
     def _start(self) -> None:
+        self._launch()
+        self._await_ready()
+
+    def _launch(self) -> None:
         parent, child = socket.socketpair()
         env = {**os.environ, "PYTHONHASHSEED": HASH_SEED, PARENT_ENV: str(os.getpid())}
         self._proc = subprocess.Popen(
@@ -51,16 +68,29 @@ class PlannerProcess:
         )
         child.close()
         self._conn = Connection(parent.detach())
-        # Importing SAGA takes a second or two: wait for it here, not inside a request's timeout.
-        if not self._conn.poll(_START_TIMEOUT_S) or self._conn.recv() != READY:
+        self._unconfirmed = True
+
+    def _await_ready(self) -> None:
+        """Importing SAGA takes a second or two: wait for it here, not inside a request's timeout."""
+        if not self._unconfirmed:
+            return
+        assert self._conn is not None
+        try:
+            started = self._conn.poll(_START_TIMEOUT_S) and self._conn.recv() == READY
+        except (EOFError, OSError) as exc:
+            self._kill()
+            raise PlanningError(f"the planning process died while it started: {exc!r}") from exc
+        if not started:
             self._kill()
             raise PlanningError(f"the planning process did not start within {_START_TIMEOUT_S:g} s")
+        self._unconfirmed = False
 
     def plan(self, graph: Graph, network: Network, scheduler: str | Any) -> tuple[Plan, float]:
         """(plan, seconds SAGA took). Raises PlanningError for bad input, a failed or overrunning scheduler."""
         with self._lock:
             if self._proc is None or self._proc.poll() is not None:
                 self._start()
+            self._await_ready()
             assert self._conn is not None
             self._requests += 1
             request_id = self._requests
@@ -88,6 +118,7 @@ class PlannerProcess:
                 proc.kill()
 
     def _kill(self) -> None:
+        self._unconfirmed = False
         if self._conn is not None:
             self._conn.close()
             self._conn = None
