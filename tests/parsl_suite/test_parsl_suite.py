@@ -1,6 +1,8 @@
 """Parsl's own test suite (shipped in its wheel) against SagaDispatchExecutor, in a subprocess.
 
-The deselections and their reasons are in ``plugin.py`` and docs/parsl.md.
+The deselections and their reasons are in ``plugin.py`` and docs/parsl.md. Parsl's monitoring
+tests build their own configs (``local`` tests): ``monitoring_plugin.py`` runs them with the
+executor in those configs.
 """
 
 from __future__ import annotations
@@ -26,10 +28,33 @@ COMMAND = [
 ]  # fmt: skip
 
 
+MONITORING = [
+    sys.executable, "-m", "pytest",
+    "-p", "tests.parsl_suite.monitoring_plugin", "-p", "parsl.tests.conftest",
+    "--pyargs", "parsl.tests.test_monitoring", str(HERE / "radios_with_the_executor.py"),
+    "--config", "local",
+    "-p", "no:cacheprovider", "-o", "addopts=", "--timeout", "120", "-q", "-rfE",
+]  # fmt: skip
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+
+
+def test_parsl_s_monitoring_tests_pass_with_the_executor_in_their_configs(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        MONITORING, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=1200, check=False
+    )
+    summary = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr[-2000:]
+    assert proc.returncode == 0, f"Parsl's monitoring tests failed: {summary}\n{proc.stdout[-6000:]}"
+    passed = re.search(r"(\d+) passed", summary)
+    assert passed is not None and int(passed.group(1)) >= 38, summary
+    assert "failed" not in summary and "error" not in summary, summary
+
+
 def test_parsl_test_suite_passes_against_saga_dispatch_executor(tmp_path: Path) -> None:
     # Run from a scratch directory: Parsl's suite writes pytest-parsl/, runinfo/ and files where it runs.
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.run(COMMAND, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1200, check=False)
+    proc = subprocess.run(COMMAND, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=1200, check=False)
     summary = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr[-2000:]
     assert proc.returncode == 0, f"Parsl's suite failed: {summary}\n{proc.stdout[-6000:]}"
     passed = re.search(r"(\d+) passed", summary)
