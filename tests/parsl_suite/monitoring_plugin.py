@@ -1,4 +1,5 @@
-"""Parsl's own monitoring tests (``parsl.tests.test_monitoring``) against SagaDispatchExecutor.
+"""Parsl's own monitoring tests (``parsl.tests.test_monitoring``, and ``test_kill_monitoring``
+of its shutdown tests) against SagaDispatchExecutor.
 
 They are ``local`` tests: each builds its own config, with HTEX or a ThreadPoolExecutor, so the
 main suite's ``--config`` never reaches them. Run in ``--config local`` mode with this plugin,
@@ -55,7 +56,8 @@ IGNORED_MODULES: dict[str, str] = {
 }
 
 EXECUTOR_TESTS = ("test_basic.py", "radios_with_the_executor.py", "test_app_names.py", "test_db_locks.py", "test_incomplete_futures.py",
-                  "test_log_config.py", "test_memoization_representation.py", "test_stdouterr.py")  # fmt: skip
+                  "test_log_config.py", "test_memoization_representation.py", "test_stdouterr.py",
+                  "test_kill_monitoring.py")  # fmt: skip
 """Modules whose every test builds a config: each must start SagaDispatchExecutor."""
 
 _started = 0
@@ -117,6 +119,7 @@ SWAPS: dict[str, dict[str, Any]] = {
     f"{PACKAGE}.test_stdouterr": {"fresh_config": stdouterr_config},
     f"{PACKAGE}.test_memoization_representation": {"fresh_config": memoization_config},
     f"{PACKAGE}.test_log_config": {"config": log_config, "config_log": log_config_with},
+    "parsl.tests.test_shutdown.test_kill_monitoring": {"fresh_config": alternate_config},
 }
 """Module -> the config builders in it, and what replaces each."""
 

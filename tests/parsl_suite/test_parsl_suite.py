@@ -31,7 +31,8 @@ COMMAND = [
 MONITORING = [
     sys.executable, "-m", "pytest",
     "-p", "tests.parsl_suite.monitoring_plugin", "-p", "parsl.tests.conftest",
-    "--pyargs", "parsl.tests.test_monitoring", str(HERE / "radios_with_the_executor.py"),
+    "--pyargs", "parsl.tests.test_monitoring", "parsl.tests.test_shutdown.test_kill_monitoring",
+    str(HERE / "radios_with_the_executor.py"),
     "--config", "local",
     "-p", "no:cacheprovider", "-o", "addopts=", "--timeout", "120", "-q", "-rfE",
 ]  # fmt: skip
