@@ -24,6 +24,7 @@ from parsl.logconfigs.json import JSONLogging
 from parsl.monitoring import MonitoringHub
 
 from parsl_adapter import SagaDispatchExecutor
+from tests.parsl_suite.plugin import deselect
 
 PACKAGE = "parsl.tests.test_monitoring"
 
@@ -137,13 +138,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for name, replacement in names.items():
             assert callable(getattr(loaded, name, None)), f"{module}.{name} is gone: the swap needs updating"
             setattr(loaded, name, replacement)
-    keep, drop = [], []
-    for item in items:
-        marked = any(item.get_closest_marker(m) is not None for m in DESELECTED_MARKERS)
-        (drop if marked or any(item.nodeid.endswith(s) for s in DESELECTED) else keep).append(item)
-    if drop:
-        config.hook.pytest_deselected(items=drop)
-        items[:] = keep
+    deselect(config, items, DESELECTED_MARKERS, DESELECTED)
 
 
 @pytest.hookimpl(wrapper=True)

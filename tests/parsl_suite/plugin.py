@@ -7,6 +7,7 @@ same entries; keep the two in step.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -42,10 +43,18 @@ def pytest_ignore_collect(collection_path: Path) -> bool | None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    deselect(config, items, DESELECTED_MARKERS, DESELECTED)
+
+
+def deselect(config: pytest.Config, items: list[pytest.Item], markers: Iterable[str], suffixes: Iterable[str]) -> None:
+    """Drop the items with one of ``markers`` or a node id ending in one of ``suffixes``, reported as deselected."""
     keep, drop = [], []
+    suffixes = tuple(suffixes)
     for item in items:
-        marked = any(item.get_closest_marker(m) is not None for m in DESELECTED_MARKERS)
-        (drop if marked or any(item.nodeid.endswith(s) for s in DESELECTED) else keep).append(item)
+        marked = any(item.get_closest_marker(m) is not None for m in markers)
+        # --pyargs of a module drops the path from node ids: match the file's folder/name too
+        named = (item.nodeid, f"{item.path.parent.name}/{item.path.name}::{item.name}")
+        (drop if marked or any(n.endswith(suffixes) for n in named) else keep).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
