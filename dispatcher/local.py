@@ -134,9 +134,12 @@ class LocalCluster:
             ready = self._spawn_zygote() if self.use_zygote else None
             try:
                 self.start_dispatcher()  # while the zygote imports Parsl
-            finally:
+            except BaseException:
                 if ready is not None:
-                    self._await_zygote(ready)  # if it cannot start, the agents spawn their workers
+                    os.close(ready)
+                raise
+            if ready is not None:
+                self._await_zygote(ready)  # if it cannot start, the agents spawn their workers
             if self.start_agents:
                 for name in self.node_names:
                     self.start_agent(name)

@@ -318,7 +318,7 @@ class Agent:
     def _start_tasks(self) -> None:
         pool = self._pool
         assert pool is not None
-        while self._queued and pool.idle:
+        while self._queued and pool.takes(len(self._queued[0].payload)):  # in order: the head waits for a worker
             task = self._queued.popleft()
             pool.start((task.client_id, task.task_id), task.payload)
 

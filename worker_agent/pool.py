@@ -35,6 +35,12 @@ from worker_agent.zygote import ForkedWorker, ZygoteError
 log = get_logger("worker_pool")
 
 
+WRITE_AHEAD_MAX_BYTES = 64 * 1024
+"""The largest task written ahead into a busy worker's pipe. The worker reads it only when its
+task ends, so a larger one would block the agent in the write (a socket pair holds a few hundred
+KiB): no heartbeats meanwhile, and no reading of what the workers send. It waits in the agent's
+queue for an idle worker instead."""
+
 MAX_HELD_MONITORING = 10_000
 """Monitoring messages held for the agent at most (it takes them every turn it is registered);
 past that the oldest are dropped, with a warning."""
@@ -130,6 +136,11 @@ class WorkerPool:
         """How many more tasks the pool takes now (idle workers, then room in busy workers' pipes)."""
         return len(self._idle) + self._slots
 
+    def takes(self, size: int) -> bool:
+        """Whether :meth:`start` may take a task of ``size`` bytes now without blocking the agent:
+        an idle worker, or room in a busy one's pipe for a task no larger than ``WRITE_AHEAD_MAX_BYTES``."""
+        return bool(self._idle) or (self._slots > 0 and size <= WRITE_AHEAD_MAX_BYTES)
+
     @property
     def busy(self) -> int:
         """Workers running a task."""
@@ -151,7 +162,7 @@ class WorkerPool:
     # ------------------------------------------------------------------ work
 
     def start(self, key: TaskKey, payload: bytes) -> None:
-        """Hand a task to an idle worker, else queue it in a busy one's pipe; :attr:`idle` must be > 0."""
+        """Hand a task to an idle worker, else queue it in a busy one's pipe; :meth:`takes` must be true."""
         if self._idle:
             worker = self._idle.pop()
             worker.started_at = time.monotonic()

@@ -318,7 +318,7 @@ class AgentStatus:
 class Monitor:
     """Agent -> dispatcher (since version 4): monitoring messages from tasks running here, sent
     before the RESULTS of those tasks. The dispatcher passes each on unread to the task's client
-    while the task is in flight on this node, and drops it otherwise."""
+    while the task is unresolved and ran on this node, and drops it otherwise."""
 
     op: ClassVar[Op] = Op.MONITOR
 

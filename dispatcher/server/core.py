@@ -45,10 +45,12 @@ Rules (the invariants ``validate_state()`` checks after every step in tests):
    is. Heartbeats stay the ground truth for liveness: the API being away changes nothing.
 11. A task pinned to a node whose agent's runtime versions differ from its client's (Python
    major.minor, Parsl, dill: ``runtime.versions``) resolves REJECTED, saying which differ.
-12. A monitoring message (MONITOR) goes, unread, to the client of its task while that task is in
-   flight on the node that sent it, in the order the node sent it, and so ahead of the task's
-   RESOLVED from that node; any other is dropped (counted): an agent can send a client
-   monitoring only of the work it was given.
+12. A monitoring message (MONITOR) goes, unread, to the client of its task while that task is
+   unresolved and ran on the node that sent it (in flight there, or there before: a result held
+   over a reconnect, a dead incarnation's late word), in the order the node sent it, and so
+   ahead of the task's RESOLVED from that node. Any other is dropped and counted, as is one for a
+   client whose protocol has no MONITORED: an agent can send a client monitoring only of the work
+   it was given.
 6. Bad input never raises out of ``handle``: malformed frames are counted, unknown peers are told
    to register or say hello, invalid submissions resolve as REJECTED. A step that raises all the
    same (a bug) is undone whole by the journal before the exception leaves ``handle``: the
@@ -95,6 +97,8 @@ from dispatcher.server.tasks import POOL, TaskQueue, TaskRecord
 
 _SPOKEN: Final = " and ".join(map(str, p.SUPPORTED_VERSIONS))
 SWEEP_S: Final = 1.0
+MONITORED_SINCE: Final = 4
+"""The protocol version that has MONITORED."""
 """How often deleted Nodes' entries are looked at, to drop those no task names any more."""
 
 
@@ -144,6 +148,8 @@ class DispatcherCore:
         """Results from a node a task was never sent to (forged, or from an unknown peer): dropped."""
         self._client_versions: dict[str, str] = {}
         """Client id -> the runtime versions its HELLO said (rule 11)."""
+        self._client_protocols: dict[str, int] = {}
+        """Client id -> the protocol version its last HELLO spoke (MONITORED only to those that know it)."""
         self._api: dict[str, ClusterNode] | None = None
         """The Nodes the API lists, by name; None until the Node watch's first list (rule 10)."""
         self._deleted: dict[str, None] = {}
@@ -376,6 +382,8 @@ class DispatcherCore:
             # welcome (first result wins); anything else is answered with "register again".
             if type(message) is p.Results:
                 self._handle_results(node, message)
+            elif type(message) is p.Monitor:  # a dead incarnation's, ahead of its late results
+                self._handle_monitor(node, message)
             if type(message) is not p.Bye:
                 self._out.append(SendToAgent(event.peer, p.Reregister()))
             return
@@ -580,25 +588,33 @@ class DispatcherCore:
             if other.state in CONNECTED:
                 self._to_agent(other, p.CancelTasks(tuple(refs)))
 
-    def _handle_monitor(self, node: NodeActor, message: p.Monitor) -> None:
-        """Rule 12."""
+    def _handle_monitor(self, node: NodeActor | None, message: p.Monitor) -> None:
+        """Rule 12. ``node``: the sender's node, connected or a dead incarnation (None: unknown)."""
         by_client: dict[str, list[p.MonitoredItem]] = defaultdict(list)
-        tasks, name = self.tasks, node.name
+        tasks, clients, protocols = self.tasks, self._clients, self._client_protocols
+        name = node.name if node is not None else ""
         dropped = 0
         for item in message.items:
             record = tasks.get((item.client_id, item.task_id))
-            if record is None or record.holder != name or item.client_id not in self._clients:
+            if (
+                not name
+                or record is None
+                or (record.holder != name and name not in record.earlier)
+                or item.client_id not in clients
+                or protocols.get(item.client_id, 0) < MONITORED_SINCE
+            ):
                 dropped += 1
                 continue
             by_client[item.client_id].append(p.MonitoredItem(item.task_id, item.payload))
         forwarded = 0
         for client_id, items in by_client.items():
-            self._out.append(SendToClient(self._clients[client_id], p.Monitored(tuple(items))))
+            self._out.append(SendToClient(clients[client_id], p.Monitored(tuple(items))))
             forwarded += len(items)
+        label = name or NO_NODE
         if forwarded:
-            self._count("monitoring_messages", name, "forwarded", n=forwarded)
+            self._count("monitoring_messages", label, "forwarded", n=forwarded)
         if dropped:
-            self._count("monitoring_messages", name, "dropped", n=dropped)
+            self._count("monitoring_messages", label, "dropped", n=dropped)
 
     def _handle_drain(self, node: NodeActor, message: p.Drain) -> None:
         journal = self.journal
@@ -676,6 +692,9 @@ class DispatcherCore:
         if bound is None:
             journal.keep(self._client_keys, message.client_id)
             self._client_keys[message.client_id] = key
+        if self._client_protocols.get(message.client_id) != message.protocol_version:
+            journal.keep(self._client_protocols, message.client_id)
+            self._client_protocols[message.client_id] = message.protocol_version
         if self._client_versions.get(message.client_id) != message.versions:
             journal.keep(self._client_versions, message.client_id)
             self._client_versions[message.client_id] = message.versions

@@ -180,6 +180,20 @@ def test_a_task_that_cannot_be_unpacked_fails_alone_even_while_waiting_in_a_busy
         assert client.resolutions_ignored == 0
 
 
+def test_a_large_task_waits_for_an_idle_worker_rather_than_block_the_agent_writing_it_ahead(logs: Path) -> None:
+    """A task written ahead into a busy worker's pipe is read when the running task ends: one
+    larger than the pipe holds would block the agent in that write, sending no heartbeats (its
+    node declared dead, a new incarnation). It waits in the agent's queue instead."""
+    with LocalCluster(1, workers=1, pipeline=1, log_dir=logs) as cluster, cluster.client() as client:
+        slow = client.submit(apps.slow_where, 1, 4.0)  # > heartbeat x liveness (1.5 s)
+        big = client.submit(len, b"x" * 4_000_000)  # pipelined behind it, if it were small
+        assert slow.result(timeout=60)[1] == 1
+        assert big.result(timeout=60) == 4_000_000
+        [node] = client.status().nodes
+        assert (node.state, node.incarnation) == ("alive", 1)
+        assert client.resolutions_ignored == 0
+
+
 def test_invalid_node_name_is_rejected_with_a_clear_error(logs: Path) -> None:
     with LocalCluster(1, workers=1, log_dir=logs) as cluster, cluster.client() as client:
         future = client.submit(apps.square, 2, node="Not A Node")

@@ -397,6 +397,33 @@ def test_monitoring_goes_to_the_task_s_client_only_while_the_task_is_in_flight_o
     assert to_client(t.agent(b"node-a", p.Monitor((item(CLIENT_ID, 1, b"late"),)))) == []
 
 
+def test_monitoring_held_over_a_reconnect_or_from_a_dead_incarnation_still_reaches_the_client(t: Transcript) -> None:
+    """A task that finished while its agent registered again is not in REGISTER's running list:
+    it is queued again, and its monitoring and result come after. Both count: it ran there."""
+    t.register("node-a")
+    t.submit((1, "node-a", 0.0), (2, "node-a", 1.0))
+    t.agent(b"node-a", p.Register("node-a", "agent-node-a-2", 1, 0, 1.0))  # reconnected, running nothing
+    out = t.agent(b"node-a", p.Monitor((p.MonitoringItem(CLIENT_ID, 1, b"held"),)))
+    assert to_client(out) == [p.Monitored((p.MonitoredItem(1, b"held"),))]
+    t.tick(at=10.0)  # silent: node-a is dead; task 1 ran there, task 2 never did
+    assert t.core.nodes["node-a"].state is NodeState.DEAD
+    late = (p.MonitoringItem(CLIENT_ID, 1, b"late"), p.MonitoringItem(CLIENT_ID, 2, b"never ran there"))
+    out = t.agent(b"node-a", p.Monitor(late))
+    assert to_client(out) == [p.Monitored((p.MonitoredItem(1, b"late"),))]
+
+
+def test_monitoring_is_dropped_from_an_unknown_peer_and_for_a_version_3_client(t: Transcript) -> None:
+    t.client(p.Hello("c3", protocol_version=p.PROTOCOL_VERSION - 1), peer=b"c3-peer")
+    t.register("node-a", slots=2)
+    t.submit((1, "node-a", 0.0))
+    t.client(p.Submit((p.TaskSpec(1, "node-a", 1.0, b"fn"),)), peer=b"c3-peer")
+    out = t.agent(b"stranger", p.Monitor((p.MonitoringItem(CLIENT_ID, 1, b"forged"),)))
+    assert to_client(out) == []
+    out = t.agent(b"node-a", p.Monitor((p.MonitoringItem("c3", 1, b"m"), p.MonitoringItem(CLIENT_ID, 1, b"m"))))
+    assert to_client(out, peer=b"c3-peer") == []  # a version 3 client has no MONITORED
+    assert to_client(out) == [p.Monitored((p.MonitoredItem(1, b"m"),))]
+
+
 def test_a_task_s_monitoring_and_its_result_from_one_frame_each_reach_the_client_in_that_order(
     t: Transcript,
 ) -> None:

@@ -223,3 +223,11 @@ def test_a_frame_in_a_version_not_spoken_raises_version_error_naming_both(versio
         p.decode(msgpack.packb([version, p.Op.HEARTBEAT]))
     assert raised.value.version == version
     assert str(p.PROTOCOL_VERSION) in str(raised.value)
+
+
+def test_coalescing_keeps_a_task_s_monitoring_between_the_results_around_it() -> None:
+    """What the dispatcher sends one client in a turn: MONITORED is not merged into a RESOLVED run."""
+    first = p.Resolved((p.Resolution(1, p.Outcome.OK, b"", "n"),))
+    monitored = p.Monitored((p.MonitoredItem(2, b"m"),))
+    second = p.Resolved((p.Resolution(2, p.Outcome.OK, b"", "n"),))
+    assert p.coalesce([first, monitored, second]) == [first, monitored, second]
