@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 from parsl.config import Config
+from parsl.dataflow.dflow import DataFlowKernelLoader
 from parsl.dataflow.memoization import BasicMemoizer
 from parsl.logconfigs.json import JSONLogging
 from parsl.monitoring import MonitoringHub
@@ -149,6 +150,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
     before = _started
     result = yield
+    if DataFlowKernelLoader._dfk is not None:
+        # Parsl's cleanup() logs and swallows what it raised (wrap_with_logs), leaving its DFK
+        # loaded: every later test would fail at parsl.load. Fail this one, with its log.
+        DataFlowKernelLoader.clear()
+        pytest.fail(f"{item.nodeid} left its DataFlowKernel loaded: its cleanup failed (see the captured log)")
     if item.path.name not in WITHOUT_EXECUTOR and _started == before:
         pytest.fail(f"{item.nodeid} ran without starting SagaDispatchExecutor: a config swap did not take effect")
     return result

@@ -47,17 +47,24 @@ def test_parsl_s_monitoring_tests_pass_with_the_executor_in_their_configs(tmp_pa
         MONITORING, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=1200, check=False
     )
     summary = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr[-2000:]
-    assert proc.returncode == 0, f"Parsl's monitoring tests failed: {summary}\n{proc.stdout[-6000:]}"
+    assert proc.returncode == 0, f"Parsl's monitoring tests failed: {summary}\n{_first_failure(proc.stdout)}"
     passed = re.search(r"(\d+) passed", summary)
     assert passed is not None and int(passed.group(1)) >= 45, summary
     assert "failed" not in summary and "error" not in summary, summary
+
+
+def _first_failure(out: str, size: int = 12000) -> str:
+    """The start of pytest's failures section (the first failure explains the ones after it), and its summary."""
+    start = out.find("= FAILURES =")
+    head = out[start : start + size] if start >= 0 else out[-size:]
+    return f"{head}\n...\n{out[-3000:]}"
 
 
 def test_parsl_test_suite_passes_against_saga_dispatch_executor(tmp_path: Path) -> None:
     # Run from a scratch directory: Parsl's suite writes pytest-parsl/, runinfo/ and files where it runs.
     proc = subprocess.run(COMMAND, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=1200, check=False)
     summary = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr[-2000:]
-    assert proc.returncode == 0, f"Parsl's suite failed: {summary}\n{proc.stdout[-6000:]}"
+    assert proc.returncode == 0, f"Parsl's suite failed: {summary}\n{_first_failure(proc.stdout)}"
     passed = re.search(r"(\d+) passed", summary)
     assert passed is not None and int(passed.group(1)) >= 140, summary
     assert "failed" not in summary and "error" not in summary, summary
