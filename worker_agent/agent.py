@@ -37,6 +37,7 @@ from dispatcher.runtime.curve import HandshakeWatch, use_curve
 from dispatcher.runtime.health import HealthServer, Heartbeat
 from dispatcher.runtime.logs import get_logger
 from dispatcher.runtime.sockets import drain
+from dispatcher.runtime.throttle import log_due
 from dispatcher.runtime.versions import runtime_versions
 from worker_agent.config import AgentConfig
 from worker_agent.pool import WorkerPool
@@ -89,6 +90,8 @@ class Agent:
         self._reported = (0, 0)
         """(worker respawns, busy workers) as the dispatcher last heard them (AGENT_STATUS)."""
         self._status_sent = 0.0
+        self._unsent = 0
+        """Messages a non-blocking send refused (no connection to the dispatcher at that moment)."""
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -213,10 +216,22 @@ class Agent:
         )
         self._connect(now)
 
-    def _send(self, message: p.Message, now: float) -> None:
+    def _send(self, message: p.Message, now: float) -> bool:
+        """Send now, or say it could not: a DEALER with no connection to the dispatcher right now
+        (reconnecting, a refused handshake) refuses a non-blocking send. Whoever sent results
+        keeps them for the next turn; a REGISTER is retried by its backoff; a heartbeat or a
+        reply is not needed once the dispatcher has lost us."""
         assert self._sock is not None
-        self._sock.send(p.encode(message), zmq.NOBLOCK)
+        try:
+            self._sock.send(p.encode(message), zmq.NOBLOCK)
+        except zmq.Again:
+            self._unsent += 1
+            if log_due(self._unsent):
+                log.warning("send_would_block", node=self.config.node_name, op=p.op_of(message).name,
+                            unsent=self._unsent, reason="no connection to the dispatcher right now")  # fmt: skip
+            return False
         self._last_sent = now
+        return True
 
     # ------------------------------------------------------------------ reading
 
@@ -338,26 +353,33 @@ class Agent:
                 self._granted += want
         pool = self._pool
         if pool is not None and pool.monitoring:  # ahead of the results of the tasks that sent them
-            self._send_monitoring(pool.monitoring, now)
-            pool.monitoring = []
+            pool.monitoring = self._send_monitoring(pool.monitoring, now)
+            if pool.monitoring:  # not sent: the results wait behind them
+                self._granted -= want
+                return
+        sent = True
         if self._results:  # the credit rides with the results whose slots it frees
-            self._send(p.Results(tuple(self._results), want), now)
-            self._results = []
+            sent = self._send(p.Results(tuple(self._results), want), now)
+            if sent:
+                self._results = []
         elif want:
-            self._send(p.Credit(want), now)
+            sent = self._send(p.Credit(want), now)
+        if not sent:
+            self._granted -= want  # asked for nothing after all: ask again next turn
 
-    def _send_monitoring(self, items: list[tuple[str, int, bytes]], now: float) -> None:
-        """MONITOR frames for the workers' monitoring messages, within the batch limits."""
-        batch: list[p.MonitoringItem] = []
-        size = 0
-        for client_id, task_id, payload in items:
-            if size + len(payload) > p.COALESCE_BYTES and batch:
-                self._send(p.Monitor(tuple(batch)), now)
-                batch, size = [], 0
-            batch.append(p.MonitoringItem(client_id, task_id, payload))
+    def _send_monitoring(self, items: list[tuple[str, int, bytes]], now: float) -> list[tuple[str, int, bytes]]:
+        """MONITOR frames for the workers' monitoring messages, within the batch limits; returns
+        what could not be sent (from the first frame refused on)."""
+        start, size = 0, 0
+        for i, (_, _, payload) in enumerate(items):
+            if size + len(payload) > p.COALESCE_BYTES and i > start:
+                if not self._send(_monitor(items[start:i]), now):
+                    return items[start:]
+                start, size = i, 0
             size += len(payload)
-        if batch:
-            self._send(p.Monitor(tuple(batch)), now)
+        if start < len(items) and not self._send(_monitor(items[start:]), now):
+            return items[start:]
+        return []
 
     # ------------------------------------------------------------------ time
 
@@ -410,3 +432,7 @@ class Agent:
             returned=len(returned),
             running=len(self._pool.running) if self._pool else 0,
         )
+
+
+def _monitor(items: list[tuple[str, int, bytes]]) -> p.Monitor:
+    return p.Monitor(tuple(p.MonitoringItem(c, t, payload) for c, t, payload in items))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -38,13 +39,28 @@ MONITORING = [
 ]  # fmt: skip
 
 
+def _as_from_a_terminal() -> None:
+    """In the suite's process: SIGINT and SIGQUIT as a terminal leaves them. A CI job started in
+    the background inherits them ignored, Python keeps an ignored SIGINT ignored, and so does the
+    monitoring process Parsl spawns, which ``test_kill_monitoring`` then cannot stop with SIGINT."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGQUIT, signal.SIG_DFL)
+
+
 def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
 
 
 def test_parsl_s_monitoring_tests_pass_with_the_executor_in_their_configs(tmp_path: Path) -> None:
     proc = subprocess.run(
-        MONITORING, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=1200, check=False
+        MONITORING,
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        check=False,
+        preexec_fn=_as_from_a_terminal,
     )
     summary = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr[-2000:]
     assert proc.returncode == 0, f"Parsl's monitoring tests failed: {summary}\n{_first_failure(proc.stdout)}"
