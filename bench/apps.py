@@ -35,3 +35,8 @@ def stamped_sleep10ms(i: int = 0) -> tuple[int, int, int, int]:
     started = time.monotonic_ns()
     time.sleep(0.01)
     return os.getpid(), started, time.monotonic_ns(), i
+
+
+def blob_size(i: int, blob: bytes) -> tuple[int, int]:
+    """(i, the argument's size): the large-payload workload's no-op, checked for its value."""
+    return i, len(blob)
