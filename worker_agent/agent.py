@@ -352,17 +352,15 @@ class Agent:
                 want = free
                 self._granted += want
         pool = self._pool
+        sent = True
         if pool is not None and pool.monitoring:  # ahead of the results of the tasks that sent them
             pool.monitoring = self._send_monitoring(pool.monitoring, now)
-            if pool.monitoring:  # not sent: the results wait behind them
-                self._granted -= want
-                return
-        sent = True
-        if self._results:  # the credit rides with the results whose slots it frees
+            sent = not pool.monitoring  # what is not sent holds the results back behind it
+        if sent and self._results:  # the credit rides with the results whose slots it frees
             sent = self._send(p.Results(tuple(self._results), want), now)
             if sent:
                 self._results = []
-        elif want:
+        elif sent and want:
             sent = self._send(p.Credit(want), now)
         if not sent:
             self._granted -= want  # asked for nothing after all: ask again next turn

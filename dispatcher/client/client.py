@@ -118,6 +118,15 @@ def _settle(future: Future[Any], resolution: p.Resolution) -> None:
         future.set_exception(exc)
 
 
+def _tell(listeners: Sequence[Callable[..., None]], *args: Any, failed: str, **fields: object) -> None:
+    """Call each listener (on the I/O thread); one that raises is logged as ``failed``, not fatal."""
+    for listener in listeners:
+        try:
+            listener(*args)
+        except Exception:
+            log.exception(failed, **fields)
+
+
 class _Entry:
     """One unresolved task in the I/O thread's table: what to settle, what to re-send."""
 
@@ -527,21 +536,14 @@ class Client:
                 self._settling.append((entry.future, resolution))
         elif type(message) is p.Monitored:
             for item in message.items:
-                for monitoring in self._monitoring_listeners:
-                    try:
-                        monitoring(item.task_id, item.payload)
-                    except Exception:
-                        log.exception("monitoring_listener_failed", task_id=item.task_id)
+                _tell(self._monitoring_listeners, item.task_id, item.payload, failed="monitoring_listener_failed",
+                      task_id=item.task_id)  # fmt: skip
         elif type(message) is p.Welcome:
             self._welcome(sock, message)
         elif type(message) is p.Error:
             self._error(sock, message)
         elif type(message) is p.NodeChanged:
-            for listener in self._node_listeners:
-                try:
-                    listener(message)
-                except Exception:
-                    log.exception("node_listener_failed", node=message.node_name)
+            _tell(self._node_listeners, message, failed="node_listener_failed", node=message.node_name)
         elif isinstance(message, p.Nodes | p.Status):
             reply = self._replies.pop(message.request_id, None)
             if reply is not None and not reply.done():
@@ -560,11 +562,7 @@ class Client:
         self.dispatcher_id = message.dispatcher_id
         self._welcomed.set()
         if restarted:
-            for listener in self._restart_listeners:
-                try:
-                    listener(message.dispatcher_id)
-                except Exception:
-                    log.exception("restart_listener_failed")
+            _tell(self._restart_listeners, message.dispatcher_id, failed="restart_listener_failed")
 
     def _resend(self, sock: zmq.Socket[bytes], *, restarted: bool) -> None:
         """After a welcome: the unresolved tasks again, and what to do with the cancelled ones.

@@ -97,9 +97,9 @@ from dispatcher.server.tasks import POOL, TaskQueue, TaskRecord
 
 _SPOKEN: Final = " and ".join(map(str, p.SUPPORTED_VERSIONS))
 SWEEP_S: Final = 1.0
+"""How often deleted Nodes' entries are looked at, to drop those no task names any more."""
 MONITORED_SINCE: Final = 4
 """The protocol version that has MONITORED."""
-"""How often deleted Nodes' entries are looked at, to drop those no task names any more."""
 
 
 class DispatcherCore:
