@@ -130,11 +130,14 @@ def _tell(listeners: Sequence[Callable[..., None]], *args: Any, failed: str, **f
 class _Entry:
     """One unresolved task in the I/O thread's table: what to settle, what to re-send."""
 
-    __slots__ = ("cancelled", "future", "spec")
+    __slots__ = ("ahead", "cancelled", "future", "spec")
 
     def __init__(self, future: TaskFuture, spec: p.TaskSpec) -> None:
         self.future = future
         self.spec = spec
+        """As submitted: its payload stays here until the task resolves (to re-send, or to answer a FETCH)."""
+        self.ahead = 0
+        """Its payload bytes sent with it, counted against the dispatcher's ``payload_window``."""
         self.cancelled = False
         """A cancel was asked for: after a dispatcher restart it is not re-sent but cancelled here."""
 
@@ -216,6 +219,14 @@ class Client:
         had resolved in between, to run and resolve a second time."""
         self.resends = 0
         """Times the unresolved tasks were sent again (after a restart, or being forgotten)."""
+        self._window = 0
+        """The dispatcher's ``payload_window`` (its last WELCOME; 0: no limit)."""
+        self._ahead = 0
+        """Payload bytes sent with their tasks, of the tasks unresolved: past the window, tasks go HELD."""
+        self.held_sent = 0
+        """Tasks sent HELD (their payload kept here until the dispatcher FETCHes it)."""
+        self.payloads_fetched = 0
+        """Payloads sent because a FETCH asked for them."""
         self._settling: list[tuple[TaskFuture, p.Resolution]] = []
         """Results taken from the table this turn, settled just before the next poll (``_settle``)."""
         self._closing = threading.Event()
@@ -466,7 +477,7 @@ class Client:
         if not items:
             return False
         tasks = self._tasks
-        batch: list[p.TaskSpec] = []
+        batch: list[_Entry] = []
         for item in items:
             if isinstance(item, _Task):
                 if len(item.spec.payload) > MAX_PAYLOAD:
@@ -474,8 +485,8 @@ class Client:
                     resolution = p.Resolution(item.spec.task_id, p.Outcome.REJECTED, why.encode(), "")
                     self._settling.append((item.future, resolution))
                     continue
-                tasks[item.spec.task_id] = _Entry(item.future, item.spec)
-                batch.append(item.spec)
+                new = tasks[item.spec.task_id] = _Entry(item.future, item.spec)
+                batch.append(new)
                 continue
             self._send_tasks(sock, batch)  # keep the order: a Cancel or Repin may name these tasks
             batch = []
@@ -497,11 +508,20 @@ class Client:
         self._send_tasks(sock, batch)
         return True
 
-    def _send_tasks(self, sock: zmq.Socket[bytes], specs: Sequence[p.TaskSpec]) -> None:
-        """SUBMIT frames for ``specs``, within the batch limits."""
+    def _send_tasks(self, sock: zmq.Socket[bytes], entries: Sequence[_Entry]) -> None:
+        """SUBMIT frames for ``entries``, within the batch limits; past the dispatcher's payload
+        window a task goes HELD, without its payload, which waits here for a FETCH."""
         batch: list[p.TaskSpec] = []
         size = 0
-        for spec in specs:
+        window = self._window
+        for entry in entries:
+            spec = entry.spec
+            if window and spec.payload and self._ahead + len(spec.payload) > window:
+                spec = spec._replace(payload=b"", flags=spec.flags | p.HELD)
+                self.held_sent += 1
+            else:
+                entry.ahead = len(spec.payload)
+                self._ahead += entry.ahead
             batch.append(spec)
             size += len(spec.payload)
             if len(batch) >= _BATCH_TASKS or size >= _BATCH_BYTES:
@@ -532,12 +552,15 @@ class Client:
                 if entry is None:
                     self.resolutions_ignored += 1
                     continue
+                self._ahead -= entry.ahead
                 self._acked = True
                 self._settling.append((entry.future, resolution))
         elif type(message) is p.Monitored:
             for item in message.items:
                 _tell(self._monitoring_listeners, item.task_id, item.payload, failed="monitoring_listener_failed",
                       task_id=item.task_id)  # fmt: skip
+        elif type(message) is p.Fetch:
+            self._send_payloads(sock, message.task_ids)
         elif type(message) is p.Welcome:
             self._welcome(sock, message)
         elif type(message) is p.Error:
@@ -552,9 +575,32 @@ class Client:
         elif type(message) is not p.Heartbeat:
             log.warning("unexpected_message", client_id=self.client_id, op=p.op_of(message).name)
 
+    def _send_payloads(self, sock: zmq.Socket[bytes], task_ids: Sequence[int]) -> None:
+        """What a FETCH asked for, in PAYLOADS frames within the batch limits; the tasks no
+        longer here (resolved or cancelled meanwhile) are named ``missing``."""
+        tasks = self._tasks
+        items: list[p.PayloadItem] = []
+        missing: list[int] = []
+        size = 0
+        for task_id in task_ids:
+            entry = tasks.get(task_id)
+            if entry is None:
+                missing.append(task_id)
+                continue
+            items.append(p.PayloadItem(task_id, entry.spec.payload))
+            size += len(entry.spec.payload)
+            if size >= _BATCH_BYTES:
+                sock.send(p.encode(p.Payloads(tuple(items))))
+                self.payloads_fetched += len(items)
+                items, size = [], 0
+        if items or missing:
+            sock.send(p.encode(p.Payloads(tuple(items), tuple(missing))))
+            self.payloads_fetched += len(items)
+
     def _welcome(self, sock: zmq.Socket[bytes], message: p.Welcome) -> None:
         restarted = self.dispatcher_id is not None and message.dispatcher_id != self.dispatcher_id
         forgotten, self._forgotten = self._forgotten, False
+        self._window = message.payload_window
         if self.dispatcher_id is not None and (restarted or forgotten):
             # Re-send everything unresolved, ahead of anything posted since (still in the
             # outbox); the dispatcher ignores the ids it holds.
@@ -571,9 +617,12 @@ class Client:
         Cancel with the rest of what we sent it, so that goes again."""
         self.resends += 1
         entries = list(self._tasks.values())
+        self._ahead = 0  # counted afresh: what it held of ours it holds no more, or holds already
+        for entry in entries:
+            entry.ahead = 0
         cancelled = [e for e in entries if e.cancelled]
         if restarted:  # it never heard of them, and an agent drops what it had not started
-            self._send_tasks(sock, [e.spec for e in entries if not e.cancelled])
+            self._send_tasks(sock, [e for e in entries if not e.cancelled])
             for entry in cancelled:
                 del self._tasks[entry.spec.task_id]
                 self._finished += 1
@@ -582,7 +631,7 @@ class Client:
                         TaskCancelled(entry.spec.task_id, "cancelled; the dispatcher restarted before it said so")
                     )
         else:  # it may hold them, or may have dropped them with the Cancel: both again, in order
-            self._send_tasks(sock, [e.spec for e in entries])
+            self._send_tasks(sock, entries)
             if cancelled:
                 sock.send(p.encode(p.Cancel(tuple(e.spec.task_id for e in cancelled))))
         log.info(

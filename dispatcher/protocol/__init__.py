@@ -21,6 +21,7 @@ Rules
 from dispatcher.protocol.codec import decode, decode_versioned, encode, op_of
 from dispatcher.protocol.messages import (
     COALESCE_BYTES,
+    HELD,
     KNOWN_FLAGS,
     MAX_BATCH,
     MAX_FRAME_BYTES,
@@ -44,6 +45,7 @@ from dispatcher.protocol.messages import (
     Drain,
     Error,
     ErrorCode,
+    Fetch,
     Heartbeat,
     Hello,
     Message,
@@ -57,6 +59,8 @@ from dispatcher.protocol.messages import (
     NodesQuery,
     Op,
     Outcome,
+    PayloadItem,
+    Payloads,
     Placement,
     ProtocolError,
     Refused,
@@ -86,6 +90,7 @@ from dispatcher.protocol.messages import (
 
 __all__ = [
     "COALESCE_BYTES",
+    "HELD",
     "KNOWN_FLAGS",
     "MAX_BATCH",
     "MAX_FRAME_BYTES",
@@ -109,6 +114,7 @@ __all__ = [
     "Drain",
     "Error",
     "ErrorCode",
+    "Fetch",
     "Heartbeat",
     "Hello",
     "Message",
@@ -122,6 +128,8 @@ __all__ = [
     "NodesQuery",
     "Op",
     "Outcome",
+    "PayloadItem",
+    "Payloads",
     "Placement",
     "ProtocolError",
     "Refused",

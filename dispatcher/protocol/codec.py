@@ -31,6 +31,7 @@ from dispatcher.protocol.messages import (
     Drain,
     Error,
     ErrorCode,
+    Fetch,
     Heartbeat,
     Hello,
     Message,
@@ -44,6 +45,8 @@ from dispatcher.protocol.messages import (
     NodesQuery,
     Op,
     Outcome,
+    PayloadItem,
+    Payloads,
     Placement,
     ProtocolError,
     Refused,
@@ -128,8 +131,8 @@ def _outcome(value: Any) -> Outcome:
         raise _fail("outcome", value) from exc
 
 
-def _nodes(value: Any, width: int = len(NodeInfo._fields)) -> tuple[NodeInfo, ...]:
-    """NodeInfo rows: 12 fields since version 4, 9 in version 3 (no reason, versions, zone)."""
+def _nodes(value: Any) -> tuple[NodeInfo, ...]:
+    """NodeInfo rows."""
     return tuple(
         NodeInfo(
             _str(row[0], "node_name", MAX_NAME),
@@ -141,13 +144,11 @@ def _nodes(value: Any, width: int = len(NodeInfo._fields)) -> tuple[NodeInfo, ..
             _int(row[6], "in_flight"),
             _int(row[7], "done"),
             _int(row[8], "worker_respawns"),
-            *(
-                (_str(row[9], "node reason", MAX_ID, 0), _versions(row[10]), _str(row[11], "zone", MAX_NAME, 0))
-                if width > 9
-                else ()
-            ),
+            _str(row[9], "node reason", MAX_ID, 0),
+            _versions(row[10]),
+            _str(row[11], "zone", MAX_NAME, 0),
         )
-        for row in _items(value, "nodes", width)
+        for row in _items(value, "nodes", len(NodeInfo._fields))
     )
 
 
@@ -161,9 +162,8 @@ def _versions(value: Any) -> str:
 
 
 def _register(f: list[Any]) -> Register:
-    """Version 4 adds ``versions`` and lets ``speed`` be 0 ("the agent gives none")."""
-    current = len(f) > 7
-    speed = _float(f[4], "speed", positive=not current)
+    """``speed`` 0: the agent gives none."""
+    speed = _float(f[4], "speed")
     if speed < 0.0:
         raise _fail("speed", speed)
     return Register(
@@ -174,7 +174,7 @@ def _register(f: list[Any]) -> Register:
         speed=speed,
         protocol_version=_int(f[5], "protocol_version"),
         running=_refs(f[6], "running"),
-        versions=_versions(f[7]) if current else "",
+        versions=_versions(f[7]),
     )
 
 
@@ -201,26 +201,40 @@ def _tasks(f: list[Any]) -> Tasks:
     )
 
 
-def _submit(f: list[Any]) -> Submit:
-    return Submit(
-        tuple(
+def _submit(f: list[Any], known: int = m.KNOWN_FLAGS) -> Submit:
+    tasks = []
+    for t, n, r, payload, g in _items(f[0], "tasks", 5):
+        flags = _flags(g, known)
+        if flags & m.HELD and payload != b"":
+            raise _fail("payload of a HELD task (must be empty)", len(payload) if type(payload) is bytes else payload)
+        tasks.append(
             TaskSpec(
                 _int(t, "task_id"),
                 None if n is None else _str(n, "node_name", MAX_NAME),
                 _float(r, "rank"),
-                _bytes(p, "payload"),
-                _flags(g),
+                _bytes(payload, "payload"),
+                flags,
             )
-            for t, n, r, p, g in _items(f[0], "tasks", 5)
         )
-    )
+    return Submit(tuple(tasks))
 
 
-def _flags(value: Any) -> int:
+def _flags(value: Any, known: int = m.KNOWN_FLAGS) -> int:
     flags = _int(value, "flags", 0, 0xFFFF)
-    if flags & ~m.KNOWN_FLAGS:
+    if flags & ~known:
         raise _fail("flags", value)
     return flags
+
+
+def _ids(value: Any, what: str) -> tuple[int, ...]:
+    if type(value) is not list or len(value) > m.MAX_BATCH:
+        raise _fail(what, value)
+    return tuple(_int(t, "task_id") for t in value)
+
+
+def _payloads(f: list[Any]) -> Payloads:
+    items = tuple(PayloadItem(_int(t, "task_id"), _bytes(p, "payload")) for t, p in _items(f[0], "payloads", 2))
+    return Payloads(items, _ids(f[1], "missing"))
 
 
 def _repin(f: list[Any]) -> Repin:
@@ -266,17 +280,14 @@ def _monitored(f: list[Any]) -> Monitored:
 
 
 def _cancel(f: list[Any]) -> Cancel:
-    ids = f[0]
-    if type(ids) is not list or len(ids) > m.MAX_BATCH:
-        raise _fail("task_ids", ids)
-    return Cancel(tuple(_int(t, "task_id") for t in ids))
+    return Cancel(_ids(f[0], "task_ids"))
 
 
-def _status(f: list[Any], width: int = len(NodeInfo._fields)) -> Status:
+def _status(f: list[Any]) -> Status:
     return Status(
         request_id=_int(f[0], "request_id"),
         dispatcher_id=_str(f[1], "dispatcher_id", MAX_ID),
-        nodes=_nodes(f[2], width),
+        nodes=_nodes(f[2]),
         pool_queued=_int(f[3], "pool_queued"),
         tasks_submitted=_int(f[4], "tasks_submitted"),
         tasks_resolved=_int(f[5], "tasks_resolved"),
@@ -324,9 +335,15 @@ _DECODERS: Final[dict[type[Any], tuple[int, Any]]] = {
     NodesQuery: (1, lambda f: NodesQuery(_int(f[0], "request_id"))),
     StatusQuery: (1, lambda f: StatusQuery(_int(f[0], "request_id"))),
     Welcome: (
-        2,
-        lambda f: Welcome(_str(f[0], "dispatcher_id", MAX_ID), _float(f[1], "heartbeat_interval_s", positive=True)),
+        3,
+        lambda f: Welcome(
+            _str(f[0], "dispatcher_id", MAX_ID),
+            _float(f[1], "heartbeat_interval_s", positive=True),
+            _int(f[2], "payload_window"),
+        ),
     ),
+    Fetch: (1, lambda f: Fetch(_ids(f[0], "task_ids"))),
+    Payloads: (2, _payloads),
     Resolved: (1, _resolved),
     Nodes: (2, lambda f: Nodes(_int(f[0], "request_id"), _nodes(f[1]))),
     Status: (9, _status),
@@ -347,16 +364,17 @@ _DECODERS: Final[dict[type[Any], tuple[int, Any]]] = {
 """Message class -> (field count, fields -> message), for the current version."""
 
 _BY_OP: Final[dict[Op, tuple[type[Any], int, Any]]] = {cls.op: (cls, n, build) for cls, (n, build) in _DECODERS.items()}
-_NODE_WIDTH_V3: Final = len(NodeInfo._fields) - 3
+_V4_FLAGS: Final = m.KNOWN_FLAGS & ~m.HELD
 
 _CHANGED_IN: Final[dict[int, dict[type[Any], tuple[int, Any] | None]]] = {
     PROTOCOL_VERSION - 1: {
-        Nodes: (2, lambda f: Nodes(_int(f[0], "request_id"), _nodes(f[1], _NODE_WIDTH_V3))),
-        Status: (9, lambda f: _status(f, _NODE_WIDTH_V3)),
-        Register: (7, _register),
-        Hello: (2, lambda f: Hello(_str(f[0], "client_id", MAX_ID), _int(f[1], "protocol_version"))),
-        Monitor: None,
-        Monitored: None,
+        Welcome: (
+            2,
+            lambda f: Welcome(_str(f[0], "dispatcher_id", MAX_ID), _float(f[1], "heartbeat_interval_s", positive=True)),
+        ),
+        Submit: (1, lambda f: _submit(f, _V4_FLAGS)),
+        Fetch: None,
+        Payloads: None,
     },
 }
 """Per older supported version: the messages that differ from the current version there (None:
@@ -370,13 +388,11 @@ def _older_fields(message: Message, fields: list[Any], version: int) -> list[Any
         return fields
     if changed[type(message)] is None:
         raise ValueError(f"{message.op.name} does not exist in protocol version {version}")
-    if isinstance(message, Nodes):
-        return [message.request_id, [list(n)[:_NODE_WIDTH_V3] for n in message.nodes]]
-    if isinstance(message, Status):
-        return [*fields[:2], [list(n)[:_NODE_WIDTH_V3] for n in message.nodes], *fields[3:]]
-    if isinstance(message, Register):  # a version 3 dispatcher wants a speed: 0 meant "none", i.e. 1
-        return [*fields[:4], fields[4] or 1.0, *fields[5:7]]
-    assert isinstance(message, Hello)
+    if isinstance(message, Submit):
+        if any(spec.flags & m.HELD for spec in message.tasks):
+            raise ValueError(f"HELD does not exist in protocol version {version}")
+        return fields
+    assert isinstance(message, Welcome)
     return fields[:2]
 
 

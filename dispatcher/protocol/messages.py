@@ -10,8 +10,10 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import ClassVar, Final, NamedTuple
 
-PROTOCOL_VERSION: Final = 4
-"""4: what the cluster says of a node (NodeInfo's ``reason``); REGISTER and HELLO carry their
+PROTOCOL_VERSION: Final = 5
+"""5: a task's payload may stay with its client until the dispatcher asks for it (TaskSpec flag
+HELD, FETCH, PAYLOADS, WELCOME's ``payload_window``): the dispatcher's memory has a budget.
+4: what the cluster says of a node (NodeInfo's ``reason``); REGISTER and HELLO carry their
 side's runtime versions; REGISTER's speed may be 0 (the agent gives none: the Node's label or 1);
 MONITOR and MONITORED carry Parsl's monitoring messages from the workers to the task's client.
 3: AGENT_STATUS (an agent's own counters); NODES and STATUS report worker respawns and steals.
@@ -86,6 +88,8 @@ class Op(IntEnum):
     NODES_QUERY = 33
     STATUS_QUERY = 34
     REPIN = 35
+    PAYLOADS = 36
+    """Since version 5."""
     # dispatcher -> client
     WELCOME = 40
     RESOLVED = 41
@@ -95,6 +99,8 @@ class Op(IntEnum):
     NODE_CHANGED = 45
     MONITORED = 46
     """Since version 4."""
+    FETCH = 47
+    """Since version 5."""
 
 
 class Outcome(IntEnum):
@@ -132,7 +138,10 @@ NO_RETRY_ON_NODE_LOSS: Final = 1
 """TaskSpec flag: if the task's node dies while running it, resolve it NODE_LOST; never re-run it."""
 SOFT_AFFINITY: Final = 2
 """TaskSpec flag: an idle node may take this task from its busy (live) node when that is faster."""
-KNOWN_FLAGS: Final = NO_RETRY_ON_NODE_LOSS | SOFT_AFFINITY
+HELD: Final = 4
+"""TaskSpec flag (since version 5): the payload stays with the client (``payload`` is empty) until
+the dispatcher asks for it with FETCH, when the task is next on a node."""
+KNOWN_FLAGS: Final = NO_RETRY_ON_NODE_LOSS | SOFT_AFFINITY | HELD
 
 
 class TaskSpec(NamedTuple):
@@ -143,6 +152,13 @@ class TaskSpec(NamedTuple):
     rank: float
     payload: bytes
     flags: int = 0
+
+
+class PayloadItem(NamedTuple):
+    """One payload a client sends back when FETCH asks for it."""
+
+    task_id: int
+    payload: bytes
 
 
 class Placement(NamedTuple):
@@ -420,6 +436,17 @@ class Cancel:
 
 
 @dataclass(frozen=True, slots=True)
+class Payloads:
+    """Client -> dispatcher (since version 5): the payloads FETCH asked for; ``missing``: the asked
+    tasks this client no longer holds (resolved or cancelled here), which the dispatcher forgets."""
+
+    op: ClassVar[Op] = Op.PAYLOADS
+
+    items: tuple[PayloadItem, ...]
+    missing: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Repin:
     """Client -> dispatcher: move these of my tasks, if still queued, to a new node and rank (a re-plan)."""
 
@@ -454,6 +481,9 @@ class Welcome:
 
     dispatcher_id: str
     heartbeat_interval_s: float
+    payload_window: int = 0
+    """Payload bytes the client may send ahead (since version 5): of the tasks it has sent and that
+    are unresolved, those past this many payload bytes go HELD. 0: no limit."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -516,6 +546,15 @@ class Monitored:
 
 
 @dataclass(frozen=True, slots=True)
+class Fetch:
+    """Dispatcher -> client (since version 5): send the payloads of these HELD tasks (PAYLOADS)."""
+
+    op: ClassVar[Op] = Op.FETCH
+
+    task_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Error:
     """Dispatcher -> client: your last message could not be served."""
 
@@ -527,7 +566,7 @@ class Error:
 
 AgentMessage = Register | Credit | Results | Drain | Bye | Heartbeat | StealReply | AgentStatus | Monitor
 """What an agent may send."""
-ClientMessage = Hello | Submit | Cancel | Repin | NodesQuery | StatusQuery | Heartbeat
+ClientMessage = Hello | Submit | Cancel | Repin | NodesQuery | StatusQuery | Heartbeat | Payloads
 """What a client may send."""
 Message = (
     AgentMessage
@@ -545,6 +584,7 @@ Message = (
     | Error
     | NodeChanged
     | Monitored
+    | Fetch
 )
 
 

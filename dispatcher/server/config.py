@@ -8,12 +8,46 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Final
 
 from dispatcher import protocol as p
 from dispatcher.server.nodewatch import WatchConfig
 
 CLIENT_PORT = 5560
 AGENT_PORT = 5561
+MiB: Final = 1024 * 1024
+FALLBACK_MAX_MEMORY: Final = 512 * MiB
+"""``--max-memory`` where no container memory limit can be read."""
+LIMIT_SHARE: Final = 0.75
+"""Of a container's memory limit, the share ``--max-memory`` takes by default (the rest: headroom
+for what a budget cannot see, such as the kernel's socket buffers)."""
+PAYLOAD_SHARE: Final = 0.5
+"""Of ``--max-memory``, the share task payloads may hold (the rest: the process, the task records,
+ZeroMQ's buffers, the frames in transit)."""
+_CGROUP_LIMITS: Final = (Path("/sys/fs/cgroup/memory.max"), Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"))
+
+
+def memory_limit(files: tuple[Path, ...] = _CGROUP_LIMITS) -> int | None:
+    """This container's memory limit (cgroup v2, else v1), or None where there is none to read."""
+    for path in files:
+        try:
+            text = path.read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < 2**60:  # v1 says "no limit" with a huge number, v2 with "max"
+            return int(text)
+    return None
+
+
+def default_max_memory(files: tuple[Path, ...] = _CGROUP_LIMITS) -> int:
+    """``--max-memory``'s default: a share of the container's memory limit, else 512 MiB."""
+    limit = memory_limit(files)
+    return FALLBACK_MAX_MEMORY if limit is None else int(limit * LIMIT_SHARE)
+
+
+def payload_budget(max_memory: int) -> int:
+    """The payload bytes the core may hold under ``max_memory`` (rule 13 of ``core.py``)."""
+    return int(max_memory * PAYLOAD_SHARE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +69,11 @@ class CoreConfig:
     max_task_bytes: int = 128 * 1024 * 1024
     """Largest task payload accepted: a larger one resolves REJECTED (frames beyond
     ``DispatcherConfig.max_frame_bytes`` are dropped by ZeroMQ before they are read)."""
+    payload_budget: int = payload_budget(FALLBACK_MAX_MEMORY)
+    """Payload bytes the task records may hold (0: no budget): past it a task is queued without
+    its payload, which its client sends when asked (rule 13 of ``core.py``)."""
+    fetch_timeout_s: float = 5.0
+    """A FETCH unanswered this long is sent again."""
     metrics: bool = True
     """Count for ``/metrics`` (``metrics.py``). Off (``--no-metrics``) only to measure what
     counting costs: the core then issues no ``Count`` or ``Observe``."""

@@ -48,9 +48,15 @@ Rules (the invariants ``validate_state()`` checks after every step in tests):
 12. A monitoring message (MONITOR) goes, unread, to the client of its task while that task is
    unresolved and ran on the node that sent it (in flight there, or there before: a result held
    over a reconnect, a dead incarnation's late word), in the order the node sent it, and so
-   ahead of the task's RESOLVED from that node. Any other is dropped and counted, as is one for a
-   client whose protocol has no MONITORED: an agent can send a client monitoring only of the work
-   it was given.
+   ahead of the task's RESOLVED from that node. Any other is dropped and counted: an agent can
+   send a client monitoring only of the work it was given.
+13. Payloads have a budget (``payload_budget``): a task whose payload would take the payloads held
+   past it, or that its client sent HELD, is queued without it (its client keeps every payload it
+   sent until the task resolves). When such a task is next on a node with credit, the node waits
+   and its client is asked for the payload of it and the next ones in that queue's rank order
+   (FETCH; again after ``fetch_timeout_s``); the rank order is never skipped. At the budget, a
+   dispatched task's payload is let go (its agent has it; run again elsewhere, it is fetched
+   again). A client whose protocol has no FETCH keeps all its payloads here.
 6. Bad input never raises out of ``handle``: malformed frames are counted, unknown peers are told
    to register or say hello, invalid submissions resolve as REJECTED. A step that raises all the
    same (a bug) is undone whole by the journal before the exception leaves ``handle``: the
@@ -98,8 +104,9 @@ from dispatcher.server.tasks import POOL, TaskQueue, TaskRecord
 _SPOKEN: Final = " and ".join(map(str, p.SUPPORTED_VERSIONS))
 SWEEP_S: Final = 1.0
 """How often deleted Nodes' entries are looked at, to drop those no task names any more."""
-MONITORED_SINCE: Final = 4
-"""The protocol version that has MONITORED."""
+FETCH_SINCE: Final = 5
+"""The protocol version that has HELD, FETCH and PAYLOADS: a client of an older one keeps no payload
+for the dispatcher to ask back, so the dispatcher holds all of its."""
 
 
 class DispatcherCore:
@@ -149,13 +156,17 @@ class DispatcherCore:
         self._client_versions: dict[str, str] = {}
         """Client id -> the runtime versions its HELLO said (rule 11)."""
         self._client_protocols: dict[str, int] = {}
-        """Client id -> the protocol version its last HELLO spoke (MONITORED only to those that know it)."""
+        """Client id -> the protocol version its last HELLO spoke (rule 13: FETCH only to those that know it)."""
         self._api: dict[str, ClusterNode] | None = None
         """The Nodes the API lists, by name; None until the Node watch's first list (rule 10)."""
         self._deleted: dict[str, None] = {}
         """Nodes deleted in the API and not listed since: their agents are refused."""
         self._swept = 0.0
         self._metrics = config.metrics
+        self.payload_bytes = 0
+        """Bytes of the payloads the task records hold (rule 13)."""
+        self._waiting: dict[str, NodeActor] = {}
+        """Nodes with credit whose next task's payload was asked for (FETCH), not yet here."""
 
     # ------------------------------------------------------------------ entry point
 
@@ -210,14 +221,14 @@ class DispatcherCore:
         return (
             self.tasks_submitted, self.tasks_resolved, self.duplicates_dropped, self.bad_frames,
             self.tasks_stolen, self._soft, self._steal_ids, self.clients_refused, self.agents_refused,
-            self.results_refused,
+            self.results_refused, self.payload_bytes,
         )  # fmt: skip
 
     def _set_counters(self, counters: tuple[int, ...]) -> None:
         (
             self.tasks_submitted, self.tasks_resolved, self.duplicates_dropped, self.bad_frames,
             self.tasks_stolen, self._soft, self._steal_ids, self.clients_refused, self.agents_refused,
-            self.results_refused,
+            self.results_refused, self.payload_bytes,
         ) = counters  # fmt: skip
 
     @property
@@ -264,6 +275,8 @@ class DispatcherCore:
         journal = self.journal
         journal.keep(self.tasks, record.key)
         del self.tasks[record.key]
+        if record.payload is not None:
+            self.payload_bytes -= len(record.payload)
         if record.flags & p.SOFT_AFFINITY:
             self._soft -= 1
         if record.queue is not None:
@@ -293,13 +306,40 @@ class DispatcherCore:
             return
         own, pool = node.queue, self.pool
         batch: list[p.TaskAssignment] = []
+        blocked: TaskQueue | None = None
+        budget = self.config.payload_budget
         while node.credit > 0:
-            own_rank, pool_rank = own.peek_rank(), pool.peek_rank()
-            if own_rank is None and pool_rank is None:
+            own_next, pool_next = own.peek(), pool.peek()
+            if own_next is None and pool_next is None:
                 break
-            source = own if pool_rank is None or (own_rank is not None and own_rank <= pool_rank) else pool
+            if pool_next is None or (own_next is not None and own_next.rank <= pool_next.rank):
+                source, head = own, own_next
+            else:
+                source, head = pool, pool_next
+            assert head is not None
+            if head.payload is None:  # rule 13: wait for it, in rank order
+                blocked = source
+                if head.fetching is None or head.fetching <= self._now - self.config.fetch_timeout_s:
+                    self._fetch(node, source)
+                break
             record = node.start_next(source)
-            batch.append(p.TaskAssignment(record.key[0], record.key[1], record.rank, record.payload))
+            payload = record.payload
+            assert payload is not None
+            batch.append(p.TaskAssignment(record.key[0], record.key[1], record.rank, payload))
+            if record.refill or (budget and self.payload_bytes >= budget):
+                self.journal.save(record)
+                if record.refill:
+                    record.refill = False
+                    self._fetch(node, source)
+                if budget and self.payload_bytes >= budget and self._fetchable(record.key[0]):
+                    record.payload = None  # its agent has it; fetched again if it must run elsewhere
+                    self.payload_bytes -= len(payload)
+        if blocked is not None:
+            if node.name not in self._waiting:
+                self.journal.keep(self._waiting, node.name)
+                self._waiting[node.name] = node
+        else:
+            self._unwait(node)
         if batch:
             self._to_agent(node, p.Tasks(tuple(batch)))
             self._count("tasks_dispatched", node.name, n=len(batch))
@@ -310,7 +350,67 @@ class DispatcherCore:
         else:
             self._unhungry(node)
 
+    def _unwait(self, node: NodeActor) -> None:
+        if node.name in self._waiting:
+            self.journal.keep(self._waiting, node.name)
+            del self._waiting[node.name]
+
+    def _fetchable(self, client_id: str) -> bool:
+        """Whether the client holds its payloads for the dispatcher to ask back (rule 13)."""
+        return self._client_protocols.get(client_id, 0) >= FETCH_SINCE
+
+    def _fetch(self, node: NodeActor, source: TaskQueue) -> None:
+        """Ask the clients for the payloads of ``source``'s next held tasks (rule 13): twice what
+        ``node`` can hold while under budget (the middle one, dispatched, asks for the next
+        batch), only what its credit takes now when over it."""
+        budget = self.config.payload_budget
+        n = 2 * node.capacity if not budget or self.payload_bytes < budget else max(node.credit, 1)
+        records = source.next_held(n, self._now - self.config.fetch_timeout_s)
+        by_client: dict[str, list[int]] = defaultdict(list)
+        middle = len(records) // 2 if len(records) > 1 else -1
+        for i, record in enumerate(records):
+            self.journal.save(record)
+            record.fetching = self._now
+            record.refill = i == middle
+            by_client[record.key[0]].append(record.key[1])
+        for client_id, ids in by_client.items():
+            peer = self._clients.get(client_id)
+            if peer is not None:
+                self._out.append(SendToClient(peer, p.Fetch(tuple(ids))))
+            self._count("payloads_fetched", node.name, n=len(ids))
+
+    def _handle_payloads(self, client_id: str, message: p.Payloads) -> None:
+        """The payloads FETCH asked for: each waiting task takes its own, and the nodes waiting
+        for them go on (rule 13). A task its client no longer holds is dropped: it resolved or
+        was cancelled there, so no one waits for it."""
+        journal, tasks, max_bytes = self.journal, self.tasks, self.config.max_task_bytes
+        rejected: list[p.Resolution] = []
+        for item in message.items:
+            record = tasks.get((client_id, item.task_id))
+            if record is None or record.payload is not None or record.queue is None:
+                continue  # resolved, cancelled, or already here: nothing waits for this one
+            if len(item.payload) > max_bytes:
+                why = f"task of {len(item.payload)} bytes exceeds the dispatcher's limit of {max_bytes} bytes"
+                self._forget(record)
+                rejected.append(p.Resolution(item.task_id, p.Outcome.REJECTED, why.encode(), ""))
+                continue
+            journal.save(record)
+            record.payload = item.payload
+            record.fetching = None
+            self.payload_bytes += len(item.payload)
+        for task_id in message.missing:
+            record = tasks.get((client_id, task_id))
+            if record is not None and record.payload is None and record.queue is not None:
+                self._forget(record)
+                gone = b"its client no longer holds its payload"
+                rejected.append(p.Resolution(task_id, p.Outcome.REJECTED, gone, ""))
+        if rejected:
+            self._resolve({client_id: rejected})
+        for node in list(self._waiting.values()):
+            self._pump(node)
+
     def _unhungry(self, node: NodeActor) -> None:
+        self._unwait(node)
         if node.name in self._hungry:
             self.journal.keep(self._hungry, node.name)
             del self._hungry[node.name]
@@ -344,6 +444,8 @@ class DispatcherCore:
                 journal.keep(self.tasks, record.key)
                 del self.tasks[record.key]
                 self.tasks_resolved += 1
+                if record.payload is not None:
+                    self.payload_bytes -= len(record.payload)
                 if record.flags & p.SOFT_AFFINITY:
                     self._soft -= 1
                 lost[record.key[0]].append(p.Resolution(record.key[1], p.Outcome.NODE_LOST, why.encode(), node.name))
@@ -591,7 +693,7 @@ class DispatcherCore:
     def _handle_monitor(self, node: NodeActor | None, message: p.Monitor) -> None:
         """Rule 12. ``node``: the sender's node, connected or a dead incarnation (None: unknown)."""
         by_client: dict[str, list[p.MonitoredItem]] = defaultdict(list)
-        tasks, clients, protocols = self.tasks, self._clients, self._client_protocols
+        tasks, clients = self.tasks, self._clients
         name = node.name if node is not None else ""
         dropped = 0
         for item in message.items:
@@ -601,7 +703,6 @@ class DispatcherCore:
                 or record is None
                 or (record.holder != name and name not in record.earlier)
                 or item.client_id not in clients
-                or protocols.get(item.client_id, 0) < MONITORED_SINCE
             ):
                 dropped += 1
                 continue
@@ -663,6 +764,8 @@ class DispatcherCore:
                 self._handle_cancel(client_id, message)
             case p.Repin():
                 self._handle_repin(client_id, message)
+            case p.Payloads():
+                self._handle_payloads(client_id, message)
             case p.NodesQuery():
                 self._out.append(SendToClient(event.peer, p.Nodes(message.request_id, self.node_infos())))
             case p.StatusQuery():
@@ -708,7 +811,9 @@ class DispatcherCore:
         self._client_ids[peer] = message.client_id
         if old_peer != peer:
             self._log("client_connected", client_id=message.client_id)
-        self._out.append(SendToClient(peer, p.Welcome(self.config.dispatcher_id, self.config.heartbeat_interval_s)))
+        cfg = self.config
+        window = cfg.payload_budget // 4
+        self._out.append(SendToClient(peer, p.Welcome(cfg.dispatcher_id, cfg.heartbeat_interval_s, window)))
 
     def _handle_submit(self, client_id: str, message: p.Submit) -> None:
         tasks = self.tasks
@@ -718,6 +823,7 @@ class DispatcherCore:
         max_bytes = self.config.max_task_bytes
         versions = self._client_versions.get(client_id, "")
         submitted: dict[str, int] = defaultdict(int)
+        budget, fetchable, deferred = self.config.payload_budget, self._fetchable(client_id), 0
         for spec in message.tasks:
             key = (client_id, spec.task_id)
             if key in tasks:  # a re-send of a task we already hold
@@ -745,7 +851,15 @@ class DispatcherCore:
                     touched[name] = node
             if queue is self.pool:
                 to_pool = True
-            record = TaskRecord(key, name, spec.rank, spec.payload, spec.flags, queued_at=self._now)
+            payload: bytes | None = spec.payload
+            if spec.flags & p.HELD:
+                payload = None
+            elif budget and self.payload_bytes + len(spec.payload) > budget and fetchable:
+                payload = None
+                deferred += 1
+            else:
+                self.payload_bytes += len(spec.payload)
+            record = TaskRecord(key, name, spec.rank, payload, spec.flags & ~p.HELD, queued_at=self._now)
             submitted[name or POOL_LABEL] += 1
             if spec.flags & p.SOFT_AFFINITY:
                 self._soft += 1
@@ -762,6 +876,8 @@ class DispatcherCore:
             self._resolve({client_id: rejected})
         for name, n in submitted.items():
             self._count("tasks_submitted", name, n=n)
+        if deferred:
+            self._count("payloads_deferred", n=deferred)
 
     def _unplaceable(self, name: str) -> str | None:
         """Why a task cannot be pinned to the not-yet-known node ``name``, or None."""
@@ -877,6 +993,8 @@ class DispatcherCore:
                     self._to_agent(node, p.Heartbeat())
             elif node.state is NodeState.PENDING and now - node.pending_since > cfg.pending_grace_s:
                 self._declare_dead(node, f"never registered within {cfg.pending_grace_s:g} s", "never_registered")
+        for node in list(self._waiting.values()):  # a FETCH unanswered for fetch_timeout_s goes again
+            self._pump(node)
         if self._soft:
             self._steal_round()
         if self._deleted and now - self._swept >= SWEEP_S:
@@ -911,6 +1029,8 @@ class DispatcherCore:
             record = self.tasks[move.key]
             if move.where == "queued":
                 assert record.queue is not None
+                if record.payload is None:  # its client holds it: not worth a round trip to steal
+                    continue
                 record.queue.discard(record)  # saves the record
                 record.stolen = True
                 self.nodes[move.thief].start(record)

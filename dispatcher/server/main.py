@@ -2,12 +2,34 @@
 
 from __future__ import annotations
 
+from typing import Final
+
 from dispatcher.runtime.args import env, http_port, http_port_flag, role_parser, security_flags
 from dispatcher.runtime.keys import resolve_folder
 from dispatcher.runtime.lifeline import die_with_parent
-from dispatcher.server.config import AGENT_PORT, CLIENT_PORT, CoreConfig, DispatcherConfig
+from dispatcher.server.config import (
+    AGENT_PORT,
+    CLIENT_PORT,
+    PAYLOAD_SHARE,
+    CoreConfig,
+    DispatcherConfig,
+    default_max_memory,
+    payload_budget,
+)
 from dispatcher.server.nodewatch import WatchConfig, load_configuration
 from dispatcher.server.service import DispatcherService
+
+_UNITS: Final = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
+
+
+def _size(text: str) -> int:
+    """``512M``, ``2G``, ``1048576``: bytes (a flag's type: a ValueError is argparse's error)."""
+    raw = text.strip().upper().removesuffix("B").removesuffix("I")
+    unit = raw[-1:] if raw[-1:] in _UNITS and not raw[-1:].isdigit() else ""
+    number = float(raw[: len(raw) - len(unit)])
+    if not number > 0:
+        raise ValueError(f"a memory budget must be positive: {text!r}")
+    return int(number * _UNITS[unit])
 
 
 def main(argv: list[str]) -> int:
@@ -29,6 +51,15 @@ def main(argv: list[str]) -> int:
         default=core.max_task_bytes,
         metavar="BYTES",
         help="a larger task payload resolves REJECTED",
+    )
+    parser.add_argument(
+        "--max-memory",
+        type=_size,
+        default=env("SAGA_MAX_MEMORY", "") or None,
+        metavar="BYTES",
+        help=f"memory budget (env SAGA_MAX_MEMORY; K, M, G suffixes): task payloads hold at most "
+        f"{PAYLOAD_SHARE:.0%} of it, the rest wait with their clients until a node is about to run them "
+        "(default: 3/4 of the container's memory limit, else 512M)",
     )
     parser.add_argument("--client-port", type=int, default=int(env("SAGA_CLIENT_PORT", str(CLIENT_PORT))))
     parser.add_argument("--agent-port", type=int, default=int(env("SAGA_AGENT_PORT", str(AGENT_PORT))))
@@ -83,6 +114,7 @@ def main(argv: list[str]) -> int:
             liveness=args.liveness,
             pending_grace_s=args.pending_grace,
             max_task_bytes=args.max_task_bytes,
+            payload_budget=payload_budget(args.max_memory or default_max_memory()),
             metrics=args.metrics,
         ),
         keys=resolve_folder(args.keys),

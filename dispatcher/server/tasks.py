@@ -25,8 +25,8 @@ class TaskRecord:
     """One unresolved task. ``node_name`` is where it is pinned (None: anywhere)."""
 
     __slots__ = (
-        "_jstep", "earlier", "flags", "holder", "key", "node_name", "payload", "queue", "queued_at", "rank", "seq",
-        "steal_id", "stolen",
+        "_jstep", "earlier", "fetching", "flags", "holder", "key", "node_name", "payload", "queue", "queued_at", "rank",
+        "refill", "seq", "steal_id", "stolen",
     )  # fmt: skip
 
     def __init__(
@@ -34,7 +34,7 @@ class TaskRecord:
         key: TaskKey,
         node_name: str | None,
         rank: float,
-        payload: bytes,
+        payload: bytes | None,
         flags: int = 0,
         *,
         queued_at: float = 0.0,
@@ -46,6 +46,13 @@ class TaskRecord:
         self.node_name = node_name
         self.rank = rank
         self.payload = payload
+        """None: its client holds it (HELD, or the dispatcher was over its payload budget); the core
+        asks for it (FETCH) when the task is next on a node."""
+        self.fetching: float | None = None
+        """When a FETCH for its payload was sent (None: none outstanding)."""
+        self.refill = False
+        """Dispatching it asks for the next payloads of its queue (the middle of a FETCH batch), so
+        a node working through held tasks never waits a round trip for the next ones."""
         self.queue: TaskQueue | None = None
         """The queue holding it, or None while in flight."""
         self.seq = 0
@@ -143,6 +150,21 @@ class TaskQueue:
             if record.queue is self and record.seq == seq:
                 return
             self._journal.popped(self, heapq.heappop(heap))
+
+    def peek(self) -> TaskRecord | None:
+        """The next task (not removed), or None when empty."""
+        self._skip_stale()
+        return self._heap[0][2] if self._heap else None
+
+    def next_held(self, n: int, asked_before: float) -> list[TaskRecord]:
+        """Up to ``n`` of the next tasks, in rank order, whose payload is with their client and
+        not asked for since ``asked_before``. O(queue) : called once per FETCH batch."""
+        heap = self._heap
+        live = (
+            e for e in heap if e[2].queue is self and e[2].seq == e[1] and e[2].payload is None
+            and (e[2].fetching is None or e[2].fetching <= asked_before)
+        )  # fmt: skip
+        return [e[2] for e in heapq.nsmallest(n, live)]
 
     def peek_rank(self) -> float | None:
         """Rank of the next task, or None when empty."""

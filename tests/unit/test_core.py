@@ -412,7 +412,7 @@ def test_monitoring_held_over_a_reconnect_or_from_a_dead_incarnation_still_reach
     assert to_client(out) == [p.Monitored((p.MonitoredItem(1, b"late"),))]
 
 
-def test_monitoring_is_dropped_from_an_unknown_peer_and_for_a_version_3_client(t: Transcript) -> None:
+def test_monitoring_is_dropped_from_an_unknown_peer_and_reaches_a_previous_version_client(t: Transcript) -> None:
     t.client(p.Hello("c3", protocol_version=p.PROTOCOL_VERSION - 1), peer=b"c3-peer")
     t.register("node-a", slots=2)
     t.submit((1, "node-a", 0.0))
@@ -420,7 +420,7 @@ def test_monitoring_is_dropped_from_an_unknown_peer_and_for_a_version_3_client(t
     out = t.agent(b"stranger", p.Monitor((p.MonitoringItem(CLIENT_ID, 1, b"forged"),)))
     assert to_client(out) == []
     out = t.agent(b"node-a", p.Monitor((p.MonitoringItem("c3", 1, b"m"), p.MonitoringItem(CLIENT_ID, 1, b"m"))))
-    assert to_client(out, peer=b"c3-peer") == []  # a version 3 client has no MONITORED
+    assert to_client(out, peer=b"c3-peer") == [p.Monitored((p.MonitoredItem(1, b"m"),))]  # version 4 has it
     assert to_client(out) == [p.Monitored((p.MonitoredItem(1, b"m"),))]
 
 
@@ -477,7 +477,8 @@ def test_the_shell_rejects_an_event_the_core_raises_on_and_serves_the_next() -> 
         assert service._outgoing == {}  # nothing was sent for it
         service.core.handle = handle  # type: ignore[method-assign]
         service._step(hello)
-        assert list(service._outgoing.values()) == [[p.Welcome(service.dispatcher_id, 0.5)]]
+        window = service.config.core.payload_budget // 4
+        assert list(service._outgoing.values()) == [[p.Welcome(service.dispatcher_id, 0.5, window)]]
     finally:
         service.close()
 

@@ -42,6 +42,11 @@ EXAMPLES: list[p.Message] = [
     p.NodesQuery(4),
     p.StatusQuery(5),
     p.Welcome("d1", 0.5),
+    p.Welcome("d1", 0.5, 64 * 1024 * 1024),
+    p.Submit((p.TaskSpec(3, "node-a", 0.0, b"", p.HELD | p.SOFT_AFFINITY),)),
+    p.Fetch((3, 4)),
+    p.Payloads((p.PayloadItem(3, b"\x80fn"), p.PayloadItem(4, b"")), missing=(5,)),
+    p.Payloads(()),
     p.Resolved((p.Resolution(1, p.Outcome.WORKER_LOST, b"died", "node-a"), p.Resolution(2, p.Outcome.OK, b"", ""))),
     p.Nodes(4, (NODE,)),
     p.Status(5, "d1", (NODE,), 1, 2, 3, 4, 5, 6),
@@ -116,7 +121,14 @@ BAD_FRAMES = {
     "monitoring payload as str": raw(p.PROTOCOL_VERSION, p.Op.MONITOR, [["c", 1, "text"]]),
     "monitoring payload too large": raw(p.PROTOCOL_VERSION, p.Op.MONITORED, [[1, b"x" * (p.MAX_MONITORING_BYTES + 1)]]),
     "monitoring item without task": raw(p.PROTOCOL_VERSION, p.Op.MONITOR, [["c", b""]]),
-    "monitor in version 3": raw(p.PROTOCOL_VERSION - 1, p.Op.MONITOR, [["c", 1, b""]]),
+    "fetch in version 4": raw(p.PROTOCOL_VERSION - 1, p.Op.FETCH, [1]),
+    "payloads in version 4": raw(p.PROTOCOL_VERSION - 1, p.Op.PAYLOADS, [[1, b"x"]], []),
+    "held in version 4": raw(p.PROTOCOL_VERSION - 1, p.Op.SUBMIT, [[1, None, 0.0, b"", p.HELD]]),
+    "held with a payload": raw(p.PROTOCOL_VERSION, p.Op.SUBMIT, [[1, None, 0.0, b"x", p.HELD]]),
+    "payloads without missing": raw(p.PROTOCOL_VERSION, p.Op.PAYLOADS, [[1, b"x"]]),
+    "payload as str": raw(p.PROTOCOL_VERSION, p.Op.PAYLOADS, [[1, "x"]], []),
+    "welcome without window": raw(p.PROTOCOL_VERSION, p.Op.WELCOME, "d1", 0.5),
+    "negative window": raw(p.PROTOCOL_VERSION, p.Op.WELCOME, "d1", 0.5, -1),
 }
 
 
@@ -190,31 +202,25 @@ def test_the_dispatcher_speaks_this_version_and_the_previous_one() -> None:
 
 @pytest.mark.parametrize("message", EXAMPLES, ids=lambda m: type(m).__name__)
 def test_every_message_of_the_previous_version_round_trips_in_it(message: p.Message) -> None:
-    if isinstance(message, p.Monitor | p.Monitored):  # version 4's own
-        with pytest.raises(ValueError, match="does not exist in protocol version 3"):
+    held = isinstance(message, p.Submit) and any(spec.flags & p.HELD for spec in message.tasks)
+    if isinstance(message, p.Fetch | p.Payloads) or held:  # version 5's own
+        with pytest.raises(ValueError, match="does not exist in protocol version 4"):
             p.encode(message, PREVIOUS)
         return
     version, decoded = p.decode_versioned(p.encode(message, PREVIOUS))
     assert version == PREVIOUS
-    # What version 3 lacks comes back as its default.
-    if isinstance(message, p.Status | p.Nodes):
-        message = dataclasses.replace(message, nodes=(NODE._replace(reason="", versions="", zone=""),))
-    elif isinstance(message, p.Register):
-        message = dataclasses.replace(message, versions="", speed=message.speed or 1.0)
-    elif isinstance(message, p.Hello):
-        message = dataclasses.replace(message, versions="")
+    if isinstance(message, p.Welcome):  # what version 4 lacks comes back as its default
+        message = dataclasses.replace(message, payload_window=0)
     assert decoded == message
 
 
-def test_a_version_3_status_and_register_are_what_version_3_reads_and_writes() -> None:
-    """Written out by hand from the version 3 spec: nodes of 9 fields, REGISTER of 7, HELLO of 2."""
-    frame = p.encode(p.Status(5, "d1", (NODE,), 1, 2, 3, 4, 5, 6), PREVIOUS)
-    assert msgpack.unpackb(frame) == [PREVIOUS, p.Op.STATUS, 5, "d1", [list(NODE)[:9]], 1, 2, 3, 4, 5, 6]
-    old = msgpack.packb([PREVIOUS, p.Op.REGISTER, "node-a", "a1", 2, 1, 1.5, PREVIOUS, []])
-    assert p.decode(old) == p.Register("node-a", "a1", 2, 1, 1.5, PREVIOUS)
-    with pytest.raises(p.ProtocolError, match="speed"):  # "no speed" is a version 4 word
-        p.decode(msgpack.packb([PREVIOUS, p.Op.REGISTER, "node-a", "a1", 2, 1, 0.0, PREVIOUS, []]))
-    assert p.decode(msgpack.packb([PREVIOUS, p.Op.HELLO, "c1", PREVIOUS])) == p.Hello("c1", PREVIOUS)
+def test_a_version_4_welcome_is_what_version_4_reads_and_writes() -> None:
+    """Written out by hand from the version 4 spec: WELCOME of 2 fields, no HELD flag."""
+    frame = p.encode(p.Welcome("d1", 0.5, 1024), PREVIOUS)
+    assert msgpack.unpackb(frame) == [PREVIOUS, p.Op.WELCOME, "d1", 0.5]
+    assert p.decode(msgpack.packb([PREVIOUS, p.Op.WELCOME, "d1", 0.5])) == p.Welcome("d1", 0.5)
+    old = msgpack.packb([PREVIOUS, p.Op.SUBMIT, [[1, "node-a", 0.0, b"fn", p.SOFT_AFFINITY]]])
+    assert p.decode(old) == p.Submit((p.TaskSpec(1, "node-a", 0.0, b"fn", p.SOFT_AFFINITY),))
 
 
 @pytest.mark.parametrize("version", [0, 1, p.PROTOCOL_VERSION + 1, "3", None])

@@ -36,7 +36,8 @@ def fingerprint(core: DispatcherCore) -> Any:
 
     def record(r: Any) -> Any:
         queue = r.queue.name if r.queue is not None else None
-        return (r.key, r.node_name, r.rank, r.flags, queue, r.seq, r.holder, r.earlier, r.steal_id, r.stolen, r.payload)
+        return (r.key, r.node_name, r.rank, r.flags, queue, r.seq, r.holder, r.earlier, r.steal_id, r.stolen, r.payload,
+                r.fetching, r.refill)  # fmt: skip
 
     def queued(q: Any) -> Any:
         return (len(q), sorted((r.rank, r.seq, r.key) for r in q.records()))
@@ -51,6 +52,8 @@ def fingerprint(core: DispatcherCore) -> Any:
         queued(core.pool),
         sorted((peer, n.name) for peer, n in core._agents.items()),
         sorted(core._hungry),
+        sorted(core._waiting),
+        sorted(core._client_protocols.items()),
         sorted(core._clients.items()),
         sorted(core._client_ids.items()),
         sorted(core._steals.items()),

@@ -1,0 +1,158 @@
+"""Rule 13 as transcripts: the payload budget, HELD tasks, FETCH and PAYLOADS, in rank order."""
+
+from __future__ import annotations
+
+import pytest
+
+from dispatcher import protocol as p
+from dispatcher.server.events import Command, SendToClient
+
+from .transcript import CLIENT, CLIENT_ID, Transcript, resolved, result, sent_tasks, to_client
+
+pytestmark = pytest.mark.unit
+
+MB = b"x" * 1000
+"""A "large" payload: the budgets below are counted in these."""
+
+
+def fetches(commands: list[Command], peer: bytes = CLIENT) -> list[int]:
+    return [i for m in to_client(commands, peer) if isinstance(m, p.Fetch) for i in m.task_ids]
+
+
+def payloads(*ids: int, missing: tuple[int, ...] = ()) -> p.Payloads:
+    return p.Payloads(tuple(p.PayloadItem(i, MB) for i in ids), missing)
+
+
+def held(*specs: tuple[int, str | None, float]) -> p.Submit:
+    return p.Submit(tuple(p.TaskSpec(i, n, r, b"", p.HELD) for i, n, r in specs))
+
+
+@pytest.fixture
+def t() -> Transcript:
+    t = Transcript(payload_budget=3 * len(MB), fetch_timeout_s=5.0)
+    t.hello()
+    return t
+
+
+def test_past_the_budget_tasks_queue_without_their_payload_and_are_fetched_in_rank_order(t: Transcript) -> None:
+    out = t.submit(*((i, "node-a", float(i)) for i in range(1, 7)), payload=MB)
+    assert t.core.payload_bytes == 3 * len(MB)  # tasks 4-6 wait with their client
+    assert [t.core.tasks[CLIENT_ID, i].payload is None for i in range(1, 7)] == [False] * 3 + [True] * 3
+    assert fetches(out) == []
+    out = t.register("node-a", slots=2)
+    assert sent_tasks(out, b"node-a") == [1, 2]
+    assert t.core.payload_bytes == 2 * len(MB)  # task 1's let go at the budget (its agent has it)
+    assert t.core.tasks[CLIENT_ID, 1].payload is None
+    out = t.agent(b"node-a", p.Results((p.TaskResult(CLIENT_ID, 1, p.Outcome.OK, b""),), credit=1))
+    assert sent_tasks(out, b"node-a") == [3]
+    out = t.agent(b"node-a", p.Results((p.TaskResult(CLIENT_ID, 2, p.Outcome.OK, b""),), credit=1))
+    assert sent_tasks(out, b"node-a") == []
+    assert fetches(out) == [4, 5, 6]  # the next held ones, twice what the node holds (2 x 2, 3 left)
+    assert "node-a" in t.core._waiting
+    out = t.client(payloads(5, 4))  # in any order: the node takes them in rank order
+    assert sent_tasks(out, b"node-a") == [4]
+    assert t.core.tasks[CLIENT_ID, 5].payload == MB
+    out = t.agent(b"node-a", p.Results((p.TaskResult(CLIENT_ID, 3, p.Outcome.OK, b""),), credit=1))
+    assert sent_tasks(out, b"node-a") == [5]
+
+
+def test_a_held_task_of_lower_rank_holds_back_an_eager_one_behind_it(t: Transcript) -> None:
+    t.client(held((1, "node-a", 0.0)))
+    t.submit((2, "node-a", 1.0), payload=MB)
+    out = t.register("node-a", slots=2)
+    assert sent_tasks(out, b"node-a") == []  # task 2 is here, but task 1 goes first
+    assert fetches(out) == [1]
+    out = t.client(payloads(1))
+    assert sent_tasks(out, b"node-a") == [1, 2]
+
+
+def test_the_middle_of_a_fetch_batch_asks_for_the_next_batch_when_it_is_dispatched() -> None:
+    t = Transcript(payload_budget=100 * len(MB))
+    t.hello()
+    t.client(held(*((i, "node-a", float(i)) for i in range(1, 11))))
+    out = t.register("node-a", slots=1, prefetch=1)
+    assert fetches(out) == [1, 2, 3, 4]  # 2 x (slots + prefetch)
+    out = t.client(payloads(1, 2, 3, 4))
+    assert sent_tasks(out, b"node-a") == [1, 2]
+    assert fetches(out) == []
+    out = t.agent(b"node-a", p.Results((p.TaskResult(CLIENT_ID, 1, p.Outcome.OK, b""),), credit=1))
+    assert sent_tasks(out, b"node-a") == [3]
+    assert fetches(out) == [5, 6, 7, 8]  # task 3 was the batch's middle: no wait at task 5
+
+
+def test_an_unanswered_fetch_is_asked_again_after_the_timeout_and_not_before() -> None:
+    t = Transcript(heartbeat_interval_s=10.0, fetch_timeout_s=5.0)
+    t.hello()
+    t.client(held((1, "node-a", 0.0)))
+    assert fetches(t.register("node-a")) == [1]
+    assert fetches(t.tick(4.9)) == []
+    assert fetches(t.tick(5.1)) == [1]
+    assert fetches(t.tick(6.0)) == []
+    assert sent_tasks(t.client(payloads(1)), b"node-a") == [1]
+
+
+def test_a_task_its_client_no_longer_holds_resolves_rejected_and_a_stray_payload_changes_nothing(
+    t: Transcript,
+) -> None:
+    t.client(held((1, "node-a", 0.0), (2, "node-a", 1.0), (3, "node-a", 2.0)))
+    assert fetches(t.register("node-a")) == [1, 2]
+    out = t.client(payloads(missing=(1,)))
+    [rejected] = resolved(out)
+    assert (rejected.task_id, rejected.outcome) == (1, p.Outcome.REJECTED)
+    assert (CLIENT_ID, 1) not in t.core.tasks
+    assert sent_tasks(out, b"node-a") == []
+    assert fetches(out) == []  # task 2, next, was asked for already
+    out = t.client(payloads(99, 2))  # 99: never submitted
+    assert sent_tasks(out, b"node-a") == [2]
+    out = t.client(payloads(2))  # a late duplicate: task 2 is in flight
+    assert out == []
+    assert t.core.payload_bytes == len(MB)  # task 2's, kept in flight under the budget
+
+
+def test_a_fetched_payload_over_the_task_limit_resolves_rejected() -> None:
+    t = Transcript(max_task_bytes=10)
+    t.hello()
+    t.client(held((1, "node-a", 0.0)))
+    t.register("node-a")
+    [rejected] = resolved(t.client(payloads(1)))
+    assert rejected.outcome is p.Outcome.REJECTED and b"exceeds" in rejected.payload
+
+
+def test_a_previous_version_client_keeps_its_payloads_here_whatever_the_budget(t: Transcript) -> None:
+    t.client(p.Hello("old", protocol_version=p.PROTOCOL_VERSION - 1), peer=b"old-peer")
+    frame = p.Submit(tuple(p.TaskSpec(i, "node-a", float(i), MB) for i in range(1, 6)))
+    t.client(frame, peer=b"old-peer")
+    assert t.core.payload_bytes == 5 * len(MB)  # it has no FETCH: nothing to ask back
+    out = t.register("node-a", slots=5)
+    assert sent_tasks(out, b"node-a") == [1, 2, 3, 4, 5]
+    assert not [c for c in out if isinstance(c, SendToClient) and isinstance(c.message, p.Fetch)]
+
+
+def test_a_task_whose_payload_was_let_go_is_fetched_again_when_its_node_dies(t: Transcript) -> None:
+    t.submit(*((i, None, float(i)) for i in range(1, 5)), payload=MB)  # task 4 past the budget
+    out = t.register("node-a", slots=4)
+    assert sent_tasks(out, b"node-a") == [1, 2, 3]
+    assert fetches(out) == [4]
+    assert sent_tasks(t.client(payloads(4)), b"node-a") == [4]
+    assert [t.core.tasks[CLIENT_ID, i].payload is None for i in range(1, 5)] == [True, False, False, True]
+    t.register("node-b", credit=0)
+    t.agent(b"node-b", p.Heartbeat(), at=2.0)
+    t.tick(2.0)  # node-a is silent: its work goes to the pool
+    out = t.agent(b"node-b", p.Credit(1), at=2.0)
+    assert sent_tasks(out, b"node-b") == []
+    assert fetches(out) == [1, 4]  # the pool's held ones, in rank order (2 x node-b's one slot)
+    assert sent_tasks(t.client(payloads(1, 4), at=2.0), b"node-b") == [1]
+    assert sent_tasks(t.agent(b"node-b", result(1), at=2.0), b"node-b") == []  # credit 0 after the result
+
+
+def test_held_tasks_are_not_stolen(t: Transcript) -> None:
+    t.register("node-a", slots=1)
+    t.register("node-b", slots=1, credit=0)
+    t.client(p.Submit((
+        p.TaskSpec(1, "node-a", 0.0, MB, p.SOFT_AFFINITY),
+        p.TaskSpec(2, "node-a", 1.0, b"", p.SOFT_AFFINITY | p.HELD),
+    )))  # fmt: skip
+    out = t.agent(b"node-b", p.Credit(1))
+    out += t.tick(0.1)
+    assert sent_tasks(out, b"node-b") == []
+    assert t.core.tasks[CLIENT_ID, 2].queue is t.core.nodes["node-a"].queue
