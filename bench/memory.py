@@ -30,12 +30,12 @@ def _peak_mb(pid: int) -> float:
     raise RuntimeError(f"no VmHWM for pid {pid}")
 
 
-def flood(tasks: int, size: int, restart: bool) -> list[str]:
-    """One run: [label, dispatcher peak MB, client peak MB, tasks/s, resolved once and right]."""
+def flood(tasks: int, size: int, restart: bool, max_memory: str) -> list[str]:
+    """One run: [label, budget, dispatcher peak MB, client peak MB, tasks/s, resolved once and right]."""
     blob = b"x" * size
     with (
         tempfile.TemporaryDirectory(prefix="saga-bench-") as logs,
-        LocalCluster(1, workers=1, log_dir=Path(logs)) as cluster,
+        LocalCluster(1, workers=1, log_dir=Path(logs), dispatcher_args=["--max-memory", max_memory]) as cluster,
         cluster.client(connect_timeout_s=30) as client,
     ):
         assert cluster.dispatcher is not None
@@ -56,12 +56,33 @@ def flood(tasks: int, size: int, restart: bool) -> list[str]:
         right = results == [(i, size) for i in range(tasks)] and client.resolutions_ignored == 0
     client_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     label = f"{tasks:,} x {size / 1e6:g} MB" + (", dispatcher SIGKILLed and restarted" if restart else "")
-    return [label, f"{max(peaks):.0f}", f"{client_mb:.0f}", f"{tasks / elapsed:.0f}", "yes" if right else "**no**"]
+    budget = "none (1 TiB)" if max_memory == UNBOUNDED else max_memory
+    return [
+        label, budget, f"{max(peaks):.0f}", f"{client_mb:.0f}", f"{tasks / elapsed:.0f}", "yes" if right else "**no**"
+    ]  # fmt: skip
+
+
+UNBOUNDED = "1T"
+"""``--max-memory`` so large that every payload is kept: what the dispatcher did before it had a budget."""
+BUDGET = "256M"
+"""The issue's budget: the dispatcher's peak must stay within 300 MiB."""
 
 
 def memory(tasks: int, size: int = 1_000_000) -> str:
-    rows = [flood(tasks, size, restart=False), flood(tasks, size, restart=True)]
+    rows = [
+        flood(tasks, size, restart=False, max_memory=UNBOUNDED),
+        flood(tasks, size, restart=False, max_memory=BUDGET),
+        flood(tasks, size, restart=True, max_memory=BUDGET),
+    ]
     table = markdown(
-        ["workload", "dispatcher peak RSS MB", "client peak RSS MB", "tasks/s", "every task once, right"], rows
+        [
+            "workload",
+            "--max-memory",
+            "dispatcher peak RSS MB",
+            "client peak RSS MB",
+            "tasks/s",
+            "every task once, right",
+        ],
+        rows,
     )
     return f"### Large payloads: dispatcher memory (one node, one worker; CURVE on)\n\n{table}"

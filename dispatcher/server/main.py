@@ -19,7 +19,7 @@ from dispatcher.server.config import (
 from dispatcher.server.nodewatch import WatchConfig, load_configuration
 from dispatcher.server.service import DispatcherService
 
-_UNITS: Final = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
+_UNITS: Final = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 
 
 def _size(text: str) -> int:
@@ -58,7 +58,7 @@ def main(argv: list[str]) -> int:
         default=env("SAGA_MAX_MEMORY", "") or None,
         metavar="BYTES",
         help=f"memory budget (env SAGA_MAX_MEMORY; K, M, G suffixes): task payloads hold at most "
-        f"{PAYLOAD_SHARE:.0%} of it, the rest wait with their clients until a node is about to run them "
+        f"{PAYLOAD_SHARE:.0%}% of it, the rest wait with their clients until a node is about to run them "
         "(default: 3/4 of the container's memory limit, else 512M)",
     )
     parser.add_argument("--client-port", type=int, default=int(env("SAGA_CLIENT_PORT", str(CLIENT_PORT))))

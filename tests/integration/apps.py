@@ -69,3 +69,8 @@ def probe(path: str) -> str:
     """What an attacker's task would do: leave a mark. A refused probe leaves none."""
     Path(path).write_text(os.environ.get("NODE_NAME", "?"))
     return path
+
+
+def where_blob(x: int, blob: bytes) -> tuple[str, int, int, int]:
+    """``where(x)`` and the size of a large argument (the payload budget's tests)."""
+    return os.environ["NODE_NAME"], x, time.monotonic_ns(), len(blob)

@@ -62,14 +62,14 @@ def dispatcher_only(logs: Path) -> Iterator[tuple[LocalCluster, zmq.Context[zmq.
 def test_an_agent_and_a_client_of_the_previous_version_run_a_task_end_to_end(logs: Path) -> None:
     with dispatcher_only(logs) as (cluster, ctx):
         agent = Peer(ctx, cluster.agent_url, OLD)
-        agent.send(Op.REGISTER, "old-node", "old-agent-1", 1, 0, 1.0, OLD, [])
+        agent.send(Op.REGISTER, "old-node", "old-agent-1", 1, 0, 1.0, OLD, [], "")
         node_name, incarnation, _, _, _ = agent.expect(Op.REGISTERED)
         assert (node_name, incarnation) == ("old-node", 1)
         agent.send(Op.CREDIT, 1)
 
         client = Peer(ctx, cluster.client_url, OLD)
-        client.send(Op.HELLO, "old-client", OLD)
-        client.expect(Op.WELCOME)
+        client.send(Op.HELLO, "old-client", OLD, "")
+        assert len(client.expect(Op.WELCOME)) == 2  # the previous version's: no payload window
         client.send(Op.SUBMIT, [[1, "old-node", 0.0, b"payload-1", 0]])
 
         [[client_id, task_id, rank, payload]] = agent.expect(Op.TASKS)[0]
@@ -84,7 +84,7 @@ def test_an_agent_and_a_client_of_the_previous_version_run_a_task_end_to_end(log
         assert len(status) == 9, status
         request_id, _, nodes, pool_queued, submitted, resolved, duplicates, _, _ = status
         assert (request_id, pool_queued, submitted, resolved, duplicates) == (7, 0, 1, 1, 0)
-        assert [len(n) for n in nodes] == [9]  # the previous version's NodeInfo: no reason, no versions
+        assert [len(n) for n in nodes] == [12]
         client.send(Op.NODES_QUERY, 8)
         assert [row[:2] for row in client.expect(Op.NODES)[1]] == [["old-node", "alive"]]
 
@@ -92,14 +92,14 @@ def test_an_agent_and_a_client_of_the_previous_version_run_a_task_end_to_end(log
 def test_a_peer_of_a_version_no_longer_spoken_is_told_which_versions_are(logs: Path) -> None:
     with dispatcher_only(logs) as (cluster, ctx):
         ancient = Peer(ctx, cluster.agent_url, OLD - 1)
-        ancient.send(Op.REGISTER, "ancient-node", "a", 1, 0, 1.0, OLD - 1, [])
+        ancient.send(Op.REGISTER, "ancient-node", "a", 1, 0, 1.0, OLD - 1, [], "")
         assert ancient.sock.poll(30_000)
         version, op, reason = msgpack.unpackb(ancient.sock.recv(), raw=False)
         assert (version, op) == (p.PROTOCOL_VERSION, Op.REFUSED)  # in the version it must learn of
         assert f"protocol version {OLD - 1}" in reason and str(p.PROTOCOL_VERSION) in reason
 
         old_client = Peer(ctx, cluster.client_url, OLD - 1)
-        old_client.send(Op.HELLO, "ancient-client", OLD - 1)
+        old_client.send(Op.HELLO, "ancient-client", OLD - 1, "")
         assert old_client.sock.poll(30_000)
         version, op, code, message = msgpack.unpackb(old_client.sock.recv(), raw=False)
         assert (version, op, code) == (p.PROTOCOL_VERSION, Op.ERROR, p.ErrorCode.VERSION_MISMATCH)
@@ -115,7 +115,7 @@ def test_a_rolling_update_mixes_old_and_new_agents_under_one_dispatcher(logs: Pa
         with LocalCluster(1, log_dir=logs, insecure=True) as cluster, cluster.client() as client:
             new_task = client.submit(pow, 3, 2, node="local-0")  # first: it imports Parsl (seconds)
             old = Peer(ctx, cluster.agent_url, OLD)  # then the old agent, which answers heartbeats
-            old.send(Op.REGISTER, "old-node", "old-agent-1", 1, 0, 1.0, OLD, [])
+            old.send(Op.REGISTER, "old-node", "old-agent-1", 1, 0, 1.0, OLD, [], "")
             old.expect(Op.REGISTERED, heartbeat=True)
             old.send(Op.CREDIT, 1)
             client.submit_payload(b"for-the-old-agent", node="old-node")
