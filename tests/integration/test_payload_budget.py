@@ -71,7 +71,6 @@ def test_a_dispatcher_killed_while_tasks_wait_with_their_client_loses_none(logs:
         cluster.client() as client,
     ):
         node = cluster.node_names[0]
-        placed = [(node, i) for i in range(n)]
         futures = [client.submit(apps.where_blob, i, blob, node=node, rank=i) for i in range(n)]
         futures[n // 4].result(timeout=120)
         client_port = int(cluster.client_url.rsplit(":", 1)[1])

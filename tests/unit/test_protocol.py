@@ -126,7 +126,7 @@ BAD_FRAMES = {
     "held in version 4": raw(p.PROTOCOL_VERSION - 1, p.Op.SUBMIT, [[1, None, 0.0, b"", p.HELD]]),
     "held with a payload": raw(p.PROTOCOL_VERSION, p.Op.SUBMIT, [[1, None, 0.0, b"x", p.HELD]]),
     "payloads without missing": raw(p.PROTOCOL_VERSION, p.Op.PAYLOADS, [[1, b"x"]]),
-    "payload as str": raw(p.PROTOCOL_VERSION, p.Op.PAYLOADS, [[1, "x"]], []),
+    "fetched payload as str": raw(p.PROTOCOL_VERSION, p.Op.PAYLOADS, [[1, "x"]], []),
     "welcome without window": raw(p.PROTOCOL_VERSION, p.Op.WELCOME, "d1", 0.5),
     "negative window": raw(p.PROTOCOL_VERSION, p.Op.WELCOME, "d1", 0.5, -1),
 }
