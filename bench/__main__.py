@@ -45,6 +45,7 @@ def header(quick: bool) -> str:
 BENCHMARKS: dict[str, Callable[[parsl_overhead.Sizes], str]] = {
     "throughput": lambda s: parsl_overhead.throughput(s, logging=True),
     "throughput-nolog": lambda s: parsl_overhead.throughput(s, logging=False),
+    "largeargs": parsl_overhead.large_arguments,
     "roundtrip": lambda s: parsl_overhead.round_trip(s, logging=True),
     "roundtrip-nolog": lambda s: parsl_overhead.round_trip(s, logging=False),
     "sleep": parsl_overhead.sleep_efficiency,

@@ -45,25 +45,38 @@ def _order(round_no: int) -> list[str]:
 
 
 def throughput(sizes: Sizes, logging: bool, workers: int = 2) -> str:
+    title = f"No-op throughput through Parsl ({workers} workers, Parsl logging {'on (DEBUG)' if logging else 'off'})"
+    return _throughput(title, sizes.rounds, sizes.noop_tasks, logging, workers, 0)
+
+
+def large_arguments(sizes: Sizes, size: int = 1_000_000, workers: int = 2) -> str:
+    """No-op tasks with a ``size``-byte argument each, Parsl's default logging (issue 17)."""
+    counts = tuple(max(100, n // 10) for n in sizes.noop_tasks[:1])
+    title = f"No-op tasks with a {size / 1e6:g} MB argument through Parsl ({workers} workers, Parsl logging on)"
+    return _throughput(title, sizes.rounds, counts, True, workers, size)
+
+
+def _throughput(title: str, rounds: int, counts: tuple[int, ...], logging: bool, workers: int, arg_bytes: int) -> str:
     rates: dict[tuple[str, int], list[float]] = defaultdict(list)
-    for r in range(sizes.rounds):
+    blob = b"x" * arg_bytes
+    for r in range(rounds):
         for name in _order(r):
             with loaded(CONTENDERS[name](workers, logging=logging)):
-                app = python_app(apps.noop, executors=["bench"])
-                [f.result() for f in [app(i) for i in range(50)]]  # warm up
-                for n in sizes.noop_tasks:
+                app = python_app(apps.noop if not arg_bytes else apps.blob_size, executors=["bench"])
+                args = (lambda i: (i,)) if not arg_bytes else (lambda i: (i, blob))
+                [f.result() for f in [app(*args(i)) for i in range(50)]]  # warm up
+                for n in counts:
                     started = time.perf_counter()
-                    futures = [app(i) for i in range(n)]
+                    futures = [app(*args(i)) for i in range(n)]
                     for f in futures:
                         f.result()
                     rates[name, n].append(n / (time.perf_counter() - started))
     rows = []
-    for n in sizes.noop_tasks:
+    for n in counts:
         base = median(rates["threadpool", n]) if rates["threadpool", n] else float("nan")
         for name in contenders.selected():
             m = median(rates[name, n])
             rows.append([f"{n:,}", name, round(m), f"{m / base:.2f}", ", ".join(f"{x:.0f}" for x in rates[name, n])])
-    title = f"No-op throughput through Parsl ({workers} workers, Parsl logging {'on (DEBUG)' if logging else 'off'})"
     return f"### {title}\n\n" + markdown(["tasks", "executor", "tasks/s (median)", "x threadpool", "rounds"], rows)
 
 
