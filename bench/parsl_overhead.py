@@ -46,17 +46,19 @@ def _order(round_no: int) -> list[str]:
 
 def throughput(sizes: Sizes, logging: bool, workers: int = 2) -> str:
     title = f"No-op throughput through Parsl ({workers} workers, Parsl logging {'on (DEBUG)' if logging else 'off'})"
-    return _throughput(title, sizes.rounds, sizes.noop_tasks, logging, workers, 0)
+    return _throughput(title, sizes.rounds, sizes.noop_tasks, logging=logging, workers=workers, arg_bytes=0)
 
 
 def large_arguments(sizes: Sizes, size: int = 1_000_000, workers: int = 2) -> str:
     """No-op tasks with a ``size``-byte argument each, Parsl's default logging (issue 17)."""
     counts = tuple(max(100, n // 10) for n in sizes.noop_tasks[:1])
     title = f"No-op tasks with a {size / 1e6:g} MB argument through Parsl ({workers} workers, Parsl logging on)"
-    return _throughput(title, sizes.rounds, counts, True, workers, size)
+    return _throughput(title, sizes.rounds, counts, logging=True, workers=workers, arg_bytes=size)
 
 
-def _throughput(title: str, rounds: int, counts: tuple[int, ...], logging: bool, workers: int, arg_bytes: int) -> str:
+def _throughput(
+    title: str, rounds: int, counts: tuple[int, ...], *, logging: bool, workers: int, arg_bytes: int
+) -> str:
     rates: dict[tuple[str, int], list[float]] = defaultdict(list)
     blob = b"x" * arg_bytes
     for r in range(rounds):
