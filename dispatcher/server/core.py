@@ -823,7 +823,8 @@ class DispatcherCore:
         max_bytes = self.config.max_task_bytes
         versions = self._client_versions.get(client_id, "")
         submitted: dict[str, int] = defaultdict(int)
-        budget, fetchable, deferred = self.config.payload_budget, self._fetchable(client_id), 0
+        budget, fetchable = self.config.payload_budget, self._fetchable(client_id)
+        deferred: dict[str, int] = defaultdict(int)
         for spec in message.tasks:
             key = (client_id, spec.task_id)
             if key in tasks:  # a re-send of a task we already hold
@@ -856,7 +857,7 @@ class DispatcherCore:
                 payload = None
             elif budget and self.payload_bytes + len(spec.payload) > budget and fetchable:
                 payload = None
-                deferred += 1
+                deferred[name or POOL_LABEL] += 1
             else:
                 self.payload_bytes += len(spec.payload)
             record = TaskRecord(key, name, spec.rank, payload, spec.flags & ~p.HELD, queued_at=self._now)
@@ -876,8 +877,8 @@ class DispatcherCore:
             self._resolve({client_id: rejected})
         for name, n in submitted.items():
             self._count("tasks_submitted", name, n=n)
-        if deferred:
-            self._count("payloads_deferred", n=deferred)
+        for name, n in deferred.items():
+            self._count("payloads_deferred", name, n=n)
 
     def _unplaceable(self, name: str) -> str | None:
         """Why a task cannot be pinned to the not-yet-known node ``name``, or None."""

@@ -68,6 +68,11 @@ COUNTERS: Final[Mapping[str, tuple[tuple[str, ...], str]]] = {
         ("node", "fate"),
         "Parsl monitoring messages from a node's workers: forwarded to the task's client, or dropped.",
     ),
+    "payloads_deferred": (
+        _NODE,
+        "Tasks queued without their payload (it would have taken payloads past the budget), by their node.",
+    ),
+    "payloads_fetched": (_NODE, "Payloads asked back from clients (FETCH), for the node about to run them."),
     "frames_rejected": (("side", "reason"), "Frames dropped undecoded: frames, version, malformed, direction."),
     "peers_refused": (("side", "reason"), "Registrations and HELLOs refused, by reason."),
 }
