@@ -326,12 +326,13 @@ class DispatcherCore:
             payload = record.payload
             assert payload is not None
             batch.append(p.TaskAssignment(record.key[0], record.key[1], record.rank, payload))
-            if record.refill or (budget and self.payload_bytes >= budget):
+            at_budget = budget and self.payload_bytes >= budget
+            if record.refill or at_budget:
                 self.journal.save(record)
                 if record.refill:
                     record.refill = False
                     self._fetch(node, source)
-                if budget and self.payload_bytes >= budget and self._fetchable(record.key[0]):
+                if at_budget and self._fetchable(record.key[0]):
                     record.payload = None  # its agent has it; fetched again if it must run elsewhere
                     self.payload_bytes -= len(payload)
         if blocked is not None:

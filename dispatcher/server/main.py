@@ -25,7 +25,7 @@ _UNITS: Final = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 def _size(text: str) -> int:
     """``512M``, ``2G``, ``1048576``: bytes (a flag's type: a ValueError is argparse's error)."""
     raw = text.strip().upper().removesuffix("B").removesuffix("I")
-    unit = raw[-1:] if raw[-1:] in _UNITS and not raw[-1:].isdigit() else ""
+    unit = raw[-1:] if raw[-1:] in _UNITS else ""
     number = float(raw[: len(raw) - len(unit)])
     if not number > 0:
         raise ValueError(f"a memory budget must be positive: {text!r}")
