@@ -35,7 +35,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, InvalidStateError
 from typing import Any, Final, NamedTuple, Self
 
@@ -62,6 +62,23 @@ MAX_PAYLOAD: Final = p.MAX_FRAME_BYTES - 64 * 1024
 dispatcher's ZeroMQ would drop the frame, and the connection with it)."""
 RECONNECT_IVL_MAX_MS: Final = 5000
 """libzmq's reconnects back off up to this, so a refused key is not retried ten times a second."""
+
+
+def runs[T](items: Sequence[T], size_of: Callable[[T], int]) -> Iterator[list[T]]:
+    """``items`` in order, in runs of at most ``_BATCH_TASKS`` whose sizes add up to at most
+    ``_BATCH_BYTES`` (an item larger than that goes alone): one frame each, so no frame passes
+    MAX_FRAME_BYTES however the payloads fall (each is at most MAX_PAYLOAD)."""
+    run: list[T] = []
+    size = 0
+    for item in items:
+        n = size_of(item)
+        if run and (len(run) >= _BATCH_TASKS or size + n > _BATCH_BYTES):
+            yield run
+            run, size = [], 0
+        run.append(item)
+        size += n
+    if run:
+        yield run
 
 
 def send_now(*, held: int, acked: bool, waited_s: float, coalesce_s: float) -> bool:
@@ -510,24 +527,19 @@ class Client:
 
     def _send_tasks(self, sock: zmq.Socket[bytes], entries: Sequence[_Entry]) -> None:
         """SUBMIT frames for ``entries``, within the batch limits; past the dispatcher's payload
-        window a task goes HELD, without its payload, which waits here for a FETCH."""
-        batch: list[p.TaskSpec] = []
-        size = 0
+        window a task goes HELD, without its payload (saying its size), which waits here for a FETCH."""
+        specs: list[p.TaskSpec] = []
         window = self._window
         for entry in entries:
             spec = entry.spec
             if window and spec.payload and self._ahead + len(spec.payload) > window:
-                spec = spec._replace(payload=b"", flags=spec.flags | p.HELD)
+                spec = spec._replace(payload=b"", flags=spec.flags | p.HELD, size=len(spec.payload))
                 self.held_sent += 1
             else:
                 entry.ahead = len(spec.payload)
                 self._ahead += entry.ahead
-            batch.append(spec)
-            size += len(spec.payload)
-            if len(batch) >= _BATCH_TASKS or size >= _BATCH_BYTES:
-                self._send_submit(sock, batch)
-                batch, size = [], 0
-        if batch:
+            specs.append(spec)
+        for batch in runs(specs, lambda spec: len(spec.payload)):
             self._send_submit(sock, batch)
 
     def _send_submit(self, sock: zmq.Socket[bytes], batch: list[p.TaskSpec]) -> None:
@@ -577,25 +589,20 @@ class Client:
 
     def _send_payloads(self, sock: zmq.Socket[bytes], task_ids: Sequence[int]) -> None:
         """What a FETCH asked for, in PAYLOADS frames within the batch limits; the tasks no
-        longer here (resolved or cancelled meanwhile) are named ``missing``."""
+        longer here (resolved or cancelled meanwhile) are named ``missing``, in the last."""
         tasks = self._tasks
         items: list[p.PayloadItem] = []
         missing: list[int] = []
-        size = 0
         for task_id in task_ids:
             entry = tasks.get(task_id)
             if entry is None:
                 missing.append(task_id)
-                continue
-            items.append(p.PayloadItem(task_id, entry.spec.payload))
-            size += len(entry.spec.payload)
-            if size >= _BATCH_BYTES:
-                sock.send(p.encode(p.Payloads(tuple(items))))
-                self.payloads_fetched += len(items)
-                items, size = [], 0
-        if items or missing:
-            sock.send(p.encode(p.Payloads(tuple(items), tuple(missing))))
-            self.payloads_fetched += len(items)
+            else:
+                items.append(p.PayloadItem(task_id, entry.spec.payload))
+        batches = list(runs(items, lambda item: len(item.payload))) or [[]]
+        for i, batch in enumerate(batches, 1):
+            sock.send(p.encode(p.Payloads(tuple(batch), tuple(missing) if i == len(batches) else ())))
+            self.payloads_fetched += len(batch)
 
     def _welcome(self, sock: zmq.Socket[bytes], message: p.Welcome) -> None:
         restarted = self.dispatcher_id is not None and message.dispatcher_id != self.dispatcher_id

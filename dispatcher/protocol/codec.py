@@ -201,12 +201,17 @@ def _tasks(f: list[Any]) -> Tasks:
     )
 
 
-def _submit(f: list[Any], known: int = m.KNOWN_FLAGS) -> Submit:
+def _submit(f: list[Any], known: int = m.KNOWN_FLAGS, width: int = 6) -> Submit:
     tasks = []
-    for t, n, r, payload, g in _items(f[0], "tasks", 5):
+    for item in _items(f[0], "tasks", width):
+        t, n, r, payload, g = item[:5]
         flags = _flags(g, known)
-        if flags & m.HELD and payload != b"":
-            raise _fail("payload of a HELD task (must be empty)", len(payload) if type(payload) is bytes else payload)
+        size = _int(item[5], "size", 0, m.MAX_FRAME_BYTES) if width > 5 else 0
+        if flags & m.HELD:
+            if payload != b"":
+                raise _fail("payload of a HELD task (must be empty)", len(payload) if type(payload) is bytes else 0)
+        elif size:
+            raise _fail("size of a task that is not HELD (must be 0)", size)
         tasks.append(
             TaskSpec(
                 _int(t, "task_id"),
@@ -214,6 +219,7 @@ def _submit(f: list[Any], known: int = m.KNOWN_FLAGS) -> Submit:
                 _float(r, "rank"),
                 _bytes(payload, "payload"),
                 flags,
+                size,
             )
         )
     return Submit(tuple(tasks))
@@ -372,7 +378,7 @@ _CHANGED_IN: Final[dict[int, dict[type[Any], tuple[int, Any] | None]]] = {
             2,
             lambda f: Welcome(_str(f[0], "dispatcher_id", MAX_ID), _float(f[1], "heartbeat_interval_s", positive=True)),
         ),
-        Submit: (1, lambda f: _submit(f, _V4_FLAGS)),
+        Submit: (1, lambda f: _submit(f, _V4_FLAGS, 5)),
         Fetch: None,
         Payloads: None,
     },
@@ -391,7 +397,7 @@ def _older_fields(message: Message, fields: list[Any], version: int) -> list[Any
     if isinstance(message, Submit):
         if any(spec.flags & m.HELD for spec in message.tasks):
             raise ValueError(f"HELD does not exist in protocol version {version}")
-        return fields
+        return [[spec[:5] for spec in message.tasks]]
     assert isinstance(message, Welcome)
     return fields[:2]
 

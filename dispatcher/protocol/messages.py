@@ -152,6 +152,9 @@ class TaskSpec(NamedTuple):
     rank: float
     payload: bytes
     flags: int = 0
+    size: int = 0
+    """A HELD task's payload length, what a FETCH of it brings (its share of the dispatcher's
+    payload budget); 0 for any other task."""
 
 
 class PayloadItem(NamedTuple):

@@ -51,12 +51,16 @@ Rules (the invariants ``validate_state()`` checks after every step in tests):
    ahead of the task's RESOLVED from that node. Any other is dropped and counted: an agent can
    send a client monitoring only of the work it was given.
 13. Payloads have a budget (``payload_budget``): a task whose payload would take the payloads held
-   past it, or that its client sent HELD, is queued without it (its client keeps every payload it
-   sent until the task resolves). When such a task is next on a node with credit, the node waits
-   and its client is asked for the payload of it and the next ones in that queue's rank order
-   (FETCH; again after ``fetch_timeout_s``); the rank order is never skipped. At the budget, a
-   dispatched task's payload is let go (its agent has it; run again elsewhere, it is fetched
-   again). A client whose protocol has no FETCH keeps all its payloads here.
+   and asked for past it, or that its client sent HELD (saying its size), is queued without it
+   (its client keeps every payload it sent until the task resolves). When such a task is next on
+   a node with credit, the node waits and its client is asked for the payload of it and of the
+   next ones in that queue's rank order that the budget has room for (FETCH; again after
+   ``fetch_timeout_s``); the rank order is never skipped. A payload nobody asked for, or of
+   another size than its task's, is not taken. A client that leaves a FETCH unanswered
+   ``FETCH_TRIES`` times has its held tasks at the head of a queue resolved REJECTED until it
+   speaks again, so a client that is gone blocks no node. At the budget, a dispatched task's
+   payload is let go (its agent has it; run again elsewhere, it is fetched again). A client
+   whose protocol has no FETCH keeps all its payloads here, and may not come back as one.
 6. Bad input never raises out of ``handle``: malformed frames are counted, unknown peers are told
    to register or say hello, invalid submissions resolve as REJECTED. A step that raises all the
    same (a bug) is undone whole by the journal before the exception leaves ``handle``: the
@@ -107,6 +111,9 @@ SWEEP_S: Final = 1.0
 FETCH_SINCE: Final = 5
 """The protocol version that has HELD, FETCH and PAYLOADS: a client of an older one keeps no payload
 for the dispatcher to ask back, so the dispatcher holds all of its."""
+FETCH_TRIES: Final = 3
+"""FETCHes of one payload left unanswered (``fetch_timeout_s`` each) before its client is taken
+for gone (rule 13)."""
 
 
 class DispatcherCore:
@@ -165,8 +172,12 @@ class DispatcherCore:
         self._metrics = config.metrics
         self.payload_bytes = 0
         """Bytes of the payloads the task records hold (rule 13)."""
+        self.fetch_bytes = 0
+        """Bytes of the payloads asked for (FETCH) and not yet here (rule 13)."""
         self._waiting: dict[str, NodeActor] = {}
         """Nodes with credit whose next task's payload was asked for (FETCH), not yet here."""
+        self._unanswered: dict[str, None] = {}
+        """Clients that left a FETCH unanswered FETCH_TRIES times and have not spoken since."""
 
     # ------------------------------------------------------------------ entry point
 
@@ -221,14 +232,14 @@ class DispatcherCore:
         return (
             self.tasks_submitted, self.tasks_resolved, self.duplicates_dropped, self.bad_frames,
             self.tasks_stolen, self._soft, self._steal_ids, self.clients_refused, self.agents_refused,
-            self.results_refused, self.payload_bytes,
+            self.results_refused, self.payload_bytes, self.fetch_bytes,
         )  # fmt: skip
 
     def _set_counters(self, counters: tuple[int, ...]) -> None:
         (
             self.tasks_submitted, self.tasks_resolved, self.duplicates_dropped, self.bad_frames,
             self.tasks_stolen, self._soft, self._steal_ids, self.clients_refused, self.agents_refused,
-            self.results_refused, self.payload_bytes,
+            self.results_refused, self.payload_bytes, self.fetch_bytes,
         ) = counters  # fmt: skip
 
     @property
@@ -277,6 +288,8 @@ class DispatcherCore:
         del self.tasks[record.key]
         if record.payload is not None:
             self.payload_bytes -= len(record.payload)
+        elif record.fetching is not None:
+            self.fetch_bytes -= record.size
         if record.flags & p.SOFT_AFFINITY:
             self._soft -= 1
         if record.queue is not None:
@@ -308,6 +321,7 @@ class DispatcherCore:
         batch: list[p.TaskAssignment] = []
         blocked: TaskQueue | None = None
         budget = self.config.payload_budget
+        gone: dict[str, list[p.Resolution]] = defaultdict(list)
         while node.credit > 0:
             own_next, pool_next = own.peek(), pool.peek()
             if own_next is None and pool_next is None:
@@ -318,9 +332,20 @@ class DispatcherCore:
                 source, head = pool, pool_next
             assert head is not None
             if head.payload is None:  # rule 13: wait for it, in rank order
+                client_id = head.key[0]
+                expired = head.fetching is None or head.fetching <= self._now - self.config.fetch_timeout_s
+                if expired and head.fetches >= FETCH_TRIES and client_id not in self._unanswered:
+                    self.journal.keep(self._unanswered, client_id)
+                    self._unanswered[client_id] = None
+                    self._log("client_unanswered", "warning", client_id=client_id, fetches=head.fetches)
+                if client_id in self._unanswered:
+                    why = f"its client did not send its payload ({FETCH_TRIES} FETCHes unanswered)"
+                    self._forget(head)
+                    gone[client_id].append(p.Resolution(head.key[1], p.Outcome.REJECTED, why.encode(), ""))
+                    continue
                 blocked = source
-                if head.fetching is None or head.fetching <= self._now - self.config.fetch_timeout_s:
-                    self._fetch(node, source)
+                if expired:
+                    self._fetch(node, source, head)
                 break
             record = node.start_next(source)
             payload = record.payload
@@ -331,7 +356,7 @@ class DispatcherCore:
                 self.journal.save(record)
                 if record.refill:
                     record.refill = False
-                    self._fetch(node, source)
+                    self._fetch(node, source, None)
                 if at_budget and self._fetchable(record.key[0]):
                     record.payload = None  # its agent has it; fetched again if it must run elsewhere
                     self.payload_bytes -= len(payload)
@@ -344,6 +369,8 @@ class DispatcherCore:
         if batch:
             self._to_agent(node, p.Tasks(tuple(batch)))
             self._count("tasks_dispatched", node.name, n=len(batch))
+        if gone:
+            self._resolve(gone)
         if node.credit > 0:
             if node.name not in self._hungry:
                 self.journal.keep(self._hungry, node.name)
@@ -360,18 +387,31 @@ class DispatcherCore:
         """Whether the client holds its payloads for the dispatcher to ask back (rule 13)."""
         return self._client_protocols.get(client_id, 0) >= FETCH_SINCE
 
-    def _fetch(self, node: NodeActor, source: TaskQueue) -> None:
-        """Ask the clients for the payloads of ``source``'s next held tasks (rule 13): twice what
-        ``node`` can hold while under budget (the middle one, dispatched, asks for the next
-        batch), only what its credit takes now when over it."""
-        budget = self.config.payload_budget
+    def _fetch(self, node: NodeActor, source: TaskQueue, head: TaskRecord | None) -> None:
+        """Ask the clients for the payloads of ``source``'s next held tasks (rule 13): up to twice
+        what ``node`` can hold (the middle one, dispatched, asks for the next batch; only its
+        credit's worth at the budget), as many as the budget has room for beside what it holds
+        and has asked for, and always ``head``, the task the node waits for."""
+        budget, timeout = self.config.payload_budget, self.config.fetch_timeout_s
         n = 2 * node.capacity if not budget or self.payload_bytes < budget else max(node.credit, 1)
-        records = source.next_held(n, self._now - self.config.fetch_timeout_s)
+        room = budget - self.payload_bytes - self.fetch_bytes if budget else None
+        records = []
+        for record in source.next_held(n, self._now - timeout):
+            counted = record.fetching is not None  # its earlier FETCH is in fetch_bytes already
+            cost = 0 if counted else record.size
+            if room is not None and cost > room and record is not head:
+                break
+            if room is not None:
+                room -= cost
+            records.append(record)
         by_client: dict[str, list[int]] = defaultdict(list)
         middle = len(records) // 2 if len(records) > 1 else -1
         for i, record in enumerate(records):
             self.journal.save(record)
+            if record.fetching is None:
+                self.fetch_bytes += record.size
             record.fetching = self._now
+            record.fetches += 1
             record.refill = i == middle
             by_client[record.key[0]].append(record.key[1])
         for client_id, ids in by_client.items():
@@ -382,31 +422,42 @@ class DispatcherCore:
 
     def _handle_payloads(self, client_id: str, message: p.Payloads) -> None:
         """The payloads FETCH asked for: each waiting task takes its own, and the nodes waiting
-        for them go on (rule 13). A task its client no longer holds is dropped: it resolved or
-        was cancelled there, so no one waits for it."""
+        for them go on (rule 13). One nobody asked for (or already here) is not taken; one of
+        another size than its task said, or above the size limit, resolves its task REJECTED.
+        A task its client no longer holds is dropped: it resolved or was cancelled there, so no
+        one waits for it."""
         journal, tasks, max_bytes = self.journal, self.tasks, self.config.max_task_bytes
         rejected: list[p.Resolution] = []
         for item in message.items:
             record = tasks.get((client_id, item.task_id))
-            if record is None or record.payload is not None or record.queue is None:
-                continue  # resolved, cancelled, or already here: nothing waits for this one
-            if len(item.payload) > max_bytes:
-                why = f"task of {len(item.payload)} bytes exceeds the dispatcher's limit of {max_bytes} bytes"
+            if record is None or record.payload is not None or record.fetching is None:
+                continue  # resolved, cancelled, already here, or never asked for: nothing waits for this one
+            if len(item.payload) > max_bytes or len(item.payload) != record.size:
+                why = (
+                    f"task of {len(item.payload)} bytes exceeds the dispatcher's limit of {max_bytes} bytes"
+                    if len(item.payload) > max_bytes
+                    else f"payload of {len(item.payload)} bytes for a task sent as {record.size}"
+                )
                 self._forget(record)
                 rejected.append(p.Resolution(item.task_id, p.Outcome.REJECTED, why.encode(), ""))
                 continue
             journal.save(record)
             record.payload = item.payload
             record.fetching = None
-            self.payload_bytes += len(item.payload)
+            record.fetches = 0
+            self.fetch_bytes -= record.size
+            self.payload_bytes += record.size
         for task_id in message.missing:
             record = tasks.get((client_id, task_id))
-            if record is not None and record.payload is None and record.queue is not None:
+            if record is not None and record.payload is None and record.fetching is not None:
                 self._forget(record)
                 gone = b"its client no longer holds its payload"
                 rejected.append(p.Resolution(task_id, p.Outcome.REJECTED, gone, ""))
         if rejected:
             self._resolve({client_id: rejected})
+        self._pump_waiting()
+
+    def _pump_waiting(self) -> None:
         for node in list(self._waiting.values()):
             self._pump(node)
 
@@ -758,6 +809,9 @@ class DispatcherCore:
             error = p.Error(p.ErrorCode.UNKNOWN_CLIENT, "say HELLO first (the dispatcher may have restarted)")
             self._out.append(SendToClient(event.peer, error))
             return
+        if client_id in self._unanswered:  # it speaks: FETCH it again (rule 13)
+            self.journal.keep(self._unanswered, client_id)
+            del self._unanswered[client_id]
         match message:
             case p.Submit():
                 self._handle_submit(client_id, message)
@@ -793,6 +847,15 @@ class DispatcherCore:
             text = f"client id {message.client_id} belongs to another key: choose another id"
             self._out.append(SendToClient(peer, p.Error(p.ErrorCode.REFUSED, text)))
             return
+        spoke = self._client_protocols.get(message.client_id, 0)
+        if spoke >= FETCH_SINCE > message.protocol_version:  # its held payloads could never be fetched
+            text = (
+                f"client id {message.client_id} spoke protocol version {spoke}, so the dispatcher may wait for "
+                f"payloads it holds: it cannot come back as version {message.protocol_version}; choose another id"
+            )
+            self._out.append(SendToClient(peer, p.Error(p.ErrorCode.REFUSED, text)))
+            self._count("peers_refused", "client", "version")
+            return
         if bound is None:
             journal.keep(self._client_keys, message.client_id)
             self._client_keys[message.client_id] = key
@@ -812,9 +875,25 @@ class DispatcherCore:
         self._client_ids[peer] = message.client_id
         if old_peer != peer:
             self._log("client_connected", client_id=message.client_id)
+        if old_peer is not None and old_peer != peer:
+            self._refetch(message.client_id)
+        if message.client_id in self._unanswered:
+            journal.keep(self._unanswered, message.client_id)
+            del self._unanswered[message.client_id]
         cfg = self.config
         window = cfg.payload_budget // 4
         self._out.append(SendToClient(peer, p.Welcome(cfg.dispatcher_id, cfg.heartbeat_interval_s, window)))
+
+    def _refetch(self, client_id: str) -> None:
+        """The client has a new connection: the FETCHes sent to its old one are lost, so its
+        payloads being fetched are asked for again, now (rule 13). O(tasks): HELLOs are rare."""
+        for record in self.tasks.values():
+            if record.key[0] == client_id and record.fetching is not None:
+                self.journal.save(record)
+                record.fetching = None
+                record.fetches = 0  # lost on the way: not the client's silence
+                self.fetch_bytes -= record.size
+        self._pump_waiting()
 
     def _handle_submit(self, client_id: str, message: p.Submit) -> None:
         tasks = self.tasks
@@ -830,8 +909,9 @@ class DispatcherCore:
             key = (client_id, spec.task_id)
             if key in tasks:  # a re-send of a task we already hold
                 continue
-            if len(spec.payload) > max_bytes:
-                why = f"task of {len(spec.payload)} bytes exceeds the dispatcher's limit of {max_bytes} bytes"
+            size = spec.size if spec.flags & p.HELD else len(spec.payload)
+            if size > max_bytes:
+                why = f"task of {size} bytes exceeds the dispatcher's limit of {max_bytes} bytes"
                 rejected.append(p.Resolution(spec.task_id, p.Outcome.REJECTED, why.encode(), ""))
                 continue
             name = spec.node_name
@@ -856,12 +936,12 @@ class DispatcherCore:
             payload: bytes | None = spec.payload
             if spec.flags & p.HELD:
                 payload = None
-            elif budget and self.payload_bytes + len(spec.payload) > budget and fetchable:
+            elif budget and self.payload_bytes + self.fetch_bytes + size > budget and fetchable:
                 payload = None
                 deferred[name or POOL_LABEL] += 1
             else:
-                self.payload_bytes += len(spec.payload)
-            record = TaskRecord(key, name, spec.rank, payload, spec.flags & ~p.HELD, queued_at=self._now)
+                self.payload_bytes += size
+            record = TaskRecord(key, name, spec.rank, payload, spec.flags & ~p.HELD, queued_at=self._now, size=size)
             submitted[name or POOL_LABEL] += 1
             if spec.flags & p.SOFT_AFFINITY:
                 self._soft += 1
@@ -932,6 +1012,7 @@ class DispatcherCore:
             self._to_agent(self.nodes[name], p.CancelTasks(tuple(refs)))
         if cancelled:
             self._resolve({client_id: cancelled})
+            self._pump_waiting()  # a node may have waited for one of them
 
     def node_infos(self) -> tuple[p.NodeInfo, ...]:
         return tuple(
@@ -995,8 +1076,7 @@ class DispatcherCore:
                     self._to_agent(node, p.Heartbeat())
             elif node.state is NodeState.PENDING and now - node.pending_since > cfg.pending_grace_s:
                 self._declare_dead(node, f"never registered within {cfg.pending_grace_s:g} s", "never_registered")
-        for node in list(self._waiting.values()):  # a FETCH unanswered for fetch_timeout_s goes again
-            self._pump(node)
+        self._pump_waiting()  # a FETCH unanswered for fetch_timeout_s goes again
         if self._soft:
             self._steal_round()
         if self._deleted and now - self._swept >= SWEEP_S:

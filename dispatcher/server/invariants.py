@@ -59,9 +59,12 @@ def check(core: DispatcherCore) -> None:
     assert core._soft == sum(1 for r in core.tasks.values() if r.flags & p.SOFT_AFFINITY)
     held = sum(len(r.payload) for r in core.tasks.values() if r.payload is not None)
     assert core.payload_bytes == held, (core.payload_bytes, held)  # rule 13's account
+    fetching = sum(r.size for r in core.tasks.values() if r.payload is None and r.fetching is not None)
+    assert core.fetch_bytes == fetching, (core.fetch_bytes, fetching)
     for record in core.tasks.values():
         assert record.payload is not None or record.holder is not None or core._fetchable(record.key[0]), record
         assert not record.flags & p.HELD, record
+        assert record.payload is None or (len(record.payload) == record.size and record.fetching is None), record
     for name, node in core._waiting.items():  # rule 13: a node waits for a payload only with credit
         assert core.nodes[name] is node, node
         assert node.name in core._hungry, node

@@ -83,10 +83,12 @@ def plan_steals(victims: list[VictimView], thieves: list[ThiefView], penalty_s: 
 
 
 def victim_view(node: NodeActor, default_runtime_s: float, limit: int = 64) -> VictimView:
-    """What may be stolen from ``node``: soft tasks in its dispatcher queue (highest rank first),
-    then soft tasks its agent prefetched beyond its running slots (last sent first)."""
+    """What may be stolen from ``node``: soft tasks in its dispatcher queue whose payload is here
+    (highest rank first; one its client holds is not worth a round trip), then soft tasks its
+    agent prefetched beyond its running slots (last sent first)."""
     soft = p.SOFT_AFFINITY
-    queued = sorted((r for r in node.queue.records() if r.flags & soft), key=lambda r: (r.rank, r.seq), reverse=True)
+    here = (r for r in node.queue.records() if r.flags & soft and r.payload is not None)
+    queued = sorted(here, key=lambda r: (r.rank, r.seq), reverse=True)
     prefetched = [r for r in list(node.in_flight.values())[node.slots :] if r.flags & soft and not r.steal_id]
     backlog: list[tuple[TaskKey, Where]] = [(r.key, "queued") for r in queued[:limit]]
     backlog += [(r.key, "prefetched") for r in reversed(prefetched)]

@@ -25,8 +25,8 @@ class TaskRecord:
     """One unresolved task. ``node_name`` is where it is pinned (None: anywhere)."""
 
     __slots__ = (
-        "_jstep", "earlier", "fetching", "flags", "holder", "key", "node_name", "payload", "queue", "queued_at", "rank",
-        "refill", "seq", "steal_id", "stolen",
+        "_jstep", "earlier", "fetches", "fetching", "flags", "holder", "key", "node_name", "payload", "queue",
+        "queued_at", "rank", "refill", "seq", "size", "steal_id", "stolen",
     )  # fmt: skip
 
     def __init__(
@@ -38,6 +38,7 @@ class TaskRecord:
         flags: int = 0,
         *,
         queued_at: float = 0.0,
+        size: int | None = None,
     ) -> None:
         self.key = key
         self.queued_at = queued_at
@@ -48,8 +49,12 @@ class TaskRecord:
         self.payload = payload
         """None: its client holds it (HELD, or the dispatcher was over its payload budget); the core
         asks for it (FETCH) when the task is next on a node."""
+        self.size = len(payload) if size is None and payload is not None else size or 0
+        """Its payload's length, here or not (a HELD task's SUBMIT says it): what fetching it costs."""
         self.fetching: float | None = None
         """When a FETCH for its payload was sent (None: none outstanding)."""
+        self.fetches = 0
+        """FETCHes sent for its payload since it was last here."""
         self.refill = False
         """Dispatching it asks for the next payloads of its queue (the middle of a FETCH batch), so
         a node working through held tasks never waits a round trip for the next ones."""
@@ -158,13 +163,22 @@ class TaskQueue:
 
     def next_held(self, n: int, asked_before: float) -> list[TaskRecord]:
         """Up to ``n`` of the next tasks, in rank order, whose payload is with their client and
-        not asked for since ``asked_before``. O(queue) : called once per FETCH batch."""
-        heap = self._heap
-        live = (
-            e for e in heap if e[2].queue is self and e[2].seq == e[1] and e[2].payload is None
-            and (e[2].fetching is None or e[2].fetching <= asked_before)
-        )  # fmt: skip
-        return [e[2] for e in heapq.nsmallest(n, live)]
+        not asked for since ``asked_before``. A best-first walk down the heap: it looks only at
+        the tasks ranked before the last one it returns, and their children."""
+        heap, out = self._heap, list[TaskRecord]()
+        frontier = [(heap[0][0], heap[0][1], 0)] if heap and n > 0 else []
+        while frontier and len(out) < n:
+            _, seq, i = heapq.heappop(frontier)
+            record = heap[i][2]
+            if (
+                record.queue is self and record.seq == seq and record.payload is None
+                and (record.fetching is None or record.fetching <= asked_before)
+            ):  # fmt: skip
+                out.append(record)
+            for child in (2 * i + 1, 2 * i + 2):
+                if child < len(heap):
+                    heapq.heappush(frontier, (heap[child][0], heap[child][1], child))
+        return out
 
     def peek_rank(self) -> float | None:
         """Rank of the next task, or None when empty."""

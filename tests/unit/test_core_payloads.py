@@ -24,7 +24,7 @@ def payloads(*ids: int, missing: tuple[int, ...] = ()) -> p.Payloads:
 
 
 def held(*specs: tuple[int, str | None, float]) -> p.Submit:
-    return p.Submit(tuple(p.TaskSpec(i, n, r, b"", p.HELD) for i, n, r in specs))
+    return p.Submit(tuple(p.TaskSpec(i, n, r, b"", p.HELD, len(MB)) for i, n, r in specs))
 
 
 @pytest.fixture
@@ -47,7 +47,7 @@ def test_past_the_budget_tasks_queue_without_their_payload_and_are_fetched_in_ra
     assert sent_tasks(out, b"node-a") == [3]
     out = t.agent(b"node-a", p.Results((p.TaskResult(CLIENT_ID, 2, p.Outcome.OK, b""),), credit=1))
     assert sent_tasks(out, b"node-a") == []
-    assert fetches(out) == [4, 5, 6]  # the next held ones, twice what the node holds (2 x 2, 3 left)
+    assert fetches(out) == [4, 5]  # the next held ones the budget has room for (task 3's is here)
     assert "node-a" in t.core._waiting
     out = t.client(payloads(5, 4))  # in any order: the node takes them in rank order
     assert sent_tasks(out, b"node-a") == [4]
@@ -109,13 +109,91 @@ def test_a_task_its_client_no_longer_holds_resolves_rejected_and_a_stray_payload
     assert t.core.payload_bytes == len(MB)  # task 2's, kept in flight under the budget
 
 
-def test_a_fetched_payload_over_the_task_limit_resolves_rejected() -> None:
+def test_a_held_task_whose_size_is_over_the_task_limit_resolves_rejected_at_once() -> None:
     t = Transcript(max_task_bytes=10)
     t.hello()
-    t.client(held((1, "node-a", 0.0)))
-    t.register("node-a")
-    [rejected] = resolved(t.client(payloads(1)))
+    [rejected] = resolved(t.client(held((1, "node-a", 0.0))))
     assert rejected.outcome is p.Outcome.REJECTED and b"exceeds" in rejected.payload
+    assert (CLIENT_ID, 1) not in t.core.tasks
+
+
+def test_a_fetched_payload_of_another_size_than_its_task_said_resolves_rejected(t: Transcript) -> None:
+    t.client(held((1, "node-a", 0.0), (2, "node-a", 1.0)))
+    t.register("node-a")
+    out = t.client(p.Payloads((p.PayloadItem(1, MB + b"more"), p.PayloadItem(2, MB))))
+    [rejected] = resolved(out)
+    assert (rejected.task_id, rejected.outcome) == (1, p.Outcome.REJECTED)
+    assert b"sent as 1000" in rejected.payload
+    assert sent_tasks(out, b"node-a") == [2]
+    assert t.core.payload_bytes == len(MB)
+
+
+def test_a_payload_nobody_asked_for_is_not_taken(t: Transcript) -> None:
+    t.client(held((1, "node-a", 0.0)))  # no node: nothing asked for it
+    assert t.client(payloads(1)) == []
+    assert t.core.tasks[CLIENT_ID, 1].payload is None
+    assert t.core.payload_bytes == 0
+    assert fetches(t.register("node-a")) == [1]  # asked for now, when a node can take it
+
+
+def test_fetches_are_sized_by_the_budget_left_across_nodes_and_the_head_is_always_asked_for(t: Transcript) -> None:
+    t.client(held(*((i, "node-a", float(i)) for i in range(1, 5)), *((i, "node-b", float(i)) for i in range(5, 9))))
+    assert fetches(t.register("node-a", slots=2)) == [1, 2, 3]  # twice its slots would be 4: the budget has room for 3
+    assert t.core.fetch_bytes == 3 * len(MB)
+    assert fetches(t.register("node-b", slots=2)) == [5]  # no room left: only the task it waits for
+    out = t.client(payloads(1, 2, 3, 5))
+    assert sent_tasks(out, b"node-a") == [1, 2]
+    assert sent_tasks(out, b"node-b") == [5]
+    assert fetches(out) == [6]  # node-b's second slot waits for it; node-a's refill found no room
+    assert t.core.fetch_bytes == len(MB)
+
+
+def test_a_client_that_leaves_fetches_unanswered_has_its_held_heads_rejected_and_blocks_no_node() -> None:
+    t = Transcript(heartbeat_interval_s=100.0, payload_budget=3 * len(MB), fetch_timeout_s=5.0)
+    t.hello()
+    t.hello(peer=b"other-peer", client_id="c2")
+    t.client(held((1, "node-a", 0.0), (2, "node-a", 1.0)))
+    t.client(p.Submit((p.TaskSpec(3, "node-a", 2.0, b"fn"),)), peer=b"other-peer")
+    assert fetches(t.register("node-a")) == [1, 2]
+    for tries, at in enumerate((5.0, 10.0), 2):
+        assert fetches(t.tick(at)) == [1, 2]
+        assert t.core.tasks[CLIENT_ID, 1].fetches == tries
+    assert resolved(t.tick(14.9)) == []  # the third FETCH is not yet unanswered
+    out = t.tick(15.0)
+    assert [(r.task_id, r.outcome) for r in resolved(out)] == [(1, p.Outcome.REJECTED), (2, p.Outcome.REJECTED)]
+    assert b"unanswered" in resolved(out)[0].payload
+    assert sent_tasks(out, b"node-a") == [3]  # c2's task goes on
+    assert "c1" in t.core._unanswered
+    assert t.core.fetch_bytes == 0
+    t.client(held((4, "node-a", 3.0)), at=16.0)  # it speaks again: asked again
+    assert "c1" not in t.core._unanswered
+    out = t.agent(b"node-a", p.Results((p.TaskResult("c2", 3, p.Outcome.OK, b""),), credit=1), at=16.0)
+    assert fetches(out) == [4]
+
+
+def test_a_client_on_a_new_connection_is_asked_again_at_once(t: Transcript) -> None:
+    t.client(held((1, "node-a", 0.0)))
+    assert fetches(t.register("node-a")) == [1]
+    out = t.hello(peer=b"new-peer")  # the FETCH went to the old connection
+    assert fetches(out, peer=b"new-peer") == [1]
+    assert t.core.tasks[CLIENT_ID, 1].fetches == 1
+
+
+def test_cancelling_the_task_a_node_waits_for_lets_the_next_go_at_once(t: Transcript) -> None:
+    t.client(held((1, "node-a", 0.0)))
+    t.submit((2, "node-a", 1.0), payload=MB)
+    assert fetches(t.register("node-a")) == [1]
+    out = t.client(p.Cancel((1,)))
+    assert sent_tasks(out, b"node-a") == [2]
+    assert t.core.fetch_bytes == 0
+
+
+def test_a_client_id_that_spoke_fetch_may_not_come_back_on_an_older_version(t: Transcript) -> None:
+    t.client(held((1, "node-a", 0.0)))
+    out = t.client(p.Hello(CLIENT_ID, protocol_version=p.PROTOCOL_VERSION - 1), peer=b"old-peer")
+    [error] = to_client(out, b"old-peer")
+    assert isinstance(error, p.Error) and error.code is p.ErrorCode.REFUSED
+    assert t.core._clients[CLIENT_ID] == CLIENT
 
 
 def test_a_previous_version_client_keeps_its_payloads_here_whatever_the_budget(t: Transcript) -> None:
@@ -140,8 +218,8 @@ def test_a_task_whose_payload_was_let_go_is_fetched_again_when_its_node_dies(t: 
     t.tick(2.0)  # node-a is silent: its work goes to the pool
     out = t.agent(b"node-b", p.Credit(1), at=2.0)
     assert sent_tasks(out, b"node-b") == []
-    assert fetches(out) == [1, 4]  # the pool's held ones, in rank order (2 x node-b's one slot)
-    assert sent_tasks(t.client(payloads(1, 4), at=2.0), b"node-b") == [1]
+    assert fetches(out) == [1]  # the pool's held ones in rank order, as many as the budget has room for
+    assert sent_tasks(t.client(payloads(1), at=2.0), b"node-b") == [1]
     assert sent_tasks(t.agent(b"node-b", result(1), at=2.0), b"node-b") == []  # credit 0 after the result
 
 
@@ -156,3 +234,16 @@ def test_held_tasks_are_not_stolen(t: Transcript) -> None:
     out += t.tick(0.1)
     assert sent_tasks(out, b"node-b") == []
     assert t.core.tasks[CLIENT_ID, 2].queue is t.core.nodes["node-a"].queue
+
+
+def test_a_thief_steals_past_a_back_of_the_line_its_client_holds() -> None:
+    t = Transcript(payload_budget=100 * len(MB))
+    t.hello()
+    t.register("node-a", slots=1)
+    t.register("node-b", slots=1, credit=0)
+    eager = [p.TaskSpec(i, "node-a", float(i), MB, p.SOFT_AFFINITY) for i in range(1, 6)]
+    late = [p.TaskSpec(i, "node-a", float(i), b"", p.SOFT_AFFINITY | p.HELD, len(MB)) for i in range(6, 80)]
+    t.client(p.Submit((*eager, *late)))  # the back of node-a's line, more than a victim's view, is held
+    out = t.agent(b"node-b", p.Credit(1))
+    out += t.tick(0.1)
+    assert sent_tasks(out, b"node-b") == [5]  # the last one whose payload is here

@@ -43,7 +43,7 @@ EXAMPLES: list[p.Message] = [
     p.StatusQuery(5),
     p.Welcome("d1", 0.5),
     p.Welcome("d1", 0.5, 64 * 1024 * 1024),
-    p.Submit((p.TaskSpec(3, "node-a", 0.0, b"", p.HELD | p.SOFT_AFFINITY),)),
+    p.Submit((p.TaskSpec(3, "node-a", 0.0, b"", p.HELD | p.SOFT_AFFINITY, 1000),)),
     p.Fetch((3, 4)),
     p.Payloads((p.PayloadItem(3, b"\x80fn"), p.PayloadItem(4, b"")), missing=(5,)),
     p.Payloads(()),
@@ -100,9 +100,9 @@ BAD_FRAMES = {
     "bool as int": raw(p.PROTOCOL_VERSION, p.Op.CREDIT, True),  # noqa: FBT003
     "zero credit": raw(p.PROTOCOL_VERSION, p.Op.CREDIT, 0),
     "node name too long": raw(p.PROTOCOL_VERSION, p.Op.REGISTER, "n" * 254, "a", 1, 0, 1.0, 1, []),
-    "payload as str": raw(p.PROTOCOL_VERSION, p.Op.SUBMIT, [[1, None, 0.0, "text", 0]]),
-    "unknown flag": raw(p.PROTOCOL_VERSION, p.Op.SUBMIT, [[1, None, 0.0, b"", 8]]),
-    "negative task id": raw(p.PROTOCOL_VERSION, p.Op.SUBMIT, [[-1, None, 0.0, b"", 0]]),
+    "payload as str": raw(p.PROTOCOL_VERSION, p.Op.SUBMIT, [[1, None, 0.0, "text", 0, 0]]),
+    "unknown flag": raw(p.PROTOCOL_VERSION, p.Op.SUBMIT, [[1, None, 0.0, b"", 8, 0]]),
+    "negative task id": raw(p.PROTOCOL_VERSION, p.Op.SUBMIT, [[-1, None, 0.0, b"", 0, 0]]),
     "float task id": raw(p.PROTOCOL_VERSION, p.Op.CANCEL, [1.0]),
     "short batch item": raw(p.PROTOCOL_VERSION, p.Op.SUBMIT, [[1, None, 0.0, b""]]),
     "batch not a list": raw(p.PROTOCOL_VERSION, p.Op.SUBMIT, b"tasks"),
@@ -124,7 +124,10 @@ BAD_FRAMES = {
     "fetch in version 4": raw(p.PROTOCOL_VERSION - 1, p.Op.FETCH, [1]),
     "payloads in version 4": raw(p.PROTOCOL_VERSION - 1, p.Op.PAYLOADS, [[1, b"x"]], []),
     "held in version 4": raw(p.PROTOCOL_VERSION - 1, p.Op.SUBMIT, [[1, None, 0.0, b"", p.HELD]]),
-    "held with a payload": raw(p.PROTOCOL_VERSION, p.Op.SUBMIT, [[1, None, 0.0, b"x", p.HELD]]),
+    "held with a payload": raw(p.PROTOCOL_VERSION, p.Op.SUBMIT, [[1, None, 0.0, b"x", p.HELD, 1]]),
+    "a size without held": raw(p.PROTOCOL_VERSION, p.Op.SUBMIT, [[1, None, 0.0, b"x", 0, 1]]),
+    "negative size": raw(p.PROTOCOL_VERSION, p.Op.SUBMIT, [[1, None, 0.0, b"", p.HELD, -1]]),
+    "task without its size": raw(p.PROTOCOL_VERSION, p.Op.SUBMIT, [[1, None, 0.0, b"x", 0]]),
     "payloads without missing": raw(p.PROTOCOL_VERSION, p.Op.PAYLOADS, [[1, b"x"]]),
     "fetched payload as str": raw(p.PROTOCOL_VERSION, p.Op.PAYLOADS, [[1, "x"]], []),
     "welcome without window": raw(p.PROTOCOL_VERSION, p.Op.WELCOME, "d1", 0.5),
@@ -221,6 +224,8 @@ def test_a_version_4_welcome_is_what_version_4_reads_and_writes() -> None:
     assert p.decode(msgpack.packb([PREVIOUS, p.Op.WELCOME, "d1", 0.5])) == p.Welcome("d1", 0.5)
     old = msgpack.packb([PREVIOUS, p.Op.SUBMIT, [[1, "node-a", 0.0, b"fn", p.SOFT_AFFINITY]]])
     assert p.decode(old) == p.Submit((p.TaskSpec(1, "node-a", 0.0, b"fn", p.SOFT_AFFINITY),))
+    submit = p.encode(p.Submit((p.TaskSpec(1, "node-a", 0.0, b"fn", p.SOFT_AFFINITY),)), PREVIOUS)
+    assert msgpack.unpackb(submit) == [PREVIOUS, p.Op.SUBMIT, [[1, "node-a", 0.0, b"fn", p.SOFT_AFFINITY]]]
 
 
 @pytest.mark.parametrize("version", [0, 1, p.PROTOCOL_VERSION + 1, "3", None])

@@ -1,10 +1,12 @@
-"""The Client's Nagle's rule for frames, as a pure function."""
+"""The Client's Nagle's rule for frames, and how it cuts batches into frames, as pure functions."""
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
-from dispatcher.client.client import COALESCE_TASKS, send_now
+from dispatcher.client.client import _BATCH_BYTES, _BATCH_TASKS, COALESCE_TASKS, MAX_PAYLOAD, runs, send_now
 
 
 @pytest.mark.parametrize(
@@ -25,3 +27,17 @@ def test_send_now(held: int, acked: bool, waited_s: float, expected: bool) -> No
 
 def test_zero_coalesce_never_holds() -> None:
     assert send_now(held=1, acked=False, waited_s=0.0, coalesce_s=0.0)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_runs_keep_the_order_and_bound_each_frame(seed: int) -> None:
+    rng = random.Random(seed)
+    sizes = [
+        rng.choice((0, 1, 1024, _BATCH_BYTES // 3, _BATCH_BYTES, MAX_PAYLOAD)) for _ in range(rng.randint(0, 3000))
+    ]
+    batches = list(runs(sizes, lambda size: size))
+    assert [size for batch in batches for size in batch] == sizes
+    for batch in batches:
+        assert 0 < len(batch) <= _BATCH_TASKS
+        assert len(batch) == 1 or sum(batch) <= _BATCH_BYTES  # only a lone payload may be larger
+        assert sum(batch) <= MAX_PAYLOAD  # so a frame never passes MAX_FRAME_BYTES

@@ -37,7 +37,7 @@ def fingerprint(core: DispatcherCore) -> Any:
     def record(r: Any) -> Any:
         queue = r.queue.name if r.queue is not None else None
         return (r.key, r.node_name, r.rank, r.flags, queue, r.seq, r.holder, r.earlier, r.steal_id, r.stolen, r.payload,
-                r.fetching, r.refill)  # fmt: skip
+                r.fetching, r.refill, r.size, r.fetches)  # fmt: skip
 
     def queued(q: Any) -> Any:
         return (len(q), sorted((r.rank, r.seq, r.key) for r in q.records()))
@@ -53,6 +53,7 @@ def fingerprint(core: DispatcherCore) -> Any:
         sorted((peer, n.name) for peer, n in core._agents.items()),
         sorted(core._hungry),
         sorted(core._waiting),
+        sorted(core._unanswered),
         sorted(core._client_protocols.items()),
         sorted(core._clients.items()),
         sorted(core._client_ids.items()),
