@@ -8,10 +8,10 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
 
 from dispatcher.protocol import is_node_name
 from dispatcher.runtime import exposure
+from dispatcher.runtime.cgroup import CGROUP, cpu_quota
 from dispatcher.runtime.keys import PeerKeys
 
 NODE_NAME_ENV = "NODE_NAME"
@@ -74,31 +74,12 @@ class AgentConfig:
         return self.prefetch
 
 
-CGROUP: Final = Path("/sys/fs/cgroup")
-
-
 def default_workers(cgroup: Path = CGROUP) -> int:
     """The CPUs this process may use: its cgroup's CPU quota (v2 ``cpu.max``, v1
     ``cpu.cfs_quota_us``), rounded up and at most the cores; the cores where there is none."""
     cores = os.cpu_count() or 1
     quota = cpu_quota(cgroup)
     return max(1, min(cores, math.ceil(quota))) if quota is not None else cores
-
-
-def cpu_quota(cgroup: Path = CGROUP) -> float | None:
-    """The CPU limit in CPUs, or None if there is none (or it cannot be read)."""
-    try:
-        v2 = cgroup / "cpu.max"
-        if v2.exists():
-            limit, _, period = v2.read_text().strip().partition(" ")
-            return None if limit == "max" else int(limit) / int(period or "100000")
-        v1 = cgroup / "cpu" / "cpu.cfs_quota_us"
-        if v1.exists():
-            quota = int(v1.read_text())
-            return None if quota <= 0 else quota / int((cgroup / "cpu" / "cpu.cfs_period_us").read_text())
-    except (OSError, ValueError, ZeroDivisionError):
-        return None
-    return None
 
 
 def resolve_node_name(cli_value: str | None, env: Mapping[str, str] = os.environ) -> str:

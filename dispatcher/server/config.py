@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Final
 
 from dispatcher import protocol as p
+from dispatcher.runtime.cgroup import CGROUP, memory_limit
 from dispatcher.server.nodewatch import WatchConfig
 
 CLIENT_PORT = 5560
@@ -24,24 +25,11 @@ for what a budget cannot see, such as the kernel's socket buffers)."""
 PAYLOAD_SHARE: Final = 0.5
 """Of ``--max-memory``, the share task payloads may hold (the rest: the process, the task records,
 ZeroMQ's buffers, the frames in transit)."""
-_CGROUP_LIMITS: Final = (Path("/sys/fs/cgroup/memory.max"), Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"))
 
 
-def memory_limit(files: tuple[Path, ...] = _CGROUP_LIMITS) -> int | None:
-    """This container's memory limit (cgroup v2, else v1), or None where there is none to read."""
-    for path in files:
-        try:
-            text = path.read_text().strip()
-        except OSError:
-            continue
-        if text.isdigit() and int(text) < 2**60:  # v1 says "no limit" with a huge number, v2 with "max"
-            return int(text)
-    return None
-
-
-def default_max_memory(files: tuple[Path, ...] = _CGROUP_LIMITS) -> int:
+def default_max_memory(cgroup: Path = CGROUP) -> int:
     """``--max-memory``'s default: a share of the container's memory limit, else 512 MiB."""
-    limit = memory_limit(files)
+    limit = memory_limit(cgroup)
     return FALLBACK_MAX_MEMORY if limit is None else int(limit * LIMIT_SHARE)
 
 
