@@ -223,7 +223,7 @@ class Agent:
         reply is not needed once the dispatcher has lost us."""
         assert self._sock is not None
         try:
-            self._sock.send(p.encode(message), zmq.NOBLOCK)
+            self._sock.send_multipart(p.encode_parts(message), zmq.NOBLOCK, copy=False)
         except zmq.Again:
             self._unsent += 1
             if log_due(self._unsent):
@@ -238,15 +238,15 @@ class Agent:
     def _read(self, now: float) -> None:
         assert self._sock is not None
         sock = self._sock
-        for frame in drain(sock, sock.recv):
-            self._handle(frame, now)
+        for frames in drain(sock, sock.recv_multipart):
+            self._handle(frames, now)
             if self._sock is not sock:  # handling may reconnect
                 return
 
-    def _handle(self, frame: bytes, now: float) -> None:
-        """One frame from the dispatcher."""
+    def _handle(self, frames: list[bytes], now: float) -> None:
+        """One message from the dispatcher (its header frame, and payloads in frames of their own)."""
         try:
-            message = p.decode(frame)
+            message = p.decode(frames)
         except p.ProtocolError as exc:
             log.warning("bad_frame", reason=str(exc))
             return
@@ -335,7 +335,7 @@ class Agent:
         assert pool is not None
         while self._queued and pool.takes(len(self._queued[0].payload)):  # in order: the head waits for a worker
             task = self._queued.popleft()
-            pool.start((task.client_id, task.task_id), task.payload)
+            pool.start((task.client_id, task.task_id), bytes(task.payload))  # bytes already: read as bytes
 
     def _held(self) -> int:
         assert self._pool is not None

@@ -115,13 +115,13 @@ def _settle(future: Future[Any], resolution: p.Resolution) -> None:
     from parsl.app.errors import RemoteExceptionWrapper  # Parsl only where results are unpacked
     from parsl.serialize import deserialize
 
-    outcome = resolution.outcome
+    outcome, payload = resolution.outcome, bytes(resolution.payload)  # bytes already: frames are read as bytes here
     try:
         if outcome is p.Outcome.OK:
-            future.set_result(deserialize(resolution.payload))
+            future.set_result(deserialize(payload))
             return
         if outcome is p.Outcome.APP_ERROR:
-            wrapped = deserialize(resolution.payload)
+            wrapped = deserialize(payload)
             if isinstance(wrapped, RemoteExceptionWrapper):
                 try:
                     wrapped.reraise()
@@ -130,7 +130,7 @@ def _settle(future: Future[Any], resolution: p.Resolution) -> None:
                 return
             future.set_exception(wrapped if isinstance(wrapped, BaseException) else RuntimeError(repr(wrapped)))
             return
-        future.set_exception(failure(outcome, resolution.task_id, resolution.payload, resolution.node_name))
+        future.set_exception(failure(outcome, resolution.task_id, payload, resolution.node_name))
     except Exception as exc:  # a payload we cannot deserialize must still end the future
         future.set_exception(exc)
 
@@ -543,14 +543,14 @@ class Client:
             self._send_submit(sock, batch)
 
     def _send_submit(self, sock: zmq.Socket[bytes], batch: list[p.TaskSpec]) -> None:
-        sock.send(p.encode(p.Submit(tuple(batch))))
+        sock.send_multipart(p.encode_parts(p.Submit(tuple(batch))), copy=False)  # large payloads as they are
         self._acked = False
         self.submit_frames += 1
 
     def _receive(self, sock: zmq.Socket[bytes]) -> None:
-        for frame in drain(sock, sock.recv):
+        for frames in drain(sock, sock.recv_multipart):
             try:
-                message = p.decode(frame)
+                message = p.decode(frames)
             except p.ProtocolError as exc:
                 log.warning("bad_frame", client_id=self.client_id, reason=str(exc))
                 continue
@@ -601,7 +601,8 @@ class Client:
                 items.append(p.PayloadItem(task_id, entry.spec.payload))
         batches = list(runs(items, lambda item: len(item.payload))) or [[]]
         for i, batch in enumerate(batches, 1):
-            sock.send(p.encode(p.Payloads(tuple(batch), tuple(missing) if i == len(batches) else ())))
+            message = p.Payloads(tuple(batch), tuple(missing) if i == len(batches) else ())
+            sock.send_multipart(p.encode_parts(message), copy=False)
             self.payloads_fetched += len(batch)
 
     def _welcome(self, sock: zmq.Socket[bytes], message: p.Welcome) -> None:

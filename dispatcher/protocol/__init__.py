@@ -12,20 +12,25 @@ Rules
 * ``decode()`` validates the version, the op, the number of fields and the type and size of every
   field, and raises :class:`ProtocolError` otherwise. Nothing untyped gets past it: the result is
   always one of the frozen dataclasses below, with tuple items for batches.
-* Payloads (tasks, results, monitoring messages) are opaque ``bytes`` here. The dispatcher never unpickles them.
+* Payloads (tasks, results, monitoring messages) are opaque ``bytes`` here (``Payload``: in the
+  dispatcher, a large one is the zero-copy view of the frame it came in). The dispatcher never
+  unpickles them.
 * Names: ``node_name`` is a Kubernetes node name (1-253 chars), ``client_id`` / ``agent_id`` are
   short ids chosen by their owner, ``task_id`` is an unsigned 64-bit int unique per client, and
   ``rank`` is the planned start time (lower runs first).
 """
 
-from dispatcher.protocol.codec import decode, decode_versioned, encode, op_of
+from dispatcher.protocol.codec import decode, decode_versioned, encode, encode_parts, op_of
 from dispatcher.protocol.messages import (
     COALESCE_BYTES,
     HELD,
+    INLINE_MAX,
     KNOWN_FLAGS,
     MAX_BATCH,
     MAX_FRAME_BYTES,
+    MAX_FRAMES,
     MAX_ID,
+    MAX_MESSAGE_BYTES,
     MAX_MONITORING_BYTES,
     MAX_NAME,
     MAX_SLOTS,
@@ -59,6 +64,7 @@ from dispatcher.protocol.messages import (
     NodesQuery,
     Op,
     Outcome,
+    Payload,
     PayloadItem,
     Payloads,
     Placement,
@@ -91,10 +97,13 @@ from dispatcher.protocol.messages import (
 __all__ = [
     "COALESCE_BYTES",
     "HELD",
+    "INLINE_MAX",
     "KNOWN_FLAGS",
     "MAX_BATCH",
+    "MAX_FRAMES",
     "MAX_FRAME_BYTES",
     "MAX_ID",
+    "MAX_MESSAGE_BYTES",
     "MAX_MONITORING_BYTES",
     "MAX_NAME",
     "MAX_SLOTS",
@@ -128,6 +137,7 @@ __all__ = [
     "NodesQuery",
     "Op",
     "Outcome",
+    "Payload",
     "PayloadItem",
     "Payloads",
     "Placement",
@@ -157,6 +167,7 @@ __all__ = [
     "decode",
     "decode_versioned",
     "encode",
+    "encode_parts",
     "is_node_name",
     "op_of",
 ]

@@ -9,6 +9,7 @@ and a message encodes for a peer of version N-1 without the fields that version 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any, Final
 
 import msgpack
@@ -45,6 +46,7 @@ from dispatcher.protocol.messages import (
     NodesQuery,
     Op,
     Outcome,
+    Payload,
     PayloadItem,
     Payloads,
     Placement,
@@ -103,6 +105,14 @@ def _str(value: Any, what: str, max_len: int, min_len: int = 1) -> str:
 
 def _bytes(value: Any, what: str) -> bytes:
     if type(value) is not bytes:
+        raise _fail(what, value)
+    return value
+
+
+def _payload(value: Any, what: str = "payload") -> Payload:
+    """A payload: bytes from the header, or (version 5) the buffer of a frame of its own, which
+    stays a zero-copy view of the frame it came in."""
+    if type(value) is not bytes and type(value) is not memoryview:
         raise _fail(what, value)
     return value
 
@@ -181,7 +191,7 @@ def _register(f: list[Any]) -> Register:
 def _results(f: list[Any]) -> Results:
     return Results(
         tuple(
-            TaskResult(_str(c, "client_id", MAX_ID), _int(t, "task_id"), _outcome(o), _bytes(p, "payload"), _runtime(r))
+            TaskResult(_str(c, "client_id", MAX_ID), _int(t, "task_id"), _outcome(o), _payload(p), _runtime(r))
             for c, t, o, p, r in _items(f[0], "results", 5)
         ),
         _int(f[1], "credit", 0, MAX_SLOTS * 2),
@@ -195,7 +205,7 @@ def _refs(value: Any, what: str) -> tuple[TaskRef, ...]:
 def _tasks(f: list[Any]) -> Tasks:
     return Tasks(
         tuple(
-            TaskAssignment(_str(c, "client_id", MAX_ID), _int(t, "task_id"), _float(r, "rank"), _bytes(p, "payload"))
+            TaskAssignment(_str(c, "client_id", MAX_ID), _int(t, "task_id"), _float(r, "rank"), _payload(p))
             for c, t, r, p in _items(f[0], "tasks", 4)
         )
     )
@@ -217,7 +227,7 @@ def _submit(f: list[Any], known: int = m.KNOWN_FLAGS, width: int = 6) -> Submit:
                 _int(t, "task_id"),
                 None if n is None else _str(n, "node_name", MAX_NAME),
                 _float(r, "rank"),
-                _bytes(payload, "payload"),
+                _payload(payload),
                 flags,
                 size,
             )
@@ -239,7 +249,7 @@ def _ids(value: Any, what: str) -> tuple[int, ...]:
 
 
 def _payloads(f: list[Any]) -> Payloads:
-    items = tuple(PayloadItem(_int(t, "task_id"), _bytes(p, "payload")) for t, p in _items(f[0], "payloads", 2))
+    items = tuple(PayloadItem(_int(t, "task_id"), _payload(p)) for t, p in _items(f[0], "payloads", 2))
     return Payloads(items, _ids(f[1], "missing"))
 
 
@@ -255,9 +265,7 @@ def _repin(f: list[Any]) -> Repin:
 def _resolved(f: list[Any]) -> Resolved:
     return Resolved(
         tuple(
-            Resolution(
-                _int(t, "task_id"), _outcome(o), _bytes(p, "payload"), _str(n, "node_name", MAX_NAME, 0), _runtime(r)
-            )
+            Resolution(_int(t, "task_id"), _outcome(o), _payload(p), _str(n, "node_name", MAX_NAME, 0), _runtime(r))
             for t, o, p, n, r in _items(f[0], "results", 5)
         )
     )
@@ -419,15 +427,79 @@ def encode(message: Message, version: int = PROTOCOL_VERSION) -> bytes:
     return frame
 
 
-def decode(frame: bytes | memoryview) -> Message:
-    """The message in ``frame``; raises :class:`ProtocolError` for anything that is not one."""
-    return decode_versioned(frame)[1]
+_FRAMED: Final[dict[Op, int]] = {Op.SUBMIT: 3, Op.TASKS: 3, Op.RESULTS: 3, Op.RESOLVED: 2, Op.PAYLOADS: 1}
+"""The messages whose first field is a batch of items that carry a payload, and where in each
+item it is: since version 5, such a payload may travel in a frame of its own."""
+FRAMES_SINCE: Final = 5
 
 
-def decode_versioned(frame: bytes | memoryview) -> tuple[int, Message]:
-    """The protocol version ``frame`` was written in, and its message. A frame in a version not
-    in SUPPORTED_VERSIONS raises :class:`VersionError` (a ProtocolError), so the receiver can say
-    which versions it speaks."""
+def encode_parts(message: Message, version: int = PROTOCOL_VERSION) -> list[Payload]:
+    """``message`` as the frames of one ZeroMQ message, for ``sock.send_multipart(parts,
+    copy=False)``: the header, then (version 5) each payload over INLINE_MAX in a frame of its
+    own, in order, its place in the header holding its length. The payloads are not copied here,
+    and ZeroMQ sends them from where they are; a message without such a payload is the one frame
+    :func:`encode` gives."""
+    at = _FRAMED.get(message.op)
+    if at is None or version < FRAMES_SINCE:
+        return [encode(message, version)]
+    fields = [getattr(message, name) for name in message.__slots__]
+    batch: tuple[Any, ...] = fields[0]
+    items: list[Any] | None = None
+    frames: list[Payload] = []
+    for i, item in enumerate(batch):
+        payload = item[at]
+        if len(payload) > m.INLINE_MAX:
+            if items is None:
+                items = list(batch[:i])
+            items.append((*item[:at], len(payload), *item[at + 1 :]))
+            frames.append(payload)
+        elif items is not None:
+            items.append(item)
+    if items is None:
+        return [encode(message, version)]
+    fields[0] = items
+    header: bytes = msgpack.packb([version, message.op, *fields], use_bin_type=True)
+    return [header, *frames]
+
+
+def _take_frames(op: Op, batch: Any, at: int, frames: Sequence[Payload]) -> None:
+    """Put each payload frame where the header holds its length (in place)."""
+    if type(batch) is not list:
+        raise _fail(f"{op.name} batch", batch)
+    left = iter(frames)
+    for item in batch:
+        if type(item) is list and len(item) > at and type(item[at]) is int:
+            frame = next(left, None)
+            if frame is None:
+                raise ProtocolError(f"{op.name} names more payload frames than the {len(frames)} it has")
+            if len(frame) != item[at]:
+                raise ProtocolError(f"{op.name} payload frame of {len(frame)} bytes, its header says {item[at]}")
+            item[at] = frame
+    if next(left, None) is not None:
+        raise ProtocolError(f"{op.name} has payload frames its header does not name")
+
+
+def decode(frames: Payload | Sequence[Payload]) -> Message:
+    """The message in ``frames`` (one frame, or a message's frames); raises :class:`ProtocolError`
+    for anything that is not one."""
+    return decode_versioned(frames)[1]
+
+
+def decode_versioned(frames: Payload | Sequence[Payload]) -> tuple[int, Message]:
+    """The protocol version ``frames`` were written in, and their message: one frame, or the
+    frames of one ZeroMQ message (a header, and version 5's payload frames, kept as they are).
+    A frame in a version not in SUPPORTED_VERSIONS raises :class:`VersionError` (a
+    ProtocolError), so the receiver can say which versions it speaks."""
+    rest: Sequence[Payload] = ()
+    if type(frames) is bytes or type(frames) is memoryview:
+        frame = frames
+    else:
+        assert not isinstance(frames, bytes | memoryview)
+        if not frames or len(frames) > m.MAX_FRAMES:
+            raise ProtocolError(f"a message of {len(frames)} frames (1 to {m.MAX_FRAMES})")
+        frame, rest = frames[0], frames[1:]
+        if rest and sum(map(len, frames)) > m.MAX_MESSAGE_BYTES:
+            raise ProtocolError(f"a message of {sum(map(len, frames))} bytes exceeds {m.MAX_MESSAGE_BYTES}")
     if len(frame) > m.MAX_FRAME_BYTES:
         raise ProtocolError(f"frame of {len(frame)} bytes exceeds {m.MAX_FRAME_BYTES}")
     try:
@@ -459,6 +531,11 @@ def decode_versioned(frame: bytes | memoryview) -> tuple[int, Message]:
         arity, build = older
     if len(fields) != arity:
         raise ProtocolError(f"{op.name} takes {arity} fields, got {len(fields)}")
+    if rest:
+        at = _FRAMED.get(op) if version >= FRAMES_SINCE else None
+        if at is None:
+            raise ProtocolError(f"{op.name} in version {version} takes no frames after its header, got {len(rest)}")
+        _take_frames(op, fields[0], at, rest)
     try:
         message: Message = build(fields)
     except ProtocolError:

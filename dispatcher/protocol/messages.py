@@ -26,6 +26,18 @@ MAX_FRAME_BYTES: Final = 256 * 1024 * 1024
 """Largest frame decode() accepts; the sockets enforce the same limit with ZMQ_MAXMSGSIZE."""
 MAX_BATCH: Final = 1_000_000
 """Most items in one batch message."""
+MAX_MESSAGE_BYTES: Final = MAX_FRAME_BYTES
+"""Largest message, all its frames together (version 5: a payload may travel in a frame of its
+own, and ZMQ_MAXMSGSIZE bounds each frame only). Senders keep under it: they start a new message
+past ``COALESCE_BYTES``, and a lone payload is at most MAX_FRAME_BYTES less 64 KiB."""
+type Payload = bytes | memoryview
+"""A task's or a result's payload: bytes, or in the dispatcher the zero-copy view of the frame it
+came in (version 5), forwarded as it is."""
+MAX_FRAMES: Final = MAX_BATCH + 1
+"""Most frames in one message: its header and one per payload."""
+INLINE_MAX: Final = 64 * 1024
+"""Payloads up to this size travel inside the header frame; larger ones, in frames of their own
+(version 5), which the dispatcher forwards without reading or copying them."""
 MAX_NAME: Final = 253
 """Longest node name (a DNS subdomain, as Kubernetes node names are)."""
 MAX_ID: Final = 128
@@ -150,7 +162,7 @@ class TaskSpec(NamedTuple):
     task_id: int
     node_name: str | None
     rank: float
-    payload: bytes
+    payload: Payload
     flags: int = 0
     size: int = 0
     """A HELD task's payload length, what a FETCH of it brings (its share of the dispatcher's
@@ -161,7 +173,7 @@ class PayloadItem(NamedTuple):
     """One payload a client sends back when FETCH asks for it."""
 
     task_id: int
-    payload: bytes
+    payload: Payload
 
 
 class Placement(NamedTuple):
@@ -178,7 +190,7 @@ class TaskAssignment(NamedTuple):
     client_id: str
     task_id: int
     rank: float
-    payload: bytes
+    payload: Payload
 
 
 class TaskResult(NamedTuple):
@@ -187,7 +199,7 @@ class TaskResult(NamedTuple):
     client_id: str
     task_id: int
     outcome: Outcome
-    payload: bytes
+    payload: Payload
     runtime_s: float = 0.0
 
 
@@ -196,7 +208,7 @@ class Resolution(NamedTuple):
 
     task_id: int
     outcome: Outcome
-    payload: bytes
+    payload: Payload
     node_name: str
     runtime_s: float = 0.0
 
@@ -592,22 +604,23 @@ Message = (
 
 
 COALESCE_BYTES: Final = 16 * 1024 * 1024
-"""Payload bytes above which :func:`coalesce` starts a new frame (far below MAX_FRAME_BYTES)."""
+"""Payload bytes above which :func:`coalesce` starts a new message (far below MAX_MESSAGE_BYTES)."""
 
 
 def coalesce(messages: list[Message]) -> list[Message]:
-    """Merge runs of batch messages bound for one peer (TASKS, RESOLVED) into as few frames as
-    the limits allow; order is kept. What the dispatcher sends a peer in one loop turn goes out
-    as one frame per run instead of one per event."""
+    """Merge runs of batch messages bound for one peer (TASKS, RESOLVED) into as few messages as
+    the limits allow, and split one past them (MAX_BATCH items, COALESCE_BYTES of payloads but
+    for a lone item); order is kept. What the dispatcher sends a peer in one loop turn goes out
+    as one message per run instead of one per event, and none too large for its peer to take."""
     out: list[Message] = []
     run: list[TaskAssignment] | list[Resolution] = []
     kind: type | None = None
     size = 0
 
     def close_run() -> None:
-        if kind is Tasks:
+        if run and kind is Tasks:
             out.append(Tasks(tuple(run)))  # type: ignore[arg-type]
-        elif kind is Resolved:
+        elif run and kind is Resolved:
             out.append(Resolved(tuple(run)))  # type: ignore[arg-type]
 
     for message in messages:
@@ -621,11 +634,15 @@ def coalesce(messages: list[Message]) -> list[Message]:
             kind, run, size = None, [], 0
             out.append(message)
             continue
-        added = sum(len(item.payload) for item in items)
-        if kind is not type(message) or len(run) + len(items) > MAX_BATCH or size + added > COALESCE_BYTES:
+        if kind is not type(message):
             close_run()
             kind, run, size = type(message), [], 0
-        run.extend(items)  # type: ignore[arg-type]
-        size += added
+        for item in items:
+            n = len(item.payload)
+            if run and (len(run) >= MAX_BATCH or size + n > COALESCE_BYTES):
+                close_run()
+                run, size = [], 0
+            run.append(item)  # type: ignore[arg-type]
+            size += n
     close_run()
     return out

@@ -933,7 +933,7 @@ class DispatcherCore:
                     touched[name] = node
             if queue is self.pool:
                 to_pool = True
-            payload: bytes | None = spec.payload
+            payload: p.Payload | None = spec.payload
             if spec.flags & p.HELD:
                 payload = None
             elif budget and self.payload_bytes + self.fetch_bytes + size > budget and fetchable:

@@ -12,6 +12,7 @@ import heapq
 from itertools import count
 from typing import Final
 
+from dispatcher import protocol as p
 from dispatcher.protocol import TaskKey
 from dispatcher.server.journal import ADMITTED, STARTED, Journal
 
@@ -34,7 +35,7 @@ class TaskRecord:
         key: TaskKey,
         node_name: str | None,
         rank: float,
-        payload: bytes | None,
+        payload: p.Payload | None,
         flags: int = 0,
         *,
         queued_at: float = 0.0,

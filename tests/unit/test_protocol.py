@@ -77,6 +77,9 @@ def test_decoded_batches_are_typed_tuples() -> None:
     assert decoded.results[0].outcome is p.Outcome.OK
 
 
+PREVIOUS = p.PROTOCOL_VERSION - 1
+
+
 def raw(*parts: object) -> bytes:
     return msgpack.packb(list(parts), use_bin_type=True)
 
@@ -194,9 +197,83 @@ def test_coalesce_merges_runs_of_batches_per_peer_and_keeps_order() -> None:
     assert [len(m.tasks) for m in p.coalesce(list(heavy))] == [1, 1, 1]  # type: ignore[union-attr]
 
 
-# --------------------------------------------------------------------------- the previous version
+def test_coalesce_splits_one_batch_past_its_limits() -> None:
+    third = b"x" * (p.COALESCE_BYTES // 3)
+    tasks = p.Tasks(tuple(p.TaskAssignment("c", i, 0.0, third) for i in range(5)))
+    alone = p.Tasks((p.TaskAssignment("c", 9, 0.0, b"x" * (p.COALESCE_BYTES + 1)),))
+    split = p.coalesce([tasks, alone])
+    assert [[t.task_id for t in m.tasks] for m in split] == [[0, 1, 2], [3, 4], [9]]  # type: ignore[union-attr]
 
-PREVIOUS = p.PROTOCOL_VERSION - 1
+
+# --------------------------------------------------------------------------- payload frames (version 5)
+
+BIG = b"\x80" + b"p" * p.INLINE_MAX
+FRAMED = [
+    p.Submit((p.TaskSpec(1, "node-a", 0.0, b"small"), p.TaskSpec(2, None, 1.0, BIG), p.TaskSpec(3, None, 2.0, BIG))),
+    p.Tasks((p.TaskAssignment("c", 1, 0.0, BIG), p.TaskAssignment("c", 2, 1.0, b""))),
+    p.Results((p.TaskResult("c", 1, p.Outcome.OK, BIG, 0.5),), 1),
+    p.Resolved((p.Resolution(1, p.Outcome.APP_ERROR, BIG, "node-a", 0.5),)),
+    p.Payloads((p.PayloadItem(1, BIG), p.PayloadItem(2, b"s")), missing=(3,)),
+]
+
+
+@pytest.mark.parametrize("message", FRAMED, ids=lambda m: type(m).__name__)
+def test_a_large_payload_travels_in_a_frame_of_its_own_and_comes_back_as_that_frame(message: p.Message) -> None:
+    parts = p.encode_parts(message)
+    assert (
+        len(parts) == 1 + sum(1 for part in parts[1:] if part is BIG) == 1 + (2 if isinstance(message, p.Submit) else 1)
+    )
+    assert len(parts[0]) < 200  # the header holds the payloads' lengths, not the payloads
+    views = [parts[0], *map(memoryview, parts[1:])]  # as the dispatcher reads them
+    decoded = p.decode(views)
+    assert decoded == message
+    batch = getattr(decoded, decoded.__slots__[0])
+    assert [item for item in batch if any(field is view for view in views[1:] for field in item)]  # not copied
+    assert p.decode(p.encode(message)) == message  # inline, as version 4 and small payloads go, is valid too
+
+
+def test_a_message_without_a_large_payload_is_one_frame() -> None:
+    assert p.encode_parts(p.Tasks((p.TaskAssignment("c", 1, 0.0, b"x" * p.INLINE_MAX),))) == [
+        p.encode(p.Tasks((p.TaskAssignment("c", 1, 0.0, b"x" * p.INLINE_MAX),)))
+    ]
+    assert p.encode_parts(p.Heartbeat()) == [p.encode(p.Heartbeat())]
+    old = p.encode_parts(FRAMED[1], PREVIOUS)  # version 4 has no payload frames
+    assert len(old) == 1 and p.decode_versioned(old) == (PREVIOUS, FRAMED[1])
+
+
+def _tasks_parts() -> list[bytes]:
+    return p.encode_parts(p.Tasks((p.TaskAssignment("c", 1, 0.0, BIG),)))  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize(
+    ("parts", "error"),
+    [
+        ([p.encode(p.Heartbeat()), b"x"], "takes no frames"),
+        ([_tasks_parts()[0]], "payload"),  # the frame its header names is missing
+        ([_tasks_parts()[0], BIG, BIG], "does not name"),
+        ([_tasks_parts()[0], BIG[:-1]], "its header says"),
+        ([raw(PREVIOUS, p.Op.TASKS, [["c", 1, 0.0, len(BIG)]]), BIG], "takes no frames"),
+        ([], "frames"),
+    ],
+    ids=["frames after a heartbeat", "missing frame", "extra frame", "wrong length", "frames in version 4", "none"],
+)
+def test_malformed_payload_frames_raise_protocol_error(parts: list[bytes], error: str) -> None:
+    with pytest.raises(p.ProtocolError, match=error):
+        p.decode(parts)
+
+
+def test_a_message_is_bounded_in_frames_and_in_bytes_not_only_per_frame(monkeypatch: pytest.MonkeyPatch) -> None:
+    header, payload = _tasks_parts()
+    monkeypatch.setattr(messages, "MAX_MESSAGE_BYTES", len(header) + len(payload) - 1)
+    with pytest.raises(p.ProtocolError, match="exceeds"):
+        p.decode([header, payload])
+    monkeypatch.setattr(messages, "MAX_MESSAGE_BYTES", p.MAX_FRAME_BYTES)
+    monkeypatch.setattr(messages, "MAX_FRAMES", 1)
+    with pytest.raises(p.ProtocolError, match="frames"):
+        p.decode([header, payload])
+
+
+# --------------------------------------------------------------------------- the previous version
 
 
 def test_the_dispatcher_speaks_this_version_and_the_previous_one() -> None:
