@@ -76,6 +76,18 @@ with loaded(CONTENDERS["saga-dispatch"](2, logging=False)):
 print({n} / (time.perf_counter() - started))
 """
 
+_CLIENT_CPU: Final = """
+import psutil
+from dispatcher import LocalCluster
+with LocalCluster(1, workers=2) as cluster, cluster.client() as client:
+    [f.result() for f in [client.submit(apps.noop, i) for i in range(500)]]
+    procs = [psutil.Process(cluster.dispatcher.pid), psutil.Process(cluster.agents[cluster.node_names[0]].pid)]
+    before = sum(sum(p.cpu_times()[:2]) for p in procs)
+    [f.result() for f in [client.submit(apps.noop, i) for i in range({n})]]
+    used = sum(sum(p.cpu_times()[:2]) for p in procs) - before
+print(1e6 * used / {n})
+"""
+
 SCENARIOS: Final = {
     # name: (probe, size, quick size, what the number is, higher is better)
     "parsl round trip, logging off": (_PARSL_RT.replace("{logging}", "False"), 1000, 50, "ms", False),
@@ -83,6 +95,7 @@ SCENARIOS: Final = {
     "client round trip": (_CLIENT_RT, 1500, 50, "ms", False),
     "10 ms sleeps, 8 workers": (_SLEEP, 800, 40, "% efficiency", True),
     "no-op throughput, logging off": (_THROUGHPUT, 4000, 200, "tasks/s", True),
+    "client no-op tasks: dispatcher + agent CPU per task": (_CLIENT_CPU, 20000, 500, "us", False),
 }
 
 

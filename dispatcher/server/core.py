@@ -334,11 +334,9 @@ class DispatcherCore:
             if head.payload is None:  # rule 13: wait for it, in rank order
                 client_id = head.key[0]
                 expired = head.fetching is None or head.fetching <= self._now - self.config.fetch_timeout_s
-                if expired and head.fetches >= FETCH_TRIES and client_id not in self._unanswered:
-                    self.journal.keep(self._unanswered, client_id)
-                    self._unanswered[client_id] = None
-                    self._log("client_unanswered", "warning", client_id=client_id, fetches=head.fetches)
-                if client_id in self._unanswered:
+                if (expired and head.fetches >= FETCH_TRIES) or client_id in self._unanswered:
+                    if head.fetching is not None and client_id not in self._unanswered:
+                        self._unanswering(client_id)
                     why = f"its client did not send its payload ({FETCH_TRIES} FETCHes unanswered)"
                     self._forget(head)
                     gone[client_id].append(p.Resolution(head.key[1], p.Outcome.REJECTED, why.encode(), ""))
@@ -886,14 +884,28 @@ class DispatcherCore:
 
     def _refetch(self, client_id: str) -> None:
         """The client has a new connection: the FETCHes sent to its old one are lost, so its
-        payloads being fetched are asked for again, now (rule 13). O(tasks): HELLOs are rare."""
+        payloads being fetched are asked for again, now (rule 13)."""
+        self._drop_fetches(client_id, lost=True)
+        self._pump_waiting()
+
+    def _unanswering(self, client_id: str) -> None:
+        """The client left a FETCH unanswered FETCH_TRIES times: until it speaks, its held tasks
+        resolve REJECTED as they come next, and what it was asked for leaves the budget's room."""
+        self.journal.keep(self._unanswered, client_id)
+        self._unanswered[client_id] = None
+        self._log("client_unanswered", "warning", client_id=client_id, tries=FETCH_TRIES)
+        self._drop_fetches(client_id, lost=False)
+
+    def _drop_fetches(self, client_id: str, *, lost: bool) -> None:
+        """Forget the FETCHes outstanding to ``client_id``; ``lost``: on the way, so they do not
+        count as unanswered. O(tasks): called when a client reconnects or goes silent."""
         for record in self.tasks.values():
             if record.key[0] == client_id and record.fetching is not None:
                 self.journal.save(record)
                 record.fetching = None
-                record.fetches = 0  # lost on the way: not the client's silence
+                if lost:
+                    record.fetches = 0
                 self.fetch_bytes -= record.size
-        self._pump_waiting()
 
     def _handle_submit(self, client_id: str, message: p.Submit) -> None:
         tasks = self.tasks
