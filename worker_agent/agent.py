@@ -387,27 +387,34 @@ class Agent:
             pool.monitoring = self._send_monitoring(pool.monitoring, now)
             sent = not pool.monitoring  # what is not sent holds the results back behind it
         if sent and self._results:  # the credit rides with the results whose slots it frees
-            sent = self._send(p.Results(tuple(self._results), want), now)
+            self._results = self._send_results(self._results, want, now)
+            sent = not self._results
             if sent:
-                self._results = []
                 self._results_since = None
         elif sent and want:
             sent = self._send(p.Credit(want), now)
         if not sent:
             self._granted -= want  # asked for nothing after all: ask again next turn
 
+    def _send_results(self, results: list[p.TaskResult], credit: int, now: float) -> list[p.TaskResult]:
+        """RESULTS frames for ``results`` within the message limits, ``credit`` with the last;
+        returns what could not be sent (from the first frame refused on)."""
+        batches = list(p.runs(results, lambda result: len(result.payload), p.MAX_BATCH, p.COALESCE_BYTES))
+        sent = 0
+        for i, batch in enumerate(batches, 1):
+            if not self._send(p.Results(tuple(batch), credit if i == len(batches) else 0), now):
+                return results[sent:]
+            sent += len(batch)
+        return []
+
     def _send_monitoring(self, items: list[tuple[str, int, bytes]], now: float) -> list[tuple[str, int, bytes]]:
         """MONITOR frames for the workers' monitoring messages, within the batch limits; returns
         what could not be sent (from the first frame refused on)."""
-        start, size = 0, 0
-        for i, (_, _, payload) in enumerate(items):
-            if size + len(payload) > p.COALESCE_BYTES and i > start:
-                if not self._send(_monitor(items[start:i]), now):
-                    return items[start:]
-                start, size = i, 0
-            size += len(payload)
-        if start < len(items) and not self._send(_monitor(items[start:]), now):
-            return items[start:]
+        sent = 0
+        for batch in p.runs(items, lambda item: len(item[2]), p.MAX_BATCH, p.COALESCE_BYTES):
+            if not self._send(_monitor(batch), now):
+                return items[sent:]
+            sent += len(batch)
         return []
 
     # ------------------------------------------------------------------ time

@@ -35,7 +35,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, InvalidStateError
 from typing import Any, Final, NamedTuple, Self
 
@@ -62,23 +62,6 @@ MAX_PAYLOAD: Final = p.MAX_FRAME_BYTES - 64 * 1024
 dispatcher's ZeroMQ would drop the frame, and the connection with it)."""
 RECONNECT_IVL_MAX_MS: Final = 5000
 """libzmq's reconnects back off up to this, so a refused key is not retried ten times a second."""
-
-
-def runs[T](items: Sequence[T], size_of: Callable[[T], int]) -> Iterator[list[T]]:
-    """``items`` in order, in runs of at most ``_BATCH_TASKS`` whose sizes add up to at most
-    ``_BATCH_BYTES`` (an item larger than that goes alone): one frame each, so no frame passes
-    MAX_FRAME_BYTES however the payloads fall (each is at most MAX_PAYLOAD)."""
-    run: list[T] = []
-    size = 0
-    for item in items:
-        n = size_of(item)
-        if run and (len(run) >= _BATCH_TASKS or size + n > _BATCH_BYTES):
-            yield run
-            run, size = [], 0
-        run.append(item)
-        size += n
-    if run:
-        yield run
 
 
 def send_now(*, held: int, acked: bool, waited_s: float, coalesce_s: float) -> bool:
@@ -539,7 +522,7 @@ class Client:
                 entry.ahead = len(spec.payload)
                 self._ahead += entry.ahead
             specs.append(spec)
-        for batch in runs(specs, lambda spec: len(spec.payload)):
+        for batch in p.runs(specs, lambda spec: len(spec.payload), _BATCH_TASKS, _BATCH_BYTES):
             self._send_submit(sock, batch)
 
     def _send_submit(self, sock: zmq.Socket[bytes], batch: list[p.TaskSpec]) -> None:
@@ -599,7 +582,7 @@ class Client:
                 missing.append(task_id)
             else:
                 items.append(p.PayloadItem(task_id, entry.spec.payload))
-        batches = list(runs(items, lambda item: len(item.payload))) or [[]]
+        batches = list(p.runs(items, lambda item: len(item.payload), _BATCH_TASKS, _BATCH_BYTES)) or [[]]
         for i, batch in enumerate(batches, 1):
             message = p.Payloads(tuple(batch), tuple(missing) if i == len(batches) else ())
             sock.send_multipart(p.encode_parts(message), copy=False)

@@ -92,6 +92,7 @@ from dispatcher.protocol.messages import (
     Welcome,
     coalesce,
     is_node_name,
+    runs,
 )
 
 __all__ = [
@@ -170,4 +171,5 @@ __all__ = [
     "encode_parts",
     "is_node_name",
     "op_of",
+    "runs",
 ]

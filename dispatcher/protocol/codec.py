@@ -474,6 +474,8 @@ def _take_frames(op: Op, batch: Any, at: int, frames: Sequence[Payload]) -> None
                 raise ProtocolError(f"{op.name} names more payload frames than the {len(frames)} it has")
             if len(frame) != item[at]:
                 raise ProtocolError(f"{op.name} payload frame of {len(frame)} bytes, its header says {item[at]}")
+            if len(frame) <= m.INLINE_MAX:
+                raise ProtocolError(f"{op.name} payload frame of {len(frame)} bytes (up to {m.INLINE_MAX}: inline)")
             item[at] = frame
     if next(left, None) is not None:
         raise ProtocolError(f"{op.name} has payload frames its header does not name")

@@ -6,6 +6,7 @@ See ``dispatcher/protocol/__init__.py`` for the rules and ``docs/protocol.md`` f
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import ClassVar, Final, NamedTuple
@@ -33,11 +34,12 @@ past ``COALESCE_BYTES``, and a lone payload is at most MAX_FRAME_BYTES less 64 K
 type Payload = bytes | memoryview
 """A task's or a result's payload: bytes, or in the dispatcher the zero-copy view of the frame it
 came in (version 5), forwarded as it is."""
-MAX_FRAMES: Final = MAX_BATCH + 1
-"""Most frames in one message: its header and one per payload."""
 INLINE_MAX: Final = 64 * 1024
 """Payloads up to this size travel inside the header frame; larger ones, in frames of their own
-(version 5), which the dispatcher forwards without reading or copying them."""
+(version 5), which the dispatcher forwards without reading or copying them. A payload frame is
+always larger (a small one would pin a receive buffer many times its size)."""
+MAX_FRAMES: Final = MAX_MESSAGE_BYTES // (INLINE_MAX + 1) + 1
+"""Most frames in one message: its header and one per payload, each over INLINE_MAX."""
 MAX_NAME: Final = 253
 """Longest node name (a DNS subdomain, as Kubernetes node names are)."""
 MAX_ID: Final = 128
@@ -646,3 +648,20 @@ def coalesce(messages: list[Message]) -> list[Message]:
             size += n
     close_run()
     return out
+
+
+def runs[T](items: Sequence[T], size_of: Callable[[T], int], max_items: int, max_bytes: int) -> Iterator[list[T]]:
+    """``items`` in order, in runs of at most ``max_items`` whose sizes add up to at most
+    ``max_bytes`` (an item larger than that goes alone): a sender's messages, none past what its
+    peer takes however the payloads fall."""
+    run: list[T] = []
+    size = 0
+    for item in items:
+        n = size_of(item)
+        if run and (len(run) >= max_items or size + n > max_bytes):
+            yield run
+            run, size = [], 0
+        run.append(item)
+        size += n
+    if run:
+        yield run

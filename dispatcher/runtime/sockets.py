@@ -34,3 +34,17 @@ def drain[T](sock: zmq.Socket[bytes], recv: Callable[[int], T]) -> Iterator[T]:
         yield message
         if not more:
             return
+
+
+def recv_frames(sock: zmq.Socket[bytes], flags: int, keep: int) -> list[zmq.Frame]:
+    """One message's frames, not copied (``copy=False``), keeping the first ``keep``: past them a
+    frame is read and dropped at once, so a message of a million frames costs no memory here (a
+    receiver that keeps one more than it accepts can tell it was too long)."""
+    first = sock.recv(flags, copy=False)
+    frames, more = [first], first.more
+    while more:
+        frame = sock.recv(copy=False)
+        more = frame.more
+        if len(frames) < keep:
+            frames.append(frame)
+    return frames

@@ -389,7 +389,9 @@ class DispatcherCore:
         """Ask the clients for the payloads of ``source``'s next held tasks (rule 13): up to twice
         what ``node`` can hold (the middle one, dispatched, asks for the next batch; only its
         credit's worth at the budget), as many as the budget has room for beside what it holds
-        and has asked for, and always ``head``, the task the node waits for."""
+        and has asked for; and ``head``, the task the node waits for, even past the budget's room
+        while there is some room or nothing else is asked for (so payloads held behind a held head
+        never deadlock it, and heads of many nodes do not all overshoot at once)."""
         budget, timeout = self.config.payload_budget, self.config.fetch_timeout_s
         n = 2 * node.capacity if not budget or self.payload_bytes < budget else max(node.credit, 1)
         room = budget - self.payload_bytes - self.fetch_bytes if budget else None
@@ -397,8 +399,8 @@ class DispatcherCore:
         for record in source.next_held(n, self._now - timeout):
             counted = record.fetching is not None  # its earlier FETCH is in fetch_bytes already
             cost = 0 if counted else record.size
-            if room is not None and cost > room and record is not head:
-                break
+            if room is not None and cost > room and (record is not head or (room <= 0 and self.fetch_bytes)):
+                break  # a head left waiting goes on when payloads come or the tick pumps it again
             if room is not None:
                 room -= cost
             records.append(record)
@@ -420,16 +422,22 @@ class DispatcherCore:
 
     def _handle_payloads(self, client_id: str, message: p.Payloads) -> None:
         """The payloads FETCH asked for: each waiting task takes its own, and the nodes waiting
-        for them go on (rule 13). One nobody asked for (or already here) is not taken; one of
-        another size than its task said, or above the size limit, resolves its task REJECTED.
+        for them go on (rule 13). One nobody asked for (or already here) is not taken, nor a late
+        one (its FETCH given up on) the budget has no room for; one of another size than its task
+        said, or above the size limit, resolves its task REJECTED.
         A task its client no longer holds is dropped: it resolved or was cancelled there, so no
         one waits for it."""
         journal, tasks, max_bytes = self.journal, self.tasks, self.config.max_task_bytes
+        budget = self.config.payload_budget
         rejected: list[p.Resolution] = []
         for item in message.items:
             record = tasks.get((client_id, item.task_id))
-            if record is None or record.payload is not None or record.fetching is None:
-                continue  # resolved, cancelled, already here, or never asked for: nothing waits for this one
+            if record is None or record.payload is not None or record.queue is None:
+                continue  # resolved, cancelled or already here: nothing waits for this one
+            if record.fetching is None and not (
+                record.fetches and (not budget or self.payload_bytes + self.fetch_bytes + record.size <= budget)
+            ):
+                continue  # never asked for, or asked for, given up on, and now without room
             if len(item.payload) > max_bytes or len(item.payload) != record.size:
                 why = (
                     f"task of {len(item.payload)} bytes exceeds the dispatcher's limit of {max_bytes} bytes"
@@ -440,10 +448,11 @@ class DispatcherCore:
                 rejected.append(p.Resolution(item.task_id, p.Outcome.REJECTED, why.encode(), ""))
                 continue
             journal.save(record)
+            if record.fetching is not None:
+                self.fetch_bytes -= record.size
             record.payload = item.payload
             record.fetching = None
             record.fetches = 0
-            self.fetch_bytes -= record.size
             self.payload_bytes += record.size
         for task_id in message.missing:
             record = tasks.get((client_id, task_id))
@@ -873,11 +882,11 @@ class DispatcherCore:
         self._client_ids[peer] = message.client_id
         if old_peer != peer:
             self._log("client_connected", client_id=message.client_id)
-        if old_peer is not None and old_peer != peer:
-            self._refetch(message.client_id)
         if message.client_id in self._unanswered:
             journal.keep(self._unanswered, message.client_id)
             del self._unanswered[message.client_id]
+        if old_peer is not None and old_peer != peer:
+            self._refetch(message.client_id)
         cfg = self.config
         window = cfg.payload_budget // 4
         self._out.append(SendToClient(peer, p.Welcome(cfg.dispatcher_id, cfg.heartbeat_interval_s, window)))
@@ -897,15 +906,18 @@ class DispatcherCore:
         self._drop_fetches(client_id, lost=False)
 
     def _drop_fetches(self, client_id: str, *, lost: bool) -> None:
-        """Forget the FETCHes outstanding to ``client_id``; ``lost``: on the way, so they do not
-        count as unanswered. O(tasks): called when a client reconnects or goes silent."""
+        """Forget the FETCHes outstanding to ``client_id``; ``lost``: every FETCH it was sent went
+        to a connection it no longer has, so none counts as unanswered. O(tasks): called when a
+        client reconnects or goes silent."""
         for record in self.tasks.values():
-            if record.key[0] == client_id and record.fetching is not None:
-                self.journal.save(record)
+            if record.key[0] != client_id or (record.fetching is None and not (lost and record.fetches)):
+                continue
+            self.journal.save(record)
+            if record.fetching is not None:
                 record.fetching = None
-                if lost:
-                    record.fetches = 0
                 self.fetch_bytes -= record.size
+            if lost:
+                record.fetches = 0
 
     def _handle_submit(self, client_id: str, message: p.Submit) -> None:
         tasks = self.tasks

@@ -35,7 +35,7 @@ from dispatcher.runtime import exposure
 from dispatcher.runtime.health import HealthServer, Heartbeat
 from dispatcher.runtime.inbox import Inbox
 from dispatcher.runtime.logs import get_logger
-from dispatcher.runtime.sockets import drain
+from dispatcher.runtime.sockets import drain, recv_frames
 from dispatcher.server.access import Access, KeysNotApplied, Side
 from dispatcher.server.config import DispatcherConfig
 from dispatcher.server.core import DispatcherCore
@@ -359,9 +359,10 @@ class DispatcherService:
         frame of its own (version 5) stays a view of it, forwarded as it came. With CURVE the key
         is the ZAP User-Id (``Access.admit``)."""
         keyed, admit = self.access.keyed, self.access.admit
+        keep = p.MAX_FRAMES + 2  # the routing id, and one frame more than a message may have
 
         def recv(flags: int) -> tuple[Sequence[bytes | memoryview], str | None]:
-            frames = sock.recv_multipart(flags, copy=False)
+            frames = recv_frames(sock, flags, keep)
             key = admit(side, frames[-1]) if keyed else ""
             if key is None:
                 return (), None

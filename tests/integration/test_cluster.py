@@ -15,6 +15,7 @@ import psutil
 import pytest
 
 from dispatcher import Client, LocalCluster, TaskRejected, WorkerLost
+from dispatcher import protocol as p
 
 from . import apps
 from .conftest import all_pids
@@ -134,6 +135,43 @@ def test_garbage_frames_do_not_stop_or_bloat_the_dispatcher(logs: Path) -> None:
             sock.close()
     growth_mb = (rss_after_more - rss_after_first) / 2**20
     assert growth_mb < 8, f"dispatcher grew {growth_mb:.1f} MiB over 10,000 more garbage frames"
+
+
+def test_messages_of_too_many_frames_are_dropped_as_they_are_read(logs: Path) -> None:
+    """A payload may travel in a frame of its own, so a message has several: one of 200,000 frames
+    (a few MB on the wire) is read and dropped frame by frame, refused, and costs no memory."""
+    import zmq
+
+    with LocalCluster(1, workers=1, log_dir=logs, insecure=True) as cluster, cluster.client() as client:
+        assert cluster.dispatcher is not None
+        dispatcher = psutil.Process(cluster.dispatcher.pid)
+        rss_before = dispatcher.memory_info().rss
+        ctx = zmq.Context.instance()
+        socks = []
+        for url in (cluster.client_url, cluster.agent_url):
+            sock = ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(url)
+            socks.append(sock)
+        heartbeat = p.encode(p.Heartbeat())
+        small = [p.encode_parts(p.Tasks((p.TaskAssignment("c", 1, 0.0, b"x" * (p.INLINE_MAX + 1)),)))[0]]
+        for sock in socks:
+            for _ in range(3):
+                sock.send_multipart([heartbeat, *[b""] * 200_000])
+            sock.send_multipart([p.encode(p.Heartbeat()), b"x"])  # a frame where none may be
+            sock.send_multipart([*small, b"x" * 10])  # a payload frame that is not the size its header says
+        deadline = time.monotonic() + 60
+        while (seen := client.status().bad_frames) < 10:
+            assert time.monotonic() < deadline, f"only {seen} of 10 bad messages counted"
+            time.sleep(0.05)
+        assert client.status().bad_frames == 10
+        assert [f.result(timeout=30) for f in [client.submit(apps.square, i) for i in range(20)]] == [
+            i * i for i in range(20)
+        ]
+        growth_mb = (dispatcher.memory_info().rss - rss_before) / 2**20
+        for sock in socks:
+            sock.close()
+    assert growth_mb < 32, f"dispatcher grew {growth_mb:.1f} MiB over 6 messages of 200,000 frames"
 
 
 @pytest.mark.parametrize("zygote", [True, False], ids=["forked", "spawned"])

@@ -136,16 +136,36 @@ def test_a_payload_nobody_asked_for_is_not_taken(t: Transcript) -> None:
     assert fetches(t.register("node-a")) == [1]  # asked for now, when a node can take it
 
 
-def test_fetches_are_sized_by_the_budget_left_across_nodes_and_the_head_is_always_asked_for(t: Transcript) -> None:
+def test_fetches_are_sized_by_the_budget_left_across_nodes_and_only_one_head_goes_past_it(t: Transcript) -> None:
     t.client(held(*((i, "node-a", float(i)) for i in range(1, 5)), *((i, "node-b", float(i)) for i in range(5, 9))))
     assert fetches(t.register("node-a", slots=2)) == [1, 2, 3]  # twice its slots would be 4: the budget has room for 3
     assert t.core.fetch_bytes == 3 * len(MB)
-    assert fetches(t.register("node-b", slots=2)) == [5]  # no room left: only the task it waits for
-    out = t.client(payloads(1, 2, 3, 5))
+    assert fetches(t.register("node-b", slots=2)) == []  # no room, and payloads are on their way: it waits
+    assert "node-b" in t.core._waiting
+    out = t.client(payloads(1, 2, 3))
     assert sent_tasks(out, b"node-a") == [1, 2]
-    assert sent_tasks(out, b"node-b") == [5]
-    assert fetches(out) == [6]  # node-b's second slot waits for it; node-a's refill found no room
+    assert fetches(out) == [5]  # node-a's refill found no room; node-b's head goes past the budget, alone
+    assert sent_tasks(t.client(payloads(5)), b"node-b") == [5]
+
+
+def test_many_waiting_nodes_overshoot_the_budget_by_one_payload_at_most() -> None:
+    t = Transcript(payload_budget=len(MB))
+    t.hello()
+    t.client(held(*((i, f"node-{i}", 0.0) for i in range(8))))
+    for i in range(8):
+        t.register(f"node-{i}")
     assert t.core.fetch_bytes == len(MB)
+    for i in range(8):  # each in turn, as the one before it is dispatched
+        assert fetches(t.client(payloads(i))) == ([i + 1] if i < 7 else [])
+        assert t.core.fetch_bytes == (len(MB) if i < 7 else 0)
+
+
+def test_a_payload_held_behind_a_held_head_never_deadlocks_its_node(t: Transcript) -> None:
+    t.client(held((1, "node-a", 0.0)))
+    t.submit(*((i, "node-a", float(i)) for i in range(2, 5)), payload=MB)  # the whole budget, behind task 1
+    assert t.core.payload_bytes == 3 * len(MB)
+    assert fetches(t.register("node-a")) == [1]  # no room, but nothing else is asked for
+    assert sent_tasks(t.client(payloads(1)), b"node-a") == [1]
 
 
 def test_a_client_that_leaves_fetches_unanswered_has_its_held_heads_rejected_and_blocks_no_node() -> None:
@@ -247,3 +267,38 @@ def test_a_thief_steals_past_a_back_of_the_line_its_client_holds() -> None:
     out = t.agent(b"node-b", p.Credit(1))
     out += t.tick(0.1)
     assert sent_tasks(out, b"node-b") == [5]  # the last one whose payload is here
+
+
+def _unanswered_with_task_7_waiting_on_node_b() -> Transcript:
+    """c1's task 1 heads node-a; on node-b, c2's task 6 goes before c1's task 7. Three FETCHes
+    of 1 go unanswered; 6 is answered and runs; at 15 s c1 is taken for gone, with 7 still queued."""
+    t = Transcript(heartbeat_interval_s=100.0, payload_budget=10 * len(MB), fetch_timeout_s=5.0)
+    t.hello()
+    t.hello(peer=b"other-peer", client_id="c2")
+    t.client(held((1, "node-a", 0.0), (7, "node-b", 1.0)))
+    t.client(p.Submit((p.TaskSpec(6, "node-b", 0.0, b"", p.HELD, len(MB)),)), peer=b"other-peer")
+    t.register("node-a")
+    t.register("node-b")
+    t.tick(5.0)
+    t.tick(10.0)
+    assert sent_tasks(t.client(payloads(6), peer=b"other-peer", at=12.0), b"node-b") == [6]
+    [rejected] = resolved(t.tick(15.0))
+    assert rejected.task_id == 1 and "c1" in t.core._unanswered
+    assert t.core.tasks[CLIENT_ID, 7].fetches == 3
+    return t
+
+
+def test_a_client_back_on_a_new_connection_is_asked_afresh_for_what_it_was_given_up_on() -> None:
+    t = _unanswered_with_task_7_waiting_on_node_b()
+    t.hello(peer=b"new-peer")
+    out = t.agent(b"node-b", p.Results((p.TaskResult("c2", 6, p.Outcome.OK, b""),), credit=1), at=16.0)
+    assert resolved(out, b"new-peer") == []
+    assert fetches(out, peer=b"new-peer") == [7]  # not rejected: its FETCHes went to a connection now gone
+
+
+def test_a_late_answer_is_taken_while_the_budget_has_room() -> None:
+    t = _unanswered_with_task_7_waiting_on_node_b()
+    t.client(payloads(7), at=15.5)
+    assert t.core.tasks[CLIENT_ID, 7].payload == MB
+    out = t.agent(b"node-b", p.Results((p.TaskResult("c2", 6, p.Outcome.OK, b""),), credit=1), at=16.0)
+    assert sent_tasks(out, b"node-b") == [7]

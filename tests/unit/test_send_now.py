@@ -6,7 +6,8 @@ import random
 
 import pytest
 
-from dispatcher.client.client import _BATCH_BYTES, _BATCH_TASKS, COALESCE_TASKS, MAX_PAYLOAD, runs, send_now
+from dispatcher import protocol as p
+from dispatcher.client.client import _BATCH_BYTES, _BATCH_TASKS, COALESCE_TASKS, MAX_PAYLOAD, send_now
 
 
 @pytest.mark.parametrize(
@@ -35,7 +36,7 @@ def test_runs_keep_the_order_and_bound_each_frame(seed: int) -> None:
     sizes = [
         rng.choice((0, 1, 1024, _BATCH_BYTES // 3, _BATCH_BYTES, MAX_PAYLOAD)) for _ in range(rng.randint(0, 3000))
     ]
-    batches = list(runs(sizes, lambda size: size))
+    batches = list(p.runs(sizes, lambda size: size, _BATCH_TASKS, _BATCH_BYTES))
     assert [size for batch in batches for size in batch] == sizes
     for batch in batches:
         assert 0 < len(batch) <= _BATCH_TASKS

@@ -45,3 +45,23 @@ def test_a_frame_in_a_version_not_spoken_is_rejected_with_its_peer_and_version()
     event, version = DispatcherService._event("agent", [b"old-agent", frame], 0.0, "s")
     assert isinstance(event, FrameRejected)
     assert (event.peer, event.version, version) == (b"old-agent", 1, None)
+
+
+def test_recv_frames_keeps_the_first_frames_and_drops_the_rest_of_a_long_message() -> None:
+    import zmq
+
+    from dispatcher.runtime.sockets import recv_frames
+
+    ctx = zmq.Context()
+    a, b = ctx.socket(zmq.PAIR), ctx.socket(zmq.PAIR)
+    try:
+        a.bind("inproc://frames")
+        b.connect("inproc://frames")
+        a.send_multipart([b"%d" % i for i in range(1000)])
+        a.send_multipart([b"next", b"one"])
+        assert [f.bytes for f in recv_frames(b, 0, 5)] == [b"0", b"1", b"2", b"3", b"4"]
+        assert [f.bytes for f in recv_frames(b, 0, 5)] == [b"next", b"one"]  # the long one was read to its end
+    finally:
+        a.close(linger=0)
+        b.close(linger=0)
+        ctx.term()
