@@ -9,9 +9,6 @@ It grants the dispatcher the credit that brings ``granted + held`` back to capac
 at least a quarter of the capacity unless fewer than ``workers`` tasks are held or on their way
 (so a busy node asks for tasks in batches, one frame for several, and an idle one at once);
 results are always sent before the credit they free, so the dispatcher's own cap never clips it.
-While the node has spare tasks (queued here or written ahead into a pipe), a result waits up to
-``RESULTS_HOLD_S`` for the next ones, so that one RESULTS carries a round of them and the
-dispatcher answers with one TASKS (``results_due``); with nothing spare it goes at once.
 
 Reconnect: a dispatcher silent for ``interval x liveness`` (or one that says REREGISTER) is
 presumed gone: the agent drops its unstarted tasks (the dispatcher re-queued them, or its
@@ -25,7 +22,6 @@ dispatcher holding another key) is logged when the registration is retried, with
 
 from __future__ import annotations
 
-import math
 import random
 import signal
 import time
@@ -49,20 +45,6 @@ from worker_agent.pool import WorkerPool
 log = get_logger("agent")
 
 _MAX_POLL_S: Final = 0.1
-RESULTS_HOLD_S: Final = 0.001
-"""Longest a result waits here for the next ones while the node has work to go on with."""
-
-
-def results_due(*, held: int, spare: int, workers: int, waited_s: float, hold_s: float = RESULTS_HOLD_S) -> bool:
-    """Whether the ``held`` results go to the dispatcher now (with the credit they free), or wait
-    a moment for the next ones, so that one message carries several and the dispatcher sends one
-    batch for them: at once when the node has no task beyond those running (``spare``: queued
-    here or written ahead into a pipe), as it would run dry waiting for the credit; when a round
-    of the ``workers`` is held; or when the oldest has waited ``hold_s``. So a lone task's result
-    never waits."""
-    return held > 0 and (spare <= 0 or held >= workers or waited_s >= hold_s)
-
-
 _RECONNECT_IVL_MAX_MS: Final = 5000
 """libzmq's own reconnects back off up to this, so a refused key is not retried ten times a second."""
 
@@ -94,8 +76,6 @@ class Agent:
         self._polled: tuple[object, list[int]] | None = None
         self._queued: deque[p.TaskAssignment] = deque()
         self._results: list[p.TaskResult] = []
-        self._results_since: float | None = None
-        """When the oldest result held in ``_results`` was first looked at (``results_due``)."""
         self._granted = 0
         self._heartbeat_s = 0.5
         self._liveness = 3
@@ -181,10 +161,7 @@ class Agent:
         self._keep_time(now)
 
     def _poll_timeout_ms(self) -> int:
-        timeout_s = min(_MAX_POLL_S, self._heartbeat_s / 2)
-        if self._results_since is not None:  # results held: back when the oldest is due
-            timeout_s = min(timeout_s, self._results_since + RESULTS_HOLD_S - time.monotonic())
-        return max(0, math.ceil(timeout_s * 1000))
+        return int(min(_MAX_POLL_S, self._heartbeat_s / 2) * 1000)
 
     # ------------------------------------------------------------------ connection
 
@@ -367,14 +344,6 @@ class Agent:
     def _send_results_and_credit(self, now: float) -> None:
         if self.phase is Phase.REGISTERING:
             return  # results wait until we are registered again
-        pool = self._pool
-        if self._results and self.phase is Phase.SERVING and pool is not None:
-            if self._results_since is None:
-                self._results_since = now
-            spare = self._held() - pool.busy
-            waited_s = now - self._results_since
-            if not results_due(held=len(self._results), spare=spare, workers=self.config.workers, waited_s=waited_s):
-                return  # with the next ones, in a moment
         want = 0
         if self.phase is Phase.SERVING:
             held = self._held()
@@ -382,6 +351,7 @@ class Agent:
             if free > 0 and (free >= self._credit_step or held + self._granted < self.config.workers):
                 want = free
                 self._granted += want
+        pool = self._pool
         sent = True
         if pool is not None and pool.monitoring:  # ahead of the results of the tasks that sent them
             pool.monitoring = self._send_monitoring(pool.monitoring, now)
@@ -389,8 +359,6 @@ class Agent:
         if sent and self._results:  # the credit rides with the results whose slots it frees
             self._results = self._send_results(self._results, want, now)
             sent = not self._results
-            if sent:
-                self._results_since = None
         elif sent and want:
             sent = self._send(p.Credit(want), now)
         if not sent:

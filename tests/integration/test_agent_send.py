@@ -21,7 +21,6 @@ class _Pool:
 
     def __init__(self) -> None:
         self.running: list[p.TaskKey] = []
-        self.busy = 0
         self.monitoring: list[tuple[str, int, bytes]] = [("c1", 1, b"m")]
 
 
