@@ -13,6 +13,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import zmq
 
 from dispatcher import Client, LocalCluster, TaskRejected, WorkerLost
 from dispatcher import protocol as p
@@ -79,22 +80,26 @@ def test_agent_killed_mid_run_its_tasks_finish_on_the_others(logs: Path) -> None
     assert {n.node_name: n.state for n in status.nodes}[victim] == "dead"
 
 
+def _raw_sockets(cluster: LocalCluster) -> list[zmq.Socket[bytes]]:
+    """A bare DEALER on each of the dispatcher's ports: frames that no client or agent would send."""
+    socks = []
+    for url in (cluster.client_url, cluster.agent_url):
+        sock = zmq.Context.instance().socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(url)
+        socks.append(sock)
+    return socks
+
+
 def test_garbage_frames_do_not_stop_or_bloat_the_dispatcher(logs: Path) -> None:
     """Keyless (``insecure``), so garbage reaches the decoder from any socket; with keys,
     ``test_fuzz_auth.py`` sends it through authenticated connections."""
-    import zmq
 
     rng = random.Random(1)
     with LocalCluster(2, workers=1, log_dir=logs, insecure=True) as cluster, cluster.client() as client:
         assert cluster.dispatcher is not None
         dispatcher = psutil.Process(cluster.dispatcher.pid)
-        ctx = zmq.Context.instance()
-        socks = []
-        for url in (cluster.client_url, cluster.agent_url):
-            sock = ctx.socket(zmq.DEALER)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.connect(url)
-            socks.append(sock)
+        socks = _raw_sockets(cluster)
 
         def spray(count: int) -> None:
             for sock in socks:
@@ -140,19 +145,12 @@ def test_garbage_frames_do_not_stop_or_bloat_the_dispatcher(logs: Path) -> None:
 def test_messages_of_too_many_frames_are_dropped_as_they_are_read(logs: Path) -> None:
     """A payload may travel in a frame of its own, so a message has several: one of 200,000 frames
     (a few MB on the wire) is read and dropped frame by frame, refused, and costs no memory."""
-    import zmq
 
     with LocalCluster(1, workers=1, log_dir=logs, insecure=True) as cluster, cluster.client() as client:
         assert cluster.dispatcher is not None
         dispatcher = psutil.Process(cluster.dispatcher.pid)
         rss_before = dispatcher.memory_info().rss
-        ctx = zmq.Context.instance()
-        socks = []
-        for url in (cluster.client_url, cluster.agent_url):
-            sock = ctx.socket(zmq.DEALER)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.connect(url)
-            socks.append(sock)
+        socks = _raw_sockets(cluster)
         heartbeat = p.encode(p.Heartbeat())
         small = [p.encode_parts(p.Tasks((p.TaskAssignment("c", 1, 0.0, b"x" * (p.INLINE_MAX + 1)),)))[0]]
         for sock in socks:
