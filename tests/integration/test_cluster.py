@@ -94,7 +94,6 @@ def _raw_sockets(cluster: LocalCluster) -> list[zmq.Socket[bytes]]:
 def test_garbage_frames_do_not_stop_or_bloat_the_dispatcher(logs: Path) -> None:
     """Keyless (``insecure``), so garbage reaches the decoder from any socket; with keys,
     ``test_fuzz_auth.py`` sends it through authenticated connections."""
-
     rng = random.Random(1)
     with LocalCluster(2, workers=1, log_dir=logs, insecure=True) as cluster, cluster.client() as client:
         assert cluster.dispatcher is not None
@@ -145,7 +144,6 @@ def test_garbage_frames_do_not_stop_or_bloat_the_dispatcher(logs: Path) -> None:
 def test_messages_of_too_many_frames_are_dropped_as_they_are_read(logs: Path) -> None:
     """A payload may travel in a frame of its own, so a message has several: one of 200,000 frames
     (a few MB on the wire) is read and dropped frame by frame, refused, and costs no memory."""
-
     with LocalCluster(1, workers=1, log_dir=logs, insecure=True) as cluster, cluster.client() as client:
         assert cluster.dispatcher is not None
         dispatcher = psutil.Process(cluster.dispatcher.pid)
