@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from operator import itemgetter
 from typing import Any, Final
 
 import msgpack
@@ -214,9 +215,13 @@ def _tasks(f: list[Any]) -> Tasks:
 def _submit(f: list[Any], known: int = m.KNOWN_FLAGS, width: int = 6) -> Submit:
     tasks = []
     for item in _items(f[0], "tasks", width):
-        t, n, r, payload, g = item[:5]
+        if width > 5:
+            t, n, r, payload, g, size = item
+            size = _int(size, "size", 0, m.MAX_FRAME_BYTES)
+        else:
+            t, n, r, payload, g = item
+            size = 0
         flags = _flags(g, known)
-        size = _int(item[5], "size", 0, m.MAX_FRAME_BYTES) if width > 5 else 0
         if flags & m.HELD:
             if payload != b"":
                 raise _fail("payload of a HELD task (must be empty)", len(payload) if type(payload) is bytes else 0)
@@ -442,8 +447,11 @@ def encode_parts(message: Message, version: int = PROTOCOL_VERSION) -> list[Payl
     at = _FRAMED.get(message.op)
     if at is None or version < FRAMES_SINCE:
         return [encode(message, version)]
+    slots: tuple[str, ...] = message.__slots__
+    batch: tuple[Any, ...] = getattr(message, slots[0])
+    if not batch or max(map(len, map(itemgetter(at), batch))) <= m.INLINE_MAX:  # in C: no Python loop per item
+        return [encode(message, version)]
     fields = [getattr(message, name) for name in message.__slots__]
-    batch: tuple[Any, ...] = fields[0]
     items: list[Any] | None = None
     frames: list[Payload] = []
     for i, item in enumerate(batch):

@@ -9,6 +9,7 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
+from operator import attrgetter
 from typing import ClassVar, Final, NamedTuple
 
 PROTOCOL_VERSION: Final = 5
@@ -605,6 +606,7 @@ Message = (
 )
 
 
+_payload_of: Final = attrgetter("payload")
 COALESCE_BYTES: Final = 16 * 1024 * 1024
 """Payload bytes above which :func:`coalesce` starts a new message (far below MAX_MESSAGE_BYTES)."""
 
@@ -639,6 +641,11 @@ def coalesce(messages: list[Message]) -> list[Message]:
         if kind is not type(message):
             close_run()
             kind, run, size = type(message), [], 0
+        added = sum(map(len, map(_payload_of, items)))
+        if len(run) + len(items) <= MAX_BATCH and size + added <= COALESCE_BYTES:  # the usual case: all of it
+            run.extend(items)  # type: ignore[arg-type]
+            size += added
+            continue
         for item in items:
             n = len(item.payload)
             if run and (len(run) >= MAX_BATCH or size + n > COALESCE_BYTES):

@@ -111,6 +111,7 @@ SWEEP_S: Final = 1.0
 FETCH_SINCE: Final = 5
 """The protocol version that has HELD, FETCH and PAYLOADS: a client of an older one keeps no payload
 for the dispatcher to ask back, so the dispatcher holds all of its."""
+_HELD_FLAG: Final = p.HELD
 FETCH_TRIES: Final = 3
 """FETCHes of one payload left unanswered (``fetch_timeout_s`` each) before its client is taken
 for gone (rule 13)."""
@@ -319,9 +320,10 @@ class DispatcherCore:
             return
         own, pool = node.queue, self.pool
         batch: list[p.TaskAssignment] = []
+        batch_bytes = 0
         blocked: TaskQueue | None = None
         budget = self.config.payload_budget
-        gone: dict[str, list[p.Resolution]] = defaultdict(list)
+        gone: dict[str, list[p.Resolution]] | None = None
         while node.credit > 0:
             own_next, pool_next = own.peek(), pool.peek()
             if own_next is None and pool_next is None:
@@ -339,6 +341,7 @@ class DispatcherCore:
                         self._unanswering(client_id)
                     why = f"its client did not send its payload ({FETCH_TRIES} FETCHes unanswered)"
                     self._forget(head)
+                    gone = gone if gone is not None else defaultdict(list)
                     gone[client_id].append(p.Resolution(head.key[1], p.Outcome.REJECTED, why.encode(), ""))
                     continue
                 blocked = source
@@ -348,7 +351,12 @@ class DispatcherCore:
             record = node.start_next(source)
             payload = record.payload
             assert payload is not None
+            if batch and batch_bytes + len(payload) > p.COALESCE_BYTES:  # no TASKS past what its agent takes
+                self._to_agent(node, p.Tasks(tuple(batch)))
+                self._count("tasks_dispatched", node.name, n=len(batch))
+                batch, batch_bytes = [], 0
             batch.append(p.TaskAssignment(record.key[0], record.key[1], record.rank, payload))
+            batch_bytes += len(payload)
             at_budget = budget and self.payload_bytes >= budget
             if record.refill or at_budget:
                 self.journal.save(record)
@@ -928,12 +936,15 @@ class DispatcherCore:
         versions = self._client_versions.get(client_id, "")
         submitted: dict[str, int] = defaultdict(int)
         budget, fetchable = self.config.payload_budget, self._fetchable(client_id)
+        room = budget - self.payload_bytes - self.fetch_bytes if budget and fetchable else None
+        held_bytes = 0
         deferred: dict[str, int] = defaultdict(int)
         for spec in message.tasks:
             key = (client_id, spec.task_id)
             if key in tasks:  # a re-send of a task we already hold
                 continue
-            size = spec.size if spec.flags & p.HELD else len(spec.payload)
+            flags = spec.flags
+            size = spec.size if flags & _HELD_FLAG else len(spec.payload)
             if size > max_bytes:
                 why = f"task of {size} bytes exceeds the dispatcher's limit of {max_bytes} bytes"
                 rejected.append(p.Resolution(spec.task_id, p.Outcome.REJECTED, why.encode(), ""))
@@ -958,19 +969,21 @@ class DispatcherCore:
             if queue is self.pool:
                 to_pool = True
             payload: p.Payload | None = spec.payload
-            if spec.flags & p.HELD:
+            if flags & _HELD_FLAG:
                 payload = None
-            elif budget and self.payload_bytes + self.fetch_bytes + size > budget and fetchable:
+                flags &= ~_HELD_FLAG
+            elif room is not None and held_bytes + size > room:
                 payload = None
                 deferred[name or POOL_LABEL] += 1
             else:
-                self.payload_bytes += size
-            record = TaskRecord(key, name, spec.rank, payload, spec.flags & ~p.HELD, queued_at=self._now, size=size)
+                held_bytes += size
+            record = TaskRecord(key, name, spec.rank, payload, flags, queued_at=self._now, size=size)
             submitted[name or POOL_LABEL] += 1
-            if spec.flags & p.SOFT_AFFINITY:
+            if flags & p.SOFT_AFFINITY:
                 self._soft += 1
             queue.admit(record, tasks)
             self.tasks_submitted += 1
+        self.payload_bytes += held_bytes
         for node in touched.values():
             self._pump(node)
         if to_pool:
@@ -1147,7 +1160,8 @@ class DispatcherCore:
                 asks[move.victim, move.thief].append(record)
         for thief, batch in batches.items():
             node = self.nodes[thief]
-            self._to_agent(node, p.Tasks(tuple(batch)))
+            for run in p.runs(batch, lambda task: len(task.payload), p.MAX_BATCH, p.COALESCE_BYTES):
+                self._to_agent(node, p.Tasks(tuple(run)))  # as _pump cuts them: each within what the agent takes
             self._count("tasks_dispatched", thief, n=len(batch))
             self._pump(node)
         for (victim, thief), records in asks.items():

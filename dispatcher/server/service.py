@@ -444,7 +444,7 @@ class DispatcherService:
         older = self._older
         for key, messages in outgoing.items():
             version = older.get(key, p.PROTOCOL_VERSION) if older else p.PROTOCOL_VERSION
-            for message in p.coalesce(messages):
+            for message in p.coalesce(messages) if len(messages) > 1 else messages:  # one alone is in bounds
                 self._send(key[0], key[1], message, version)
 
     @staticmethod

@@ -50,7 +50,7 @@ class TaskRecord:
         self.payload = payload
         """None: its client holds it (HELD, or the dispatcher was over its payload budget); the core
         asks for it (FETCH) when the task is next on a node."""
-        self.size = len(payload) if size is None and payload is not None else size or 0
+        self.size = size if size is not None else len(payload) if payload is not None else 0
         """Its payload's length, here or not (a HELD task's SUBMIT says it): what fetching it costs."""
         self.fetching: float | None = None
         """When a FETCH for its payload was sent (None: none outstanding)."""

@@ -7,7 +7,7 @@ import pytest
 from dispatcher import protocol as p
 from dispatcher.server.events import Command, SendToClient
 
-from .transcript import CLIENT, CLIENT_ID, Transcript, resolved, result, sent_tasks, to_client
+from .transcript import CLIENT, CLIENT_ID, Transcript, resolved, result, sent_tasks, to_agents, to_client
 
 pytestmark = pytest.mark.unit
 
@@ -302,3 +302,14 @@ def test_a_late_answer_is_taken_while_the_budget_has_room() -> None:
     assert t.core.tasks[CLIENT_ID, 7].payload == MB
     out = t.agent(b"node-b", p.Results((p.TaskResult("c2", 6, p.Outcome.OK, b""),), credit=1), at=16.0)
     assert sent_tasks(out, b"node-b") == [7]
+
+
+def test_a_node_s_tasks_go_in_messages_its_agent_takes() -> None:
+    t = Transcript(payload_budget=0)
+    t.hello()
+    half = b"x" * (p.COALESCE_BYTES // 2 + 1)
+    t.submit((1, "node-a", 0.0), (2, "node-a", 1.0), (3, "node-a", 2.0), payload=half)
+    t.submit((4, "node-a", 3.0), (5, "node-a", 4.0))  # small ones share the last
+    out = t.register("node-a", slots=5)
+    batches = [[a.task_id for a in m.tasks] for peer, m in to_agents(out) if isinstance(m, p.Tasks)]
+    assert batches == [[1], [2], [3, 4, 5]]
