@@ -27,6 +27,7 @@ import signal
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from enum import Enum
 from typing import Final
 
@@ -354,33 +355,32 @@ class Agent:
         pool = self._pool
         sent = True
         if pool is not None and pool.monitoring:  # ahead of the results of the tasks that sent them
-            pool.monitoring = self._send_monitoring(pool.monitoring, now)
+            pool.monitoring = self._send_runs(
+                pool.monitoring, lambda item: len(item[2]), lambda run, _: _monitor(run), now
+            )
             sent = not pool.monitoring  # what is not sent holds the results back behind it
         if sent and self._results:  # the credit rides with the results whose slots it frees
-            self._results = self._send_results(self._results, want, now)
+            self._results = self._send_runs(
+                self._results,
+                lambda result: len(result.payload),
+                lambda run, last: p.Results(tuple(run), want if last else 0),  # the credit with the last
+                now,
+            )
             sent = not self._results
         elif sent and want:
             sent = self._send(p.Credit(want), now)
         if not sent:
             self._granted -= want  # asked for nothing after all: ask again next turn
 
-    def _send_results(self, results: list[p.TaskResult], credit: int, now: float) -> list[p.TaskResult]:
-        """RESULTS frames for ``results`` within the message limits, ``credit`` with the last;
-        returns what could not be sent (from the first frame refused on)."""
-        batches = list(p.runs(results, lambda result: len(result.payload), p.MAX_BATCH, p.COALESCE_BYTES))
+    def _send_runs[T](
+        self, items: list[T], size_of: Callable[[T], int], message_of: Callable[[list[T], bool], p.Message], now: float
+    ) -> list[T]:
+        """``items`` in messages within the limits, ``message_of(run, last)`` each; returns what
+        could not be sent (from the first message refused on)."""
+        batches = list(p.runs(items, size_of, p.MAX_BATCH, p.COALESCE_BYTES))
         sent = 0
         for i, batch in enumerate(batches, 1):
-            if not self._send(p.Results(tuple(batch), credit if i == len(batches) else 0), now):
-                return results[sent:]
-            sent += len(batch)
-        return []
-
-    def _send_monitoring(self, items: list[tuple[str, int, bytes]], now: float) -> list[tuple[str, int, bytes]]:
-        """MONITOR frames for the workers' monitoring messages, within the batch limits; returns
-        what could not be sent (from the first frame refused on)."""
-        sent = 0
-        for batch in p.runs(items, lambda item: len(item[2]), p.MAX_BATCH, p.COALESCE_BYTES):
-            if not self._send(_monitor(batch), now):
+            if not self._send(message_of(batch, i == len(batches)), now):
                 return items[sent:]
             sent += len(batch)
         return []

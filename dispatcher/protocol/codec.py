@@ -508,8 +508,9 @@ def decode_versioned(frames: Payload | Sequence[Payload]) -> tuple[int, Message]
         if not frames or len(frames) > m.MAX_FRAMES:
             raise ProtocolError(f"a message of {len(frames)} frames (1 to {m.MAX_FRAMES})")
         frame, rest = frames[0], frames[1:]
-        if rest and sum(map(len, frames)) > m.MAX_MESSAGE_BYTES:
-            raise ProtocolError(f"a message of {sum(map(len, frames))} bytes exceeds {m.MAX_MESSAGE_BYTES}")
+        total = sum(map(len, frames)) if rest else 0
+        if total > m.MAX_MESSAGE_BYTES:
+            raise ProtocolError(f"a message of {total} bytes exceeds {m.MAX_MESSAGE_BYTES}")
     if len(frame) > m.MAX_FRAME_BYTES:
         raise ProtocolError(f"frame of {len(frame)} bytes exceeds {m.MAX_FRAME_BYTES}")
     try:

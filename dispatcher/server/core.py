@@ -352,8 +352,7 @@ class DispatcherCore:
             payload = record.payload
             assert payload is not None
             if batch and batch_bytes + len(payload) > p.COALESCE_BYTES:  # no TASKS past what its agent takes
-                self._to_agent(node, p.Tasks(tuple(batch)))
-                self._count("tasks_dispatched", node.name, n=len(batch))
+                self._assign(node, batch)
                 batch, batch_bytes = [], 0
             batch.append(p.TaskAssignment(record.key[0], record.key[1], record.rank, payload))
             batch_bytes += len(payload)
@@ -373,8 +372,7 @@ class DispatcherCore:
         else:
             self._unwait(node)
         if batch:
-            self._to_agent(node, p.Tasks(tuple(batch)))
-            self._count("tasks_dispatched", node.name, n=len(batch))
+            self._assign(node, batch)
         if gone:
             self._resolve(gone)
         if node.credit > 0:
@@ -383,6 +381,11 @@ class DispatcherCore:
                 self._hungry[node.name] = node
         else:
             self._unhungry(node)
+
+    def _assign(self, node: NodeActor, batch: list[p.TaskAssignment]) -> None:
+        """One TASKS to ``node``'s agent, counted."""
+        self._to_agent(node, p.Tasks(tuple(batch)))
+        self._count("tasks_dispatched", node.name, n=len(batch))
 
     def _unwait(self, node: NodeActor) -> None:
         if node.name in self._waiting:
@@ -1161,8 +1164,7 @@ class DispatcherCore:
         for thief, batch in batches.items():
             node = self.nodes[thief]
             for run in p.runs(batch, lambda task: len(task.payload), p.MAX_BATCH, p.COALESCE_BYTES):
-                self._to_agent(node, p.Tasks(tuple(run)))  # as _pump cuts them: each within what the agent takes
-            self._count("tasks_dispatched", thief, n=len(batch))
+                self._assign(node, run)  # as _pump cuts them: each within what the agent takes
             self._pump(node)
         for (victim, thief), records in asks.items():
             self._ask_back(self.nodes[victim], thief, records)
