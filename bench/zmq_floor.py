@@ -174,9 +174,10 @@ def _raw_echo(n: int, batch: int) -> tuple[float, list[float]]:
     return rate, rtts
 
 
-def _bare_chain(rounds: int, work: bool) -> list[float]:
-    """Sequential round trips through client -> relay -> agent -> worker -> back, bare; with
-    ``work``, the task's serialization and call at both ends too."""
+def _start_chain(
+    *, work: bool
+) -> tuple[multiprocessing.process.BaseProcess, multiprocessing.process.BaseProcess, zmq.Socket[bytes]]:
+    """The bare chain's relay and agent (with its worker) running, and a client DEALER to it."""
     parent, child = multiprocessing.get_context("spawn").Pipe()
     relay = _spawn(_relay, child)
     front, back = parent.recv()
@@ -185,6 +186,13 @@ def _bare_chain(rounds: int, work: bool) -> list[float]:
     ready_parent.recv()
     sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
     sock.connect(front)
+    return relay, agent, sock
+
+
+def _bare_chain(rounds: int, work: bool) -> list[float]:
+    """Sequential round trips through client -> relay -> agent -> worker -> back, bare; with
+    ``work``, the task's serialization and call at both ends too."""
+    relay, agent, sock = _start_chain(work=work)
     payload = _payload()
 
     def round_trip(i: int) -> None:
@@ -208,6 +216,37 @@ def _bare_chain(rounds: int, work: bool) -> list[float]:
         sock.close(linger=100)
         _reap(relay, agent)
     return rtts
+
+
+def _bare_chain_cpu(n: int, window: int, batch: int = 1) -> tuple[float, float]:
+    """(relay, agent) CPU us per task when the client keeps ``window`` tasks in flight, ``batch``
+    tasks per frame, through the bare chain: what the dispatcher's and the agent's hops cost
+    with no protocol, no state and no serialization, the floor under their CPU per task."""
+    relay, agent, sock = _start_chain(work=False)
+    frame = msgpack.packb([_payload()] * batch)
+    procs = [psutil.Process(relay.pid), psutil.Process(agent.pid)]
+
+    def run(messages: int) -> None:
+        sent = 0
+        for _ in range(min(window, messages)):
+            sock.send(frame)
+            sent += 1
+        for _ in range(messages):
+            sock.recv()
+            if sent < messages:
+                sock.send(frame)
+                sent += 1
+
+    try:
+        run(200)
+        before = [cpu_seconds(proc) for proc in procs]
+        run(n // batch)
+        used = [1e6 * (cpu_seconds(proc) - b) / n for proc, b in zip(procs, before, strict=True)]
+        sock.send(b"stop")
+    finally:
+        sock.close(linger=100)
+        _reap(relay, agent)
+    return used[0], used[1]
 
 
 def _client(n: int, rounds: int = 1000, *, insecure: bool = False) -> tuple[float, list[float], dict[str, float]]:
@@ -251,7 +290,7 @@ def client_vs_pyzmq(rounds: int, n: int, round_trips: int) -> str:
         p99[name].append(percentile(times, 0.99) * 1e3)
 
     for r in range(rounds):
-        steps = ["raw", "batched", "chain", "chain+work", "client", "client-nocurve"]
+        steps = ["raw", "batched", "chain", "chain-cpu", "chain+work", "client", "client-nocurve"]
         for step in steps[r % len(steps) :] + steps[: r % len(steps)]:
             if step == "raw":
                 rate, times = _raw_echo(n * 4, 1)
@@ -262,6 +301,11 @@ def client_vs_pyzmq(rounds: int, n: int, round_trips: int) -> str:
                 rates[f"raw echo, {_BATCH} tasks/frame"].append(rate)
             elif step == "chain":
                 note("bare chain: client-dispatcher-agent-worker", _bare_chain(round_trips, work=False))
+            elif step == "chain-cpu":
+                for label, window, batch in (("1 task/frame", 4, 1), ("4 tasks/frame", 1, 4)):
+                    relay_us, agent_us = _bare_chain_cpu(n, window, batch)
+                    cpu[f"bare chain, {label}: relay (the dispatcher's floor)"].append(relay_us)
+                    cpu[f"bare chain, {label}: agent (the agent's floor)"].append(agent_us)
             elif step == "chain+work":
                 note("bare chain + task work (pack, unpack, call, serialize)", _bare_chain(round_trips, work=True))
             else:

@@ -112,6 +112,9 @@ FETCH_SINCE: Final = 5
 """The protocol version that has HELD, FETCH and PAYLOADS: a client of an older one keeps no payload
 for the dispatcher to ask back, so the dispatcher holds all of its."""
 _HELD_FLAG: Final = p.HELD
+_SOFT_FLAG: Final = p.SOFT_AFFINITY
+_COALESCE_BYTES: Final = p.COALESCE_BYTES
+_Assignment: Final = p.TaskAssignment
 FETCH_TRIES: Final = 3
 """FETCHes of one payload left unanswered (``fetch_timeout_s`` each) before its client is taken
 for gone (rule 13)."""
@@ -323,9 +326,11 @@ class DispatcherCore:
         batch_bytes = 0
         blocked: TaskQueue | None = None
         budget = self.config.payload_budget
+        at_budget = bool(budget) and self.payload_bytes >= budget  # kept as the loop lowers payload_bytes
         gone: dict[str, list[p.Resolution]] | None = None
+        from_pool = bool(pool)  # nothing enters the pool in this loop: empty now, empty throughout
         while node.credit > 0:
-            own_next, pool_next = own.peek(), pool.peek()
+            own_next, pool_next = own.peek(), pool.peek() if from_pool else None
             if own_next is None and pool_next is None:
                 break
             if pool_next is None or (own_next is not None and own_next.rank <= pool_next.rank):
@@ -351,20 +356,24 @@ class DispatcherCore:
             record = node.start_next(source)
             payload = record.payload
             assert payload is not None
-            if batch and batch_bytes + len(payload) > p.COALESCE_BYTES:  # no TASKS past what its agent takes
+            size = len(payload)
+            if batch_bytes + size > _COALESCE_BYTES and batch:  # no TASKS past what its agent takes
                 self._assign(node, batch)
                 batch, batch_bytes = [], 0
-            batch.append(p.TaskAssignment(record.key[0], record.key[1], record.rank, payload))
-            batch_bytes += len(payload)
-            at_budget = budget and self.payload_bytes >= budget
-            if record.refill or at_budget:
+            key = record.key
+            batch.append(_Assignment(key[0], key[1], record.rank, payload))
+            batch_bytes += size
+            fetch = record.fetch
+            if at_budget or (fetch is not None and fetch.refill):
                 self.journal.save(record)
-                if record.refill:
+                if fetch is not None and fetch.refill:
                     record.refill = False
                     self._fetch(node, source, None)
-                if at_budget and self._fetchable(record.key[0]):
-                    record.payload = None  # its agent has it; fetched again if it must run elsewhere
-                    self.payload_bytes -= len(payload)
+                if at_budget and self._fetchable(key[0]):
+                    self.payload_bytes -= (
+                        record.drop_payload()
+                    )  # its agent has it; fetched again if it must run elsewhere
+                    at_budget = self.payload_bytes >= budget
         if blocked is not None:
             if node.name not in self._waiting:
                 self.journal.keep(self._waiting, node.name)
@@ -419,11 +428,10 @@ class DispatcherCore:
         middle = len(records) // 2 if len(records) > 1 else -1
         for i, record in enumerate(records):
             self.journal.save(record)
-            if record.fetching is None:
-                self.fetch_bytes += record.size
-            record.fetching = self._now
-            record.fetches += 1
-            record.refill = i == middle
+            fetch = record.asked()
+            if fetch.fetching is None:
+                self.fetch_bytes += fetch.size
+            record.fetch = fetch._replace(fetching=self._now, fetches=fetch.fetches + 1, refill=i == middle)
             by_client[record.key[0]].append(record.key[1])
         for client_id, ids in by_client.items():
             peer = self._clients.get(client_id)
@@ -462,8 +470,7 @@ class DispatcherCore:
             if record.fetching is not None:
                 self.fetch_bytes -= record.size
             record.payload = item.payload
-            record.fetching = None
-            record.fetches = 0
+            record.fetch = record.asked()._replace(fetching=None, fetches=0)
             self.payload_bytes += record.size
         for task_id in message.missing:
             record = tasks.get((client_id, task_id))
@@ -933,7 +940,6 @@ class DispatcherCore:
     def _handle_submit(self, client_id: str, message: p.Submit) -> None:
         tasks = self.tasks
         touched: dict[str, NodeActor] = {}
-        to_pool = False
         rejected: list[p.Resolution] = []
         max_bytes = self.config.max_task_bytes
         versions = self._client_versions.get(client_id, "")
@@ -942,37 +948,28 @@ class DispatcherCore:
         room = budget - self.payload_bytes - self.fetch_bytes if budget and fetchable else None
         held_bytes = 0
         deferred: dict[str, int] = defaultdict(int)
+        placed: dict[str | None, TaskQueue | str] = {}  # node name: its tasks' queue, or why none
+        admitted, soft, now = 0, 0, self._now
         for spec in message.tasks:
             key = (client_id, spec.task_id)
             if key in tasks:  # a re-send of a task we already hold
                 continue
             flags = spec.flags
-            size = spec.size if flags & _HELD_FLAG else len(spec.payload)
+            held = flags & _HELD_FLAG
+            size = spec.size if held else len(spec.payload)
             if size > max_bytes:
                 why = f"task of {size} bytes exceeds the dispatcher's limit of {max_bytes} bytes"
                 rejected.append(p.Resolution(spec.task_id, p.Outcome.REJECTED, why.encode(), ""))
                 continue
             name = spec.node_name
-            queue = self.pool
-            if name is not None and name not in self._deleted:
-                node = self.nodes.get(name)
-                if node is not None and node.state in CONNECTED and (refusal := _version_refusal(versions, node)):
-                    rejected.append(p.Resolution(spec.task_id, p.Outcome.REJECTED, refusal.encode(), ""))
-                    continue
-                if node is None:
-                    reason = self._unplaceable(name)
-                    if reason is not None:
-                        rejected.append(p.Resolution(spec.task_id, p.Outcome.REJECTED, reason.encode(), ""))
-                        continue
-                    node = self._new_node(name)
-                    self._log("node_awaited", node=name)
-                if node.state in ACCEPTS_PINS:
-                    queue = node.queue
-                    touched[name] = node
-            if queue is self.pool:
-                to_pool = True
+            queue = placed.get(name)
+            if queue is None:  # the first of this SUBMIT's tasks for the node: the same for the rest
+                queue = placed[name] = self._placement(name, versions, touched)
+            if isinstance(queue, str):
+                rejected.append(p.Resolution(spec.task_id, p.Outcome.REJECTED, queue.encode(), ""))
+                continue
             payload: p.Payload | None = spec.payload
-            if flags & _HELD_FLAG:
+            if held:
                 payload = None
                 flags &= ~_HELD_FLAG
             elif room is not None and held_bytes + size > room:
@@ -980,12 +977,15 @@ class DispatcherCore:
                 deferred[name or POOL_LABEL] += 1
             else:
                 held_bytes += size
-            record = TaskRecord(key, name, spec.rank, payload, flags, queued_at=self._now, size=size)
+            record = TaskRecord(key, name, spec.rank, payload, flags, queued_at=now, size=size)
             submitted[name or POOL_LABEL] += 1
-            if flags & p.SOFT_AFFINITY:
-                self._soft += 1
+            if flags & _SOFT_FLAG:
+                soft += 1
             queue.admit(record, tasks)
-            self.tasks_submitted += 1
+            admitted += 1
+        self.tasks_submitted += admitted
+        self._soft += soft
+        to_pool = any(queue is self.pool for queue in placed.values())
         self.payload_bytes += held_bytes
         for node in touched.values():
             self._pump(node)
@@ -1000,6 +1000,26 @@ class DispatcherCore:
             self._count("tasks_submitted", name, n=n)
         for name, n in deferred.items():
             self._count("payloads_deferred", name, n=n)
+
+    def _placement(self, name: str | None, versions: str, touched: dict[str, NodeActor]) -> TaskQueue | str:
+        """The queue for a client's new task pinned to ``name`` (rule 2; None: the pool), or why
+        it cannot be taken (rule 11, or a node the dispatcher cannot await). A node not known yet
+        is awaited from here; one that takes pins goes into ``touched``, to be pumped."""
+        if name is None or name in self._deleted:
+            return self.pool
+        node = self.nodes.get(name)
+        if node is not None and node.state in CONNECTED and (refusal := _version_refusal(versions, node)):
+            return refusal
+        if node is None:
+            reason = self._unplaceable(name)
+            if reason is not None:
+                return reason
+            node = self._new_node(name)
+            self._log("node_awaited", node=name)
+        if node.state in ACCEPTS_PINS:
+            touched[name] = node
+            return node.queue
+        return self.pool
 
     def _unplaceable(self, name: str) -> str | None:
         """Why a task cannot be pinned to the not-yet-known node ``name``, or None."""

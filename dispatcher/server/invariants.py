@@ -65,6 +65,7 @@ def check(core: DispatcherCore) -> None:
         assert record.payload is not None or record.holder is not None or core._fetchable(record.key[0]), record
         assert not record.flags & p.HELD, record
         assert record.payload is None or (len(record.payload) == record.size and record.fetching is None), record
+        assert record.payload is not None or record.fetch is not None, record  # its size is known
     for name, node in core._waiting.items():  # rule 13: a node waits for a payload only with credit
         assert core.nodes[name] is node, node
         assert node.name in core._hungry, node

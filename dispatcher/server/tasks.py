@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import heapq
 from itertools import count
-from typing import Final
+from typing import Final, NamedTuple
 
 from dispatcher import protocol as p
 from dispatcher.protocol import TaskKey
@@ -22,12 +22,31 @@ POOL: Final = "__pool__"
 _COMPACT_MIN: Final = 1024
 
 
+class Fetch(NamedTuple):
+    """Rule 13's state of a task whose payload has not always been here: replaced, never changed
+    in place, so the journal's copy of the record's slots undoes it."""
+
+    size: int
+    """Its payload's length (a HELD task's SUBMIT says it): what fetching it costs."""
+    fetching: float | None = None
+    """When a FETCH for its payload was sent (None: none outstanding)."""
+    fetches: int = 0
+    """FETCHes sent for its payload since it was last here."""
+    refill: bool = False
+    """Dispatching it asks for the next payloads of its queue (the middle of a FETCH batch), so
+    a node working through held tasks never waits a round trip for the next ones."""
+
+
 class TaskRecord:
-    """One unresolved task. ``node_name`` is where it is pinned (None: anywhere)."""
+    """One unresolved task. ``node_name`` is where it is pinned (None: anywhere).
+
+    A record is 14 slots, the most that fit the allocator's 144-byte size class (a million queued
+    tasks are in memory at once): rule 13's fields live in one :class:`Fetch`, made only for a task
+    whose payload was not here, and read and set through the properties below."""
 
     __slots__ = (
-        "_jstep", "earlier", "fetches", "fetching", "flags", "holder", "key", "node_name", "payload", "queue",
-        "queued_at", "rank", "refill", "seq", "size", "steal_id", "stolen",
+        "_jstep", "earlier", "fetch", "flags", "holder", "key", "node_name", "payload", "queue", "queued_at", "rank",
+        "seq", "steal_id", "stolen",
     )  # fmt: skip
 
     def __init__(
@@ -50,15 +69,8 @@ class TaskRecord:
         self.payload = payload
         """None: its client holds it (HELD, or the dispatcher was over its payload budget); the core
         asks for it (FETCH) when the task is next on a node."""
-        self.size = size if size is not None else len(payload) if payload is not None else 0
-        """Its payload's length, here or not (a HELD task's SUBMIT says it): what fetching it costs."""
-        self.fetching: float | None = None
-        """When a FETCH for its payload was sent (None: none outstanding)."""
-        self.fetches = 0
-        """FETCHes sent for its payload since it was last here."""
-        self.refill = False
-        """Dispatching it asks for the next payloads of its queue (the middle of a FETCH batch), so
-        a node working through held tasks never waits a round trip for the next ones."""
+        self.fetch = None if payload is not None else Fetch(size or 0)
+        """Rule 13's state, once its payload was not here (None: it always was)."""
         self.queue: TaskQueue | None = None
         """The queue holding it, or None while in flight."""
         self.seq = 0
@@ -75,6 +87,46 @@ class TaskRecord:
         """Taken from its (live) pinned node by soft-affinity stealing."""
         self._jstep = 0
         """The journal's step that last saved it (``journal.py``)."""
+
+    @property
+    def size(self) -> int:
+        """Its payload's length, here or not."""
+        fetch, payload = self.fetch, self.payload
+        return fetch.size if fetch is not None else len(payload) if payload is not None else 0
+
+    @property
+    def fetching(self) -> float | None:
+        return self.fetch.fetching if self.fetch is not None else None
+
+    @fetching.setter
+    def fetching(self, value: float | None) -> None:
+        self.fetch = self.asked()._replace(fetching=value)
+
+    @property
+    def fetches(self) -> int:
+        return self.fetch.fetches if self.fetch is not None else 0
+
+    @fetches.setter
+    def fetches(self, value: int) -> None:
+        self.fetch = self.asked()._replace(fetches=value)
+
+    @property
+    def refill(self) -> bool:
+        return self.fetch is not None and self.fetch.refill
+
+    @refill.setter
+    def refill(self, value: bool) -> None:
+        self.fetch = self.asked()._replace(refill=value)
+
+    def drop_payload(self) -> int:
+        """Forget the payload (its client holds it, to be fetched again if it must): its length."""
+        size = self.size
+        self.fetch, self.payload = self.asked(), None
+        return size
+
+    def asked(self) -> Fetch:
+        """Its :class:`Fetch` (a fresh one when there is none yet)."""
+        return self.fetch if self.fetch is not None else Fetch(self.size)
 
     def release(self) -> None:
         """No longer in flight on its holder (the caller saved it in the journal first)."""
