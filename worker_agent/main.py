@@ -9,6 +9,7 @@ import structlog
 
 from dispatcher.runtime import exposure
 from dispatcher.runtime.args import env, http_port, http_port_flag, role_parser, security_flags
+from dispatcher.runtime.collector import tune_collector
 from dispatcher.runtime.keys import for_agent, resolve_folder
 from dispatcher.runtime.lifeline import die_with_parent
 from worker_agent.agent import Agent
@@ -86,5 +87,6 @@ def main(argv: list[str]) -> int:
         structlog.get_logger("agent").info("agent_keys", pair=config.keys.name, keys=str(folder))
     agent = Agent(config)
     agent.install_signal_handlers()
+    tune_collector()  # its workers are fresh interpreters (or a zygote's): Python's defaults there
     agent.run()
     return 0

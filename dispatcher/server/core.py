@@ -290,11 +290,12 @@ class DispatcherCore:
         journal = self.journal
         journal.keep(self.tasks, record.key)
         del self.tasks[record.key]
-        if record.payload is not None:
-            self.payload_bytes -= len(record.payload)
+        payload = record.payload
+        if payload is not None:
+            self.payload_bytes -= len(payload)
         elif record.fetching is not None:
             self.fetch_bytes -= record.size
-        if record.flags & p.SOFT_AFFINITY:
+        if record.flags & _SOFT_FLAG:
             self._soft -= 1
         if record.queue is not None:
             record.queue.discard(record)
@@ -728,6 +729,8 @@ class DispatcherCore:
         now, metrics = self._now, self._metrics
         waits: list[float] = []
         runs: list[float] = []
+        ok, resolution_of, forget = p.Outcome.OK, p.Resolution, self._forget
+        runtime = node.runtime_s if node is not None else None
         for result in message.results:
             record = tasks.get((result.client_id, result.task_id))
             if record is None:
@@ -742,11 +745,13 @@ class DispatcherCore:
                 waits.append(max(0.0, now - result.runtime_s - record.queued_at))
             if record.holder is not None and record.holder != ran_on:  # another copy is out there
                 cancels[record.holder].append(p.TaskRef(*record.key))
-            self._forget(record)
-            if node is not None and result.outcome is p.Outcome.OK:
-                node.runtime_s = ema(node.runtime_s, result.runtime_s)
-            resolution = p.Resolution(result.task_id, result.outcome, result.payload, ran_on, result.runtime_s)
+            forget(record)
+            if result.outcome is ok:
+                runtime = ema(runtime, result.runtime_s)
+            resolution = resolution_of(result.task_id, result.outcome, result.payload, ran_on, result.runtime_s)
             by_client[result.client_id].append(resolution)
+        if node is not None:
+            node.runtime_s = runtime
         label = ran_on or NO_NODE
         if duplicates:
             self.duplicates_dropped += duplicates

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Final
 
 from dispatcher.runtime.args import env, http_port, http_port_flag, role_parser, security_flags
+from dispatcher.runtime.collector import tune_collector
 from dispatcher.runtime.keys import resolve_folder
 from dispatcher.runtime.lifeline import die_with_parent
 from dispatcher.server.config import (
@@ -131,5 +132,6 @@ def main(argv: list[str]) -> int:
     service.bind()
     if args.announce:
         print(service.announcement(), flush=True)
+    tune_collector()
     service.run()
     return 0
