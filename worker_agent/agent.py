@@ -224,7 +224,8 @@ class Agent:
         reply is not needed once the dispatcher has lost us."""
         assert self._sock is not None
         try:
-            self._sock.send_multipart(p.encode_parts(message), zmq.NOBLOCK, copy=False)
+            parts = p.encode_parts(message)
+            self._sock.send_multipart(parts, zmq.NOBLOCK, copy=len(parts) == 1)  # see p.encode_parts
         except zmq.Again:
             self._unsent += 1
             if log_due(self._unsent):

@@ -526,7 +526,8 @@ class Client:
             self._send_submit(sock, batch)
 
     def _send_submit(self, sock: zmq.Socket[bytes], batch: list[p.TaskSpec]) -> None:
-        sock.send_multipart(p.encode_parts(p.Submit(tuple(batch))), copy=False)  # large payloads as they are
+        parts = p.encode_parts(p.Submit(tuple(batch)))
+        sock.send_multipart(parts, copy=len(parts) == 1)  # large payloads as they are: see p.encode_parts
         self._acked = False
         self.submit_frames += 1
 
@@ -585,7 +586,8 @@ class Client:
         batches = list(p.runs(items, lambda item: len(item.payload), _BATCH_TASKS, _BATCH_BYTES)) or [[]]
         for i, batch in enumerate(batches, 1):
             message = p.Payloads(tuple(batch), tuple(missing) if i == len(batches) else ())
-            sock.send_multipart(p.encode_parts(message), copy=False)
+            parts = p.encode_parts(message)
+            sock.send_multipart(parts, copy=len(parts) == 1)
             self.payloads_fetched += len(batch)
 
     def _welcome(self, sock: zmq.Socket[bytes], message: p.Welcome) -> None:

@@ -450,7 +450,8 @@ class DispatcherService:
     @staticmethod
     def _send(sock: zmq.Socket[bytes], peer: bytes, message: p.Message, version: int) -> None:
         try:
-            sock.send_multipart([peer, *p.encode_parts(message, version)], zmq.NOBLOCK, copy=False)
+            parts = p.encode_parts(message, version)
+            sock.send_multipart([peer, *parts], zmq.NOBLOCK, copy=len(parts) == 1)  # see p.encode_parts
         except zmq.ZMQError as exc:  # e.g. the peer vanished; ROUTER drops, but never raise here
             log.warning("send_failed", error=str(exc), op=p.op_of(message).name)
         except Exception:  # an unencodable message is a bug: log it, keep serving
