@@ -29,6 +29,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 from enum import Enum
+from operator import attrgetter, itemgetter
 from typing import Final
 
 import zmq
@@ -225,7 +226,10 @@ class Agent:
         assert self._sock is not None
         try:
             parts = p.encode_parts(message)
-            self._sock.send_multipart(parts, zmq.NOBLOCK, copy=len(parts) == 1)  # see p.encode_parts
+            if len(parts) == 1:
+                self._sock.send(parts[0], zmq.NOBLOCK)
+            else:  # payload frames, as they are (see p.encode_parts)
+                self._sock.send_multipart(parts, zmq.NOBLOCK, copy=False)
         except zmq.Again:
             self._unsent += 1
             if log_due(self._unsent):
@@ -356,14 +360,12 @@ class Agent:
         pool = self._pool
         sent = True
         if pool is not None and pool.monitoring:  # ahead of the results of the tasks that sent them
-            pool.monitoring = self._send_runs(
-                pool.monitoring, lambda item: len(item[2]), lambda run, _: _monitor(run), now
-            )
+            pool.monitoring = self._send_runs(pool.monitoring, _third, lambda run, _: _monitor(run), now)
             sent = not pool.monitoring  # what is not sent holds the results back behind it
         if sent and self._results:  # the credit rides with the results whose slots it frees
             self._results = self._send_runs(
                 self._results,
-                lambda result: len(result.payload),
+                _payload_of,
                 lambda run, last: p.Results(tuple(run), want if last else 0),  # the credit with the last
                 now,
             )
@@ -374,11 +376,18 @@ class Agent:
             self._granted -= want  # asked for nothing after all: ask again next turn
 
     def _send_runs[T](
-        self, items: list[T], size_of: Callable[[T], int], message_of: Callable[[list[T], bool], p.Message], now: float
+        self,
+        items: list[T],
+        payload_of: Callable[[T], bytes],
+        message_of: Callable[[list[T], bool], p.Message],
+        now: float,
     ) -> list[T]:
         """``items`` in messages within the limits, ``message_of(run, last)`` each; returns what
         could not be sent (from the first message refused on)."""
-        batches = list(p.runs(items, size_of, p.MAX_BATCH, p.COALESCE_BYTES))
+        if len(items) <= p.MAX_BATCH and sum(map(len, map(payload_of, items))) <= p.COALESCE_BYTES:
+            batches = [items]  # the usual turn: one message, counted in C
+        else:
+            batches = list(p.runs(items, lambda item: len(payload_of(item)), p.MAX_BATCH, p.COALESCE_BYTES))
         sent = 0
         for i, batch in enumerate(batches, 1):
             if not self._send(message_of(batch, i == len(batches)), now):
@@ -437,6 +446,10 @@ class Agent:
             returned=len(returned),
             running=len(self._pool.running) if self._pool else 0,
         )
+
+
+_payload_of: Final = attrgetter("payload")
+_third: Final = itemgetter(2)
 
 
 def _monitor(items: list[tuple[str, int, bytes]]) -> p.Monitor:
