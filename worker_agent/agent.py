@@ -38,7 +38,7 @@ from dispatcher import protocol as p
 from dispatcher.runtime.curve import HandshakeWatch, use_curve
 from dispatcher.runtime.health import HealthServer, Heartbeat
 from dispatcher.runtime.logs import get_logger
-from dispatcher.runtime.sockets import drain
+from dispatcher.runtime.sockets import drain, send_parts
 from dispatcher.runtime.throttle import log_due
 from dispatcher.runtime.versions import runtime_versions
 from worker_agent.config import AgentConfig
@@ -225,11 +225,7 @@ class Agent:
         reply is not needed once the dispatcher has lost us."""
         assert self._sock is not None
         try:
-            parts = p.encode_parts(message)
-            if len(parts) == 1:
-                self._sock.send(parts[0], zmq.NOBLOCK)
-            else:  # payload frames, as they are (see p.encode_parts)
-                self._sock.send_multipart(parts, zmq.NOBLOCK, copy=False)
+            send_parts(self._sock, p.encode_parts(message), zmq.NOBLOCK)
         except zmq.Again:
             self._unsent += 1
             if log_due(self._unsent):

@@ -48,7 +48,7 @@ from dispatcher.runtime import exposure
 from dispatcher.runtime import keys as k
 from dispatcher.runtime.curve import KEY_REFUSED, KEYS_REQUIRED, HandshakeWatch, use_curve
 from dispatcher.runtime.logs import get_logger
-from dispatcher.runtime.sockets import drain
+from dispatcher.runtime.sockets import drain, send_parts
 from dispatcher.runtime.versions import runtime_versions
 
 log = get_logger("client")
@@ -526,8 +526,7 @@ class Client:
             self._send_submit(sock, batch)
 
     def _send_submit(self, sock: zmq.Socket[bytes], batch: list[p.TaskSpec]) -> None:
-        parts = p.encode_parts(p.Submit(tuple(batch)))
-        sock.send_multipart(parts, copy=len(parts) == 1)  # large payloads as they are: see p.encode_parts
+        send_parts(sock, p.encode_parts(p.Submit(tuple(batch))))  # large payloads as they are
         self._acked = False
         self.submit_frames += 1
 
@@ -586,8 +585,7 @@ class Client:
         batches = list(p.runs(items, lambda item: len(item.payload), _BATCH_TASKS, _BATCH_BYTES)) or [[]]
         for i, batch in enumerate(batches, 1):
             message = p.Payloads(tuple(batch), tuple(missing) if i == len(batches) else ())
-            parts = p.encode_parts(message)
-            sock.send_multipart(parts, copy=len(parts) == 1)
+            send_parts(sock, p.encode_parts(message))
             self.payloads_fetched += len(batch)
 
     def _welcome(self, sock: zmq.Socket[bytes], message: p.Welcome) -> None:

@@ -439,12 +439,11 @@ FRAMES_SINCE: Final = 5
 
 
 def encode_parts(message: Message, version: int = PROTOCOL_VERSION) -> list[Payload]:
-    """``message`` as the frames of one ZeroMQ message, for ``sock.send_multipart(parts,
-    copy=len(parts) == 1)``: the header, then (version 5) each payload over INLINE_MAX in a frame
-    of its own, in order, its place in the header holding its length. The payloads are not copied
-    here, and ZeroMQ sends them from where they are; a message without such a payload is the one
-    frame :func:`encode` gives, sent by the copying call (the cheaper one for a small frame, which
-    ZeroMQ copies below its COPY_THRESHOLD anyway)."""
+    """``message`` as the frames of one ZeroMQ message, for ``runtime.sockets.send_parts``: the
+    header, then (version 5) each payload over INLINE_MAX in a frame of its own, in order, its
+    place in the header holding its length. The payloads are not copied here, and ZeroMQ sends
+    them from where they are; a message without such a payload is the one frame :func:`encode`
+    gives."""
     at = _FRAMED.get(message.op)
     if at is None or version < FRAMES_SINCE:
         return [encode(message, version)]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import zmq
 
@@ -48,3 +48,15 @@ def recv_frames(sock: zmq.Socket[bytes], flags: int, keep: int) -> list[zmq.Fram
         if len(frames) < keep:
             frames.append(frame)
     return frames
+
+
+def send_parts(sock: zmq.Socket[bytes], parts: Sequence[bytes | memoryview], flags: int = 0) -> None:
+    """Send one message of ``parts`` (``p.encode_parts``' frames, after a ROUTER's routing id).
+    Frames under pyzmq's COPY_THRESHOLD are copied into ZeroMQ whatever the call says, and the
+    copying call costs less; a message with a frame over it (a payload frame, a large header) goes
+    without copying, so those frames are sent from where they are."""
+    copy = max(map(len, parts)) < zmq.COPY_THRESHOLD
+    if len(parts) == 1:
+        sock.send(parts[0], flags, copy=copy)
+    else:
+        sock.send_multipart(parts, flags, copy=copy)

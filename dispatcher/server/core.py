@@ -103,7 +103,7 @@ from dispatcher.server.events import (
 from dispatcher.server.journal import Journal
 from dispatcher.server.node import ACCEPTS_PINS, CONNECTED, HELD, NodeActor, NodeState
 from dispatcher.server.stealing import ThiefView, plan_steals, victim_view
-from dispatcher.server.tasks import POOL, TaskQueue, TaskRecord
+from dispatcher.server.tasks import POOL, Fetch, TaskQueue, TaskRecord
 
 _SPOKEN: Final = " and ".join(map(str, p.SUPPORTED_VERSIONS))
 SWEEP_S: Final = 1.0
@@ -329,7 +329,7 @@ class DispatcherCore:
         budget = self.config.payload_budget
         at_budget = bool(budget) and self.payload_bytes >= budget  # kept as the loop lowers payload_bytes
         gone: dict[str, list[p.Resolution]] | None = None
-        from_pool = bool(pool)  # nothing enters the pool in this loop: empty now, empty throughout
+        from_pool = pool.peek() is not None  # (dropping stale entries) nothing enters it in this loop
         while node.credit > 0:
             own_next, pool_next = own.peek(), pool.peek() if from_pool else None
             if own_next is None and pool_next is None:
@@ -365,9 +365,10 @@ class DispatcherCore:
             batch.append(_Assignment(key[0], key[1], record.rank, payload))
             batch_bytes += size
             fetch = record.fetch
-            if at_budget or (fetch is not None and fetch.refill):
+            refill = fetch is not None and type(fetch) is Fetch and fetch.refill
+            if at_budget or refill:
                 self.journal.save(record)
-                if fetch is not None and fetch.refill:
+                if refill:
                     record.refill = False
                     self._fetch(node, source, None)
                 if at_budget and self._fetchable(key[0]):
@@ -714,9 +715,9 @@ class DispatcherCore:
     def _reclaim(self, node: NodeActor) -> None:
         """A node is back: its pinned tasks still waiting in the pool return to its queue."""
         if self.pool:
-            for record in self.pool.records():
-                if record.node_name == node.name:
-                    node.queue.push(record)
+            pinned = [record for record in self.pool.records() if record.node_name == node.name]
+            for record in sorted(pinned, key=_arrival):  # their order as they were queued (rule 3)
+                node.queue.push(record)
 
     def _handle_results(self, node: NodeActor | None, message: p.Results) -> None:
         ran_on = node.name if node is not None else ""
@@ -1021,6 +1022,7 @@ class DispatcherCore:
                 return reason
             node = self._new_node(name)
             self._log("node_awaited", node=name)
+            self._reclaim(node)  # its tasks queued in the pool while its Node was deleted (rule 2)
         if node.state in ACCEPTS_PINS:
             touched[name] = node
             return node.queue
@@ -1486,6 +1488,11 @@ class DispatcherCore:
         from dispatcher.server.invariants import check
 
         check(self)
+
+
+def _arrival(record: TaskRecord) -> tuple[float, int]:
+    """A queued task's place in its queue: rank, then its ticket."""
+    return record.rank, record.seq
 
 
 def _version_refusal(client_versions: str, node: NodeActor) -> str | None:

@@ -35,7 +35,7 @@ from dispatcher.runtime import exposure
 from dispatcher.runtime.health import HealthServer, Heartbeat
 from dispatcher.runtime.inbox import Inbox
 from dispatcher.runtime.logs import get_logger
-from dispatcher.runtime.sockets import drain, recv_frames
+from dispatcher.runtime.sockets import drain, recv_frames, send_parts
 from dispatcher.server.access import Access, KeysNotApplied, Side
 from dispatcher.server.config import DispatcherConfig
 from dispatcher.server.core import DispatcherCore
@@ -450,8 +450,7 @@ class DispatcherService:
     @staticmethod
     def _send(sock: zmq.Socket[bytes], peer: bytes, message: p.Message, version: int) -> None:
         try:
-            parts = p.encode_parts(message, version)
-            sock.send_multipart([peer, *parts], zmq.NOBLOCK, copy=len(parts) == 1)  # see p.encode_parts
+            send_parts(sock, [peer, *p.encode_parts(message, version)], zmq.NOBLOCK)
         except zmq.ZMQError as exc:  # e.g. the peer vanished; ROUTER drops, but never raise here
             log.warning("send_failed", error=str(exc), op=p.op_of(message).name)
         except Exception:  # an unencodable message is a bug: log it, keep serving

@@ -41,8 +41,10 @@ class TaskRecord:
     """One unresolved task. ``node_name`` is where it is pinned (None: anywhere).
 
     A record is 14 slots, the most that fit the allocator's 144-byte size class (a million queued
-    tasks are in memory at once): rule 13's fields live in one :class:`Fetch`, made only for a task
-    whose payload was not here, and read and set through the properties below."""
+    tasks are in memory at once): rule 13's fields live in ``fetch``, read and set through the
+    properties below. It is None while the payload has always been here; the payload's size (an
+    int) while it is not here and was never asked for (a HELD task, as most are in a long queue
+    of large payloads); a :class:`Fetch` from the first FETCH on."""
 
     __slots__ = (
         "_jstep", "earlier", "fetch", "flags", "holder", "key", "node_name", "payload", "queue", "queued_at", "rank",
@@ -69,8 +71,8 @@ class TaskRecord:
         self.payload = payload
         """None: its client holds it (HELD, or the dispatcher was over its payload budget); the core
         asks for it (FETCH) when the task is next on a node."""
-        self.fetch = None if payload is not None else Fetch(size or 0)
-        """Rule 13's state, once its payload was not here (None: it always was)."""
+        self.fetch: Fetch | int | None = None if payload is not None else size or 0
+        """Rule 13's state (see the class)."""
         self.queue: TaskQueue | None = None
         """The queue holding it, or None while in flight."""
         self.seq = 0
@@ -92,11 +94,14 @@ class TaskRecord:
     def size(self) -> int:
         """Its payload's length, here or not."""
         fetch, payload = self.fetch, self.payload
-        return fetch.size if fetch is not None else len(payload) if payload is not None else 0
+        if fetch is None:
+            return len(payload) if payload is not None else 0
+        return fetch if isinstance(fetch, int) else fetch.size
 
     @property
     def fetching(self) -> float | None:
-        return self.fetch.fetching if self.fetch is not None else None
+        fetch = self.fetch
+        return fetch.fetching if isinstance(fetch, Fetch) else None
 
     @fetching.setter
     def fetching(self, value: float | None) -> None:
@@ -104,7 +109,8 @@ class TaskRecord:
 
     @property
     def fetches(self) -> int:
-        return self.fetch.fetches if self.fetch is not None else 0
+        fetch = self.fetch
+        return fetch.fetches if isinstance(fetch, Fetch) else 0
 
     @fetches.setter
     def fetches(self, value: int) -> None:
@@ -112,7 +118,8 @@ class TaskRecord:
 
     @property
     def refill(self) -> bool:
-        return self.fetch is not None and self.fetch.refill
+        fetch = self.fetch
+        return isinstance(fetch, Fetch) and fetch.refill
 
     @refill.setter
     def refill(self, value: bool) -> None:
@@ -121,12 +128,15 @@ class TaskRecord:
     def drop_payload(self) -> int:
         """Forget the payload (its client holds it, to be fetched again if it must): its length."""
         size = self.size
-        self.fetch, self.payload = self.asked(), None
+        if self.fetch is None:
+            self.fetch = size
+        self.payload = None
         return size
 
     def asked(self) -> Fetch:
         """Its :class:`Fetch` (a fresh one when there is none yet)."""
-        return self.fetch if self.fetch is not None else Fetch(self.size)
+        fetch = self.fetch
+        return fetch if isinstance(fetch, Fetch) else Fetch(self.size)
 
     def release(self) -> None:
         """No longer in flight on its holder (the caller saved it in the journal first)."""

@@ -286,3 +286,20 @@ def test_tasks_queued_for_a_node_before_its_agent_said_its_versions_are_refused_
     t.agent(b"node-a", p.Bye())  # gone: a later task pinned there goes to the pool, not refused
     t.submit((2, "node-a", 0.0))
     assert t.core.tasks[CLIENT_ID, 2].queue is t.core.pool
+
+
+def test_a_relisted_nodes_pool_tasks_join_its_queue_when_a_submit_awaits_it() -> None:
+    """Rule 2: tasks pinned to a deleted Node wait in the pool; when the Node is listed again and a
+    later SUBMIT awaits it, they move to its queue with the new one, in their order."""
+    t = Transcript()
+    t.hello()
+    t.listed("node-a")
+    t.deleted("node-a")
+    t.submit((1, "node-a", 0.0))  # pinned to a deleted Node: the pool
+    assert t.core.tasks[(CLIENT_ID, 1)].queue is t.core.pool
+    t.listed("node-a")
+    t.submit((2, "node-a", 1.0))
+    queue = t.core.nodes["node-a"].queue
+    assert t.core.tasks[(CLIENT_ID, 1)].queue is queue and t.core.tasks[(CLIENT_ID, 2)].queue is queue
+    assert not t.core.pool
+    assert sent_tasks(t.register("node-a", slots=2), b"node-a") == [1, 2]

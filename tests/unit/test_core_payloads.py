@@ -313,3 +313,30 @@ def test_a_node_s_tasks_go_in_messages_its_agent_takes() -> None:
     out = t.register("node-a", slots=5)
     batches = [[a.task_id for a in m.tasks] for peer, m in to_agents(out) if isinstance(m, p.Tasks)]
     assert batches == [[1], [2], [3, 4, 5]]
+
+
+def test_resolved_tasks_are_not_kept_by_an_empty_pools_heap() -> None:
+    """Stale pool entries (REPIN, cancel, a reclaim) are dropped when a pump looks at the pool, so
+    they never keep resolved records, and their payloads, beyond rule 13's account."""
+    big = b"x" * 100_000
+    t = Transcript()
+    t.hello()
+    t.submit(*((i, None, float(i)) for i in range(1, 11)), payload=big)  # no node yet: the pool
+    t.client(p.Repin(tuple(p.Placement(i, "node-b", float(i)) for i in range(1, 11))))
+    t.register("node-b", slots=10)
+    t.agent(b"node-b", p.Results(tuple(p.TaskResult(CLIENT_ID, i, p.Outcome.OK, b"r") for i in range(1, 11)), 10))
+    assert not t.core.tasks and t.core.payload_bytes == 0
+    kept = [r for _, _, r in t.core.pool._heap]
+    assert not kept, f"{len(kept)} stale pool entries keep resolved tasks"
+
+
+def test_a_held_task_costs_its_size_until_it_is_first_asked_for() -> None:
+    """A HELD record carries its size as a bare int (no Fetch) until a FETCH: a long queue of
+    held tasks costs no more than a queue of inline ones beside their payloads."""
+    t = Transcript(payload_budget=1000)
+    t.hello()
+    t.client(p.Submit((p.TaskSpec(1, "node-a", 0.0, b"", p.HELD, 500),)))
+    record = t.core.tasks[(CLIENT_ID, 1)]
+    assert record.fetch == 500 and record.size == 500 and record.fetching is None and record.fetches == 0
+    t.register("node-a", slots=1)  # its head: asked for now
+    assert record.fetches == 1 and record.fetching is not None and record.size == 500

@@ -65,3 +65,26 @@ def test_recv_frames_keeps_the_first_frames_and_drops_the_rest_of_a_long_message
         a.close(linger=0)
         b.close(linger=0)
         ctx.term()
+
+
+def test_send_parts_sends_small_and_large_frames_whole_and_in_order() -> None:
+    import zmq
+
+    from dispatcher.runtime.sockets import send_parts
+
+    ctx = zmq.Context()
+    a, b = ctx.socket(zmq.PAIR), ctx.socket(zmq.PAIR)
+    large = bytearray(b"y" * (zmq.COPY_THRESHOLD + 1))
+    try:
+        a.bind("inproc://parts")
+        b.connect("inproc://parts")
+        send_parts(a, [b"one"])
+        send_parts(a, [b"head", memoryview(large)])  # not copied: sent from where it is
+        send_parts(a, [bytes(large)])
+        assert b.recv_multipart() == [b"one"]
+        assert b.recv_multipart() == [b"head", bytes(large)]
+        assert b.recv_multipart() == [bytes(large)]
+    finally:
+        a.close(linger=0)
+        b.close(linger=0)
+        ctx.term()
