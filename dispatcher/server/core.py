@@ -330,6 +330,8 @@ class DispatcherCore:
         at_budget = bool(budget) and self.payload_bytes >= budget  # kept as the loop lowers payload_bytes
         gone: dict[str, list[p.Resolution]] | None = None
         from_pool = pool.peek() is not None  # (dropping stale entries) nothing enters it in this loop
+        in_flight, name = node.in_flight, node.name
+        self.journal.save(node)  # its credit and in-flight tasks change below
         while node.credit > 0:
             own_next, pool_next = own.peek(), pool.peek() if from_pool else None
             if own_next is None and pool_next is None:
@@ -354,7 +356,8 @@ class DispatcherCore:
                 if expired:
                     self._fetch(node, source, head)
                 break
-            record = node.start_next(source)
+            record = source.start_next(in_flight, name)  # NodeActor.start_next, inline (saved above)
+            node.credit -= 1
             payload = record.payload
             assert payload is not None
             size = len(payload)

@@ -160,13 +160,6 @@ class NodeActor:
         self.in_flight[record.key] = record
         self.credit -= 1
 
-    def start_next(self, source: TaskQueue) -> TaskRecord:
-        """Take ``source``'s next task and send it here (:meth:`start`, cheaper: see the queue's)."""
-        if self._jstep != self.journal.step:  # Journal.save's own test, inline
-            self.journal.save(self)
-        self.credit -= 1
-        return source.start_next(self.in_flight, self.name)
-
     def detach(self, state: NodeState) -> list[TaskRecord]:
         """The agent is gone (``state`` is DEAD or GONE): return its queued and in-flight work."""
         journal = self.journal

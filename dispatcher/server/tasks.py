@@ -221,8 +221,13 @@ class TaskQueue:
 
     def peek(self) -> TaskRecord | None:
         """The next task (not removed), or None when empty."""
-        self._skip_stale()
-        return self._heap[0][2] if self._heap else None
+        heap = self._heap
+        if heap:
+            _, seq, top = heap[0]
+            if top.queue is self and top.seq == seq:  # the usual live top, inline
+                return top
+            self._skip_stale()
+        return heap[0][2] if heap else None
 
     def next_held(self, n: int, asked_before: float) -> list[TaskRecord]:
         """Up to ``n`` of the next tasks, in rank order, whose payload is with their client and
@@ -264,8 +269,11 @@ class TaskQueue:
     def start_next(self, in_flight: dict[TaskKey, TaskRecord], holder: str) -> TaskRecord:
         """Pop the lowest-rank task into ``in_flight`` as run by ``holder`` (the dispatch path:
         :meth:`pop` and ``NodeActor.start`` in one journal note); the queue must not be empty."""
-        self._skip_stale()
-        entry = heapq.heappop(self._heap)
+        heap = self._heap
+        top = heap[0][2] if heap else None
+        if top is None or top.queue is not self or top.seq != heap[0][1]:  # the usual live top, inline
+            self._skip_stale()
+        entry = heapq.heappop(heap)
         record = entry[2]
         journal = self._journal
         if journal.active:  # the note, inline: this runs once per dispatched task
