@@ -374,10 +374,8 @@ class DispatcherCore:
                 if refill:
                     record.refill = False
                     self._fetch(node, source, None)
-                if at_budget and self._fetchable(key[0]):
-                    self.payload_bytes -= (
-                        record.drop_payload()
-                    )  # its agent has it; fetched again if it must run elsewhere
+                if at_budget and self._fetchable(key[0]):  # its agent has it; fetched again to run elsewhere
+                    self.payload_bytes -= record.drop_payload()
                     at_budget = self.payload_bytes >= budget
         if blocked is not None:
             if node.name not in self._waiting:
@@ -1013,7 +1011,8 @@ class DispatcherCore:
     def _placement(self, name: str | None, versions: str, touched: dict[str, NodeActor]) -> TaskQueue | str:
         """The queue for a client's new task pinned to ``name`` (rule 2; None: the pool), or why
         it cannot be taken (rule 11, or a node the dispatcher cannot await). A node not known yet
-        is awaited from here; one that takes pins goes into ``touched``, to be pumped."""
+        is awaited from here, taking back what the pool holds pinned to it; one that takes pins
+        goes into ``touched``, to be pumped."""
         if name is None or name in self._deleted:
             return self.pool
         node = self.nodes.get(name)
