@@ -27,7 +27,7 @@ import signal
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sized
 from enum import Enum
 from operator import attrgetter, itemgetter
 from typing import Final
@@ -49,6 +49,8 @@ log = get_logger("agent")
 _MAX_POLL_S: Final = 0.1
 _RECONNECT_IVL_MAX_MS: Final = 5000
 """libzmq's own reconnects back off up to this, so a refused key is not retried ten times a second."""
+_payload: Final = attrgetter("payload")
+_third: Final = itemgetter(2)  # a monitoring item's payload
 
 
 class Phase(Enum):
@@ -356,12 +358,11 @@ class Agent:
         pool = self._pool
         sent = True
         if pool is not None and pool.monitoring:  # ahead of the results of the tasks that sent them
-            pool.monitoring = self._send_runs(pool.monitoring, _third, lambda run, _: _monitor(run), now)
+            pool.monitoring = self._send_runs(pool.monitoring, lambda run, _: _monitor(run), now, payload_of=_third)
             sent = not pool.monitoring  # what is not sent holds the results back behind it
         if sent and self._results:  # the credit rides with the results whose slots it frees
             self._results = self._send_runs(
                 self._results,
-                _payload_of,
                 lambda run, last: p.Results(tuple(run), want if last else 0),  # the credit with the last
                 now,
             )
@@ -374,16 +375,13 @@ class Agent:
     def _send_runs[T](
         self,
         items: list[T],
-        payload_of: Callable[[T], bytes],
         message_of: Callable[[list[T], bool], p.Message],
         now: float,
+        payload_of: Callable[[T], Sized] = _payload,
     ) -> list[T]:
         """``items`` in messages within the limits, ``message_of(run, last)`` each; returns what
         could not be sent (from the first message refused on)."""
-        if len(items) <= p.MAX_BATCH and sum(map(len, map(payload_of, items))) <= p.COALESCE_BYTES:
-            batches = [items]  # the usual turn: one message, counted in C
-        else:
-            batches = list(p.runs(items, lambda item: len(payload_of(item)), p.MAX_BATCH, p.COALESCE_BYTES))
+        batches = list(p.runs(items, p.MAX_BATCH, p.COALESCE_BYTES, payload_of=payload_of))
         sent = 0
         for i, batch in enumerate(batches, 1):
             if not self._send(message_of(batch, i == len(batches)), now):
@@ -442,10 +440,6 @@ class Agent:
             returned=len(returned),
             running=len(self._pool.running) if self._pool else 0,
         )
-
-
-_payload_of: Final = attrgetter("payload")
-_third: Final = itemgetter(2)
 
 
 def _monitor(items: list[tuple[str, int, bytes]]) -> p.Monitor:

@@ -522,7 +522,7 @@ class Client:
                 entry.ahead = len(spec.payload)
                 self._ahead += entry.ahead
             specs.append(spec)
-        for batch in p.runs(specs, lambda spec: len(spec.payload), _BATCH_TASKS, _BATCH_BYTES):
+        for batch in p.runs(specs, _BATCH_TASKS, _BATCH_BYTES):
             self._send_submit(sock, batch)
 
     def _send_submit(self, sock: zmq.Socket[bytes], batch: list[p.TaskSpec]) -> None:
@@ -582,7 +582,7 @@ class Client:
                 missing.append(task_id)
             else:
                 items.append(p.PayloadItem(task_id, entry.spec.payload))
-        batches = list(p.runs(items, lambda item: len(item.payload), _BATCH_TASKS, _BATCH_BYTES)) or [[]]
+        batches = list(p.runs(items, _BATCH_TASKS, _BATCH_BYTES)) or [[]]
         for i, batch in enumerate(batches, 1):
             message = p.Payloads(tuple(batch), tuple(missing) if i == len(batches) else ())
             send_parts(sock, p.encode_parts(message))

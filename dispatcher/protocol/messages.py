@@ -6,7 +6,7 @@ See ``dispatcher/protocol/__init__.py`` for the rules and ``docs/protocol.md`` f
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence, Sized
 from dataclasses import dataclass
 from enum import IntEnum
 from operator import attrgetter
@@ -657,14 +657,20 @@ def coalesce(messages: list[Message]) -> list[Message]:
     return out
 
 
-def runs[T](items: Sequence[T], size_of: Callable[[T], int], max_items: int, max_bytes: int) -> Iterator[list[T]]:
-    """``items`` in order, in runs of at most ``max_items`` whose sizes add up to at most
-    ``max_bytes`` (an item larger than that goes alone): a sender's messages, none past what its
-    peer takes however the payloads fall."""
+def runs[T](
+    items: Sequence[T], max_items: int, max_bytes: int, *, payload_of: Callable[[T], Sized] = _payload_of
+) -> Iterator[list[T]]:
+    """``items`` in order, in runs of at most ``max_items`` whose payloads (``payload_of``; its
+    ``payload`` by default) add up to at most ``max_bytes`` (an item larger than that goes
+    alone): a sender's messages, none past what its peer takes however the payloads fall."""
+    if len(items) <= max_items and sum(map(len, map(payload_of, items))) <= max_bytes:  # the usual case
+        if items:
+            yield list(items)
+        return
     run: list[T] = []
     size = 0
     for item in items:
-        n = size_of(item)
+        n = len(payload_of(item))
         if run and (len(run) >= max_items or size + n > max_bytes):
             yield run
             run, size = [], 0

@@ -1192,7 +1192,7 @@ class DispatcherCore:
                 asks[move.victim, move.thief].append(record)
         for thief, batch in batches.items():
             node = self.nodes[thief]
-            for run in p.runs(batch, lambda task: len(task.payload), p.MAX_BATCH, p.COALESCE_BYTES):
+            for run in p.runs(batch, p.MAX_BATCH, p.COALESCE_BYTES):
                 self._assign(node, run)  # as _pump cuts them: each within what the agent takes
             self._pump(node)
         for (victim, thief), records in asks.items():

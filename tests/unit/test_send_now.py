@@ -36,7 +36,7 @@ def test_runs_keep_the_order_and_bound_each_frame(seed: int) -> None:
     sizes = [
         rng.choice((0, 1, 1024, _BATCH_BYTES // 3, _BATCH_BYTES, MAX_PAYLOAD)) for _ in range(rng.randint(0, 3000))
     ]
-    batches = list(p.runs(sizes, lambda size: size, _BATCH_TASKS, _BATCH_BYTES))
+    batches = list(p.runs(sizes, _BATCH_TASKS, _BATCH_BYTES, payload_of=range))  # len(range(n)) == n
     assert [size for batch in batches for size in batch] == sizes
     for batch in batches:
         assert 0 < len(batch) <= _BATCH_TASKS
